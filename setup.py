@@ -1,0 +1,50 @@
+"""tfwhale: identify individual whales and dolphins from photos."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+TF = "2.21.*"
+
+setup(
+    name="tfwhale",
+    version="0.1.0",
+    description="Photo-identification of whales and dolphins: TFRecords, EfficientNet + ArcFace, kNN",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["tfwhale", "tfwhale.*", "tfrecords_builder", "tfrecords_builder.*"]),
+    package_data={"tfwhale": ["configs/*.yaml"]},
+    install_requires=[
+        # TensorFlow itself comes from an extra (cpu / gpu) or from the platform
+        # (Kaggle, Colab, TPU VMs ship their own build, which pip must not replace).
+        "keras>=3.15,<4",
+        "numpy>=1.26",
+        "pandas>=2.1",
+        "pillow>=10.0",
+        "scikit-learn>=1.4",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu=={TF}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF}"],
+        "gcs": ["google-cloud-storage>=2.14"],
+        "jax": ["jax>=0.4.30"],
+        "faiss": ["faiss-cpu>=1.8"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "gcp-storage-emulator>=2024.8.3",
+            "cryptography>=42",
+            "google-cloud-storage>=2.14",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "build-tfrecords=tfrecords_builder.cli:main",
+        ]
+    },
+)

@@ -1,0 +1,1 @@
+"""build-tfrecords: photos + CSV (+ detector boxes) -> cropped, resized, sharded TFRecords."""

@@ -1,0 +1,129 @@
+"""File access for every stage: one place where local paths and gs:// behave alike (tf.io.gfile)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import tensorflow as tf
+
+gfile = tf.io.gfile
+_CHUNK = 8 << 20
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base, *parts)
+    import os.path
+
+    return os.path.join(base, *parts)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/"))
+
+
+def exists(path: str) -> bool:
+    return gfile.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return gfile.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    gfile.makedirs(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Names in a folder (no trailing slashes), sorted; empty when it does not exist."""
+    if not gfile.exists(path):
+        return []
+    return sorted(name.rstrip("/") for name in gfile.listdir(path))
+
+
+def glob(pattern: str) -> list[str]:
+    return sorted(gfile.glob(pattern))
+
+
+def remove(path: str) -> None:
+    if gfile.exists(path):
+        gfile.remove(path)
+
+
+def rmtree(path: str) -> None:
+    if gfile.exists(path):
+        gfile.rmtree(path)
+
+
+def size(path: str) -> int:
+    return gfile.stat(path).length
+
+
+def open(path: str, mode: str = "r"):  # noqa: A001 - mirrors the builtin on purpose
+    return gfile.GFile(path, mode)
+
+
+def read_bytes(path: str) -> bytes:
+    with gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    with gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_text(path))
+
+
+def temp_name(path: str) -> str:
+    """A sibling name that readers never mistake for a finished file."""
+    return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def commit(tmp_path: str, final_path: str) -> None:
+    """Make a fully written temp file visible under its final name."""
+    gfile.rename(tmp_path, final_path, overwrite=True)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write atomically: a reader sees the old file, or the whole new one, never a part."""
+    tmp = temp_name(path)
+    with gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    commit(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def iter_chunks(path: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+    with gfile.GFile(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            yield chunk
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()

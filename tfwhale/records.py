@@ -1,0 +1,166 @@
+"""The TFRecord contract between builder and trainer: feature names, types, shard names, manifest."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+from tfwhale import io
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+REJECTS_NAME = "rejects.csv"
+SHARD_SUFFIX = ".tfrec"
+NEW_INDIVIDUAL = "new_individual"
+
+TRAIN_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "image_name": tf.io.FixedLenFeature([], tf.string),
+    "individual_id": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "species": tf.io.FixedLenFeature([], tf.string),
+    "species_label": tf.io.FixedLenFeature([], tf.int64),
+    "fold": tf.io.FixedLenFeature([], tf.int64),
+}
+TEST_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "image_name": tf.io.FixedLenFeature([], tf.string),
+}
+
+_TRAIN_SHARD = re.compile(r"^train-fold(\d+)-(\d+)\.tfrec$")
+_TEST_SHARD = re.compile(r"^test-(\d+)\.tfrec$")
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_train_example(
+    image: bytes,
+    image_name: str,
+    individual_id: str,
+    label: int,
+    species: str,
+    species_label: int,
+    fold: int,
+) -> bytes:
+    """One serialized training example; `image` is JPEG bytes."""
+    features = {
+        "image": _bytes(image),
+        "image_name": _bytes(image_name.encode()),
+        "individual_id": _bytes(individual_id.encode()),
+        "label": _int(label),
+        "species": _bytes(species.encode()),
+        "species_label": _int(species_label),
+        "fold": _int(fold),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def encode_test_example(image: bytes, image_name: str) -> bytes:
+    features = {"image": _bytes(image), "image_name": _bytes(image_name.encode())}
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def parse_train_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    return tf.io.parse_single_example(serialized, TRAIN_FEATURES)
+
+
+def parse_test_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    return tf.io.parse_single_example(serialized, TEST_FEATURES)
+
+
+def decode_image(jpeg: tf.Tensor, size: int) -> tf.Tensor:
+    """JPEG bytes -> uint8 [size, size, 3] with a static shape (TPU-safe)."""
+    image = tf.io.decode_jpeg(jpeg, channels=3)
+    return tf.ensure_shape(image, [size, size, 3])
+
+
+def train_shard_name(fold: int, index: int) -> str:
+    return f"train-fold{fold}-{index:04d}{SHARD_SUFFIX}"
+
+
+def test_shard_name(index: int) -> str:
+    return f"test-{index:04d}{SHARD_SUFFIX}"
+
+
+def shard_fold(name: str) -> int | None:
+    """The fold a training shard holds, read from its name; None for test shards."""
+    match = _TRAIN_SHARD.match(io.basename(name))
+    return int(match.group(1)) if match else None
+
+
+def is_test_shard(name: str) -> bool:
+    return bool(_TEST_SHARD.match(io.basename(name)))
+
+
+class ManifestError(ValueError):
+    """A records folder that is missing, unfinished or from another schema."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a finished build says about itself (see tfrecords_builder.manifest for the writer)."""
+
+    root: str
+    data: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data["image_size"])
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.data["folds"]["n_folds"])
+
+    @property
+    def individuals(self) -> list[str]:
+        """individual_id by integer label."""
+        return list(self.data["labels"]["individuals"])
+
+    @property
+    def species(self) -> list[str]:
+        return list(self.data["labels"]["species"])
+
+    @property
+    def photo_counts(self) -> list[int]:
+        """Training photos per individual, by integer label."""
+        counts = self.data["labels"]["photo_counts"]
+        return [int(counts[name]) for name in self.individuals]
+
+    def shards(self, split: str, folds: list[int] | None = None) -> list[dict[str, Any]]:
+        """Shard entries of a split ("train" or "test"), optionally only of some folds."""
+        return [
+            shard
+            for shard in self.data["shards"]
+            if shard["split"] == split and (folds is None or shard.get("fold") in folds)
+        ]
+
+    def shard_paths(self, split: str, folds: list[int] | None = None) -> list[str]:
+        return [io.join(self.root, s["name"]) for s in self.shards(split, folds)]
+
+    def count(self, split: str, folds: list[int] | None = None) -> int:
+        return sum(int(s["count"]) for s in self.shards(split, folds))
+
+
+def load_manifest(root: str) -> Manifest:
+    """Read and check a finished build; clear errors for unfinished or foreign builds."""
+    path = io.join(root, MANIFEST_NAME)
+    if not io.exists(path):
+        hint = " (the build is unfinished: run build-tfrecords again to complete it)"
+        raise ManifestError(f"{path} not found{hint if io.exists(root) else ''}")
+    data = io.read_json(path)
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path}: records schema version {version!r}, this tfwhale reads version "
+            f"{SCHEMA_VERSION}; rebuild the records with this version's build-tfrecords"
+        )
+    return Manifest(root=root, data=data)
