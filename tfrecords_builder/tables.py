@@ -1,0 +1,219 @@
+"""build-tfrecords input tables: read train/test CSVs, clean species, drop bad rows as rejects, label maps."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+
+import pandas as pd
+
+from tfrecords_builder.boxes import box_column_text
+from tfrecords_builder.errors import BuildInputError, Reject
+from tfwhale import io
+
+logger = logging.getLogger(__name__)
+
+SPECIES_FIXES = {
+    "bottlenose_dolpin": "bottlenose_dolphin",
+    "kiler_whale": "killer_whale",
+    "globis": "short_finned_pilot_whale",
+    "pilot_whale": "short_finned_pilot_whale",
+}
+TRAIN_REQUIRED = ("image", "species", "individual_id")
+TRAIN_COLUMNS = ("image", "path", "species", "individual_id", "row", "box_text")
+TEST_COLUMNS = ("image", "path", "row", "box_text")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FIRST_DATA_LINE = 2  # line 1 is the header
+
+# Names that would read outside the images folder: absolute, '..' parts, Windows separators or drives, URLs.
+_ESCAPES = {
+    "absolute path": r"^/",
+    "'..' path component": r"(?:^|/)\.\.(?:/|$)",
+    "backslash in name": r"\\",
+    "drive letter": r"^[A-Za-z]:",
+    "URL scheme": r"://",
+}
+
+
+def read_csv_table(csv_path: str, required: Sequence[str]) -> pd.DataFrame:
+    """All cells as stripped strings ("" when empty) plus a `row` column: the 1-based CSV line of each row.
+
+    Fatal BuildInputError when the file is missing, has no data rows, or lacks a required column.
+    Row numbers assume one line per record (no quoted line breaks).
+    """
+    if not io.exists(csv_path):
+        raise BuildInputError(f"{csv_path}: file not found")
+    try:
+        with io.open(csv_path, "r") as f:
+            # Blank lines are read (as all-empty rows, dropped below) so that row numbers stay line numbers.
+            table = pd.read_csv(f, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise BuildInputError(f"{csv_path}: file is empty (expected columns {list(required)})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise BuildInputError(f"{csv_path}: not a readable CSV: {err}") from None
+    table.columns = [str(name).strip().lstrip("\ufeff") for name in table.columns]
+    _check_columns(csv_path, list(table.columns), required)
+    table = table.apply(lambda column: column.str.strip())
+    table["row"] = range(FIRST_DATA_LINE, FIRST_DATA_LINE + len(table))
+    table = table[table.drop(columns="row").ne("").any(axis=1)]
+    if table.empty:
+        raise BuildInputError(f"{csv_path}: no data rows (only a header)")
+    return table.reset_index(drop=True)
+
+
+def _check_columns(csv_path: str, found: list[str], required: Sequence[str]) -> None:
+    missing = [name for name in required if name not in found]
+    if not missing:
+        return
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, found, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"column '{close[0]}' looks like a misspelling of '{name}'")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    raise BuildInputError(
+        f"{csv_path}: missing column(s) {missing}{hint}; expected columns {list(required)}, found {found}"
+    )
+
+
+def load_train_table(
+    csv_path: str, images_dir: str, check_files: bool = True
+) -> tuple[pd.DataFrame, list[Reject]]:
+    """The usable training rows (columns TRAIN_COLUMNS) and a Reject for every row dropped."""
+    table = read_csv_table(csv_path, TRAIN_REQUIRED)
+    table["box_text"] = box_column_text(table, csv_path)
+    table["species"] = _fix_species(table["species"])
+    table, rejects = _drop_bad_rows(table, ("image", "individual_id", "species"), "individual_id")
+    if check_files:
+        table, missing = _drop_missing_files(table, images_dir)
+        rejects += missing
+    _require_rows(csv_path, table, rejects)
+    table["path"] = [io.join(images_dir, image) for image in table["image"].tolist()]
+    logger.info("%s: %d training images, %d rejected", csv_path, len(table), len(rejects))
+    return table[list(TRAIN_COLUMNS)].reset_index(drop=True), rejects
+
+
+def load_test_table(
+    images_dir: str, csv_path: str | None = None, check_files: bool = True
+) -> tuple[pd.DataFrame, list[Reject]]:
+    """Test images (columns TEST_COLUMNS) from csv_path's `image` column, else every image in images_dir."""
+    if csv_path is None:
+        table = _list_images(images_dir)
+        source = images_dir
+    else:
+        table = read_csv_table(csv_path, ("image",))
+        table["box_text"] = box_column_text(table, csv_path)
+        source = csv_path
+    table, rejects = _drop_bad_rows(table, ("image",), None)
+    if check_files and csv_path is not None:
+        table, missing = _drop_missing_files(table, images_dir)
+        rejects += missing
+    _require_rows(source, table, rejects)
+    table["path"] = [io.join(images_dir, image) for image in table["image"].tolist()]
+    logger.info("%s: %d test images, %d rejected", source, len(table), len(rejects))
+    return table[list(TEST_COLUMNS)].reset_index(drop=True), rejects
+
+
+def _list_images(images_dir: str) -> pd.DataFrame:
+    if not io.isdir(images_dir):
+        raise BuildInputError(f"{images_dir}: images folder not found")
+    names = [name for name in io.listdir(images_dir) if name.lower().endswith(IMAGE_EXTENSIONS)]
+    if not names:
+        raise BuildInputError(f"{images_dir}: no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return pd.DataFrame({"image": names, "row": [None] * len(names), "box_text": ""})
+
+
+def _fix_species(species: pd.Series) -> pd.Series:
+    fixed = species.replace(SPECIES_FIXES)
+    if changed := int((fixed != species).sum()):
+        logger.info("species typos fixed in %d rows (%s)", changed, ", ".join(sorted(SPECIES_FIXES)))
+    return fixed
+
+
+def _drop_bad_rows(
+    table: pd.DataFrame, fields: Sequence[str], label: str | None
+) -> tuple[pd.DataFrame, list[Reject]]:
+    """Empty fields, unsafe image names, then duplicates; each dropped row becomes a Reject."""
+    rejects: list[Reject] = []
+    for check in (_empty_fields, _unsafe_names):
+        bad = check(table, fields)
+        rejects += [_reject(table, index, field, reason) for index, (field, reason) in bad.items()]
+        table = table.drop(index=list(bad))
+    table, duplicates = _drop_duplicates(table, label)
+    return table, rejects + duplicates
+
+
+def _reject(table: pd.DataFrame, index: int, field: str, reason: str) -> Reject:
+    row = table.at[index, "row"]
+    return Reject(table.at[index, "image"], None if pd.isna(row) else int(row), field, reason)
+
+
+def _empty_fields(table: pd.DataFrame, fields: Sequence[str]) -> dict[int, tuple[str, str]]:
+    bad: dict[int, tuple[str, str]] = {}
+    for field in fields:
+        for index in table.index[table[field] == ""]:
+            bad.setdefault(index, (field, f"empty {field}"))
+    return bad
+
+
+def _unsafe_names(table: pd.DataFrame, fields: Sequence[str]) -> dict[int, tuple[str, str]]:
+    bad: dict[int, tuple[str, str]] = {}
+    for what, pattern in _ESCAPES.items():
+        for index in table.index[table["image"].str.contains(pattern, regex=True)]:
+            bad.setdefault(index, ("image", f"image name escapes the images folder ({what}); refused"))
+    return bad
+
+
+def _drop_duplicates(table: pd.DataFrame, label: str | None) -> tuple[pd.DataFrame, list[Reject]]:
+    """Keep the first row of a repeated image; an image given two different labels is dropped entirely."""
+    repeated = table[table["image"].duplicated(keep=False)]
+    rejects: list[Reject] = []
+    dropped: list[int] = []
+    for _, group in repeated.groupby("image", sort=False):
+        if label and group[label].nunique() > 1:
+            pairs = zip(group["row"], group[label], strict=True)
+            given = ", ".join(f"row {row}: '{value}'" for row, value in pairs)
+            reason = f"conflicting {label} for the same image ({given}); all copies refused"
+            rejects += [_reject(table, index, label, reason) for index in group.index]
+            dropped += list(group.index)
+        else:
+            reason = f"duplicate of row {group['row'].iloc[0]}"
+            rejects += [_reject(table, index, "image", reason) for index in group.index[1:]]
+            dropped += list(group.index[1:])
+    return table.drop(index=dropped), rejects
+
+
+def _drop_missing_files(table: pd.DataFrame, images_dir: str) -> tuple[pd.DataFrame, list[Reject]]:
+    if not io.isdir(images_dir):
+        raise BuildInputError(f"{images_dir}: images folder not found")
+    # One listing instead of one exists() call per image: 50k stat calls take minutes on gs://.
+    listed = set(io.listdir(images_dir))
+    found = [_is_listed(name, listed, images_dir) for name in table["image"].tolist()]
+    present = pd.Series(found, index=table.index, dtype=bool)
+    reason = f"file not found in {images_dir}"
+    rejects = [_reject(table, index, "image", reason) for index in table.index[~present]]
+    return table[present], rejects
+
+
+def _is_listed(name: str, listed: set[str], images_dir: str) -> bool:
+    # Names with subfolders are not in the top-level listing; those few are asked for one by one.
+    return name in listed if "/" not in name else io.exists(io.join(images_dir, name))
+
+
+def _require_rows(source: str, table: pd.DataFrame, rejects: list[Reject]) -> None:
+    if not table.empty:
+        return
+    examples = "; ".join(f"row {r.row}, field '{r.field}': {r.reason}" for r in rejects[:3])
+    raise BuildInputError(f"{source}: no usable rows, all {len(rejects)} rejected (e.g. {examples})")
+
+
+def label_maps(train: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Sorted individual ids and species; a name's index is its integer label."""
+    return sorted(train["individual_id"].unique()), sorted(train["species"].unique())
+
+
+def photo_counts(train: pd.DataFrame) -> dict[str, int]:
+    """Photos per individual id, keyed in sorted id order."""
+    counts = train["individual_id"].value_counts()
+    return {individual: int(counts[individual]) for individual in sorted(counts.index)}
