@@ -1,0 +1,252 @@
+"""Stage 2 (train) model: backbone -> pooling -> neck -> L2 embedding, plus the training heads.
+
+`build_models` returns (training_model, embedding_model), which share every layer:
+
+- embedding_model: image [B, S, S, 3] with 0-255 pixels (uint8 or float) -> L2-normalised embedding
+  [B, embedding_dim], float32. Backbone -> GeM/avg pooling -> dropout -> Dense -> BatchNorm (the neck)
+  -> L2Normalize.
+- training_model: inputs {"image", "label"} -> a dict of outputs named after their head:
+    head="arcface"          {"arcface": logits [B, n_classes]}    (ArcFace margin on the label's class)
+    head="softmax"          {"softmax": logits [B, n_classes]}    (plain Dense classifier)
+    head="triplet"          {"embedding": [B, embedding_dim]}     (batch-hard triplet loss)
+    head="triplet_softmax"  {"embedding": ..., "softmax": ...}
+    species_head=True adds  {"species": logits [B, n_species]}   (plain Dense classifier)
+  All outputs are float32, also under mixed_bfloat16. The "label" input is always present (unused by
+  the softmax/triplet heads) so one tf.data pipeline feeds every head. Compile with
+  `loss=tfwhale.losses.losses_for(model.output_names)` and `loss_weights={name: weight}`; the targets
+  are a dict with the same keys: individual id for arcface/softmax/embedding, species id for species.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import keras
+
+from tfwhale import io
+from tfwhale.layers import ArcMarginProduct, GeMPooling, L2Normalize
+
+logger = logging.getLogger(__name__)
+
+HEADS = ("arcface", "softmax", "triplet", "triplet_softmax")
+POOLINGS = ("gem", "avg")
+
+
+def tiny_convnet(
+    include_top: bool = False,
+    weights: str | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    pooling: str | None = None,
+    name: str = "tiny_convnet",
+) -> keras.Model:
+    """Four strided conv blocks, for tests and the CPU demo only: fast to trace, useless for real photos.
+
+    Same call signature and 0-255 input convention as the keras.applications backbones it stands in for.
+    """
+    if include_top or weights is not None or pooling is not None:
+        raise ValueError("TinyConvNet is a test/demo backbone: include_top=False, weights=None, pooling=None")
+    image = keras.Input(shape=input_shape or (None, None, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(image)
+    for filters in (16, 32, 64, 128):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.Activation("swish")(x)
+    return keras.Model(image, x, name=name)
+
+
+BACKBONES: dict[str, Callable[..., keras.Model]] = {
+    "EfficientNetB0": keras.applications.EfficientNetB0,
+    "EfficientNetB1": keras.applications.EfficientNetB1,
+    "EfficientNetB2": keras.applications.EfficientNetB2,
+    "EfficientNetB3": keras.applications.EfficientNetB3,
+    "EfficientNetB4": keras.applications.EfficientNetB4,
+    "EfficientNetB5": keras.applications.EfficientNetB5,
+    "EfficientNetB6": keras.applications.EfficientNetB6,
+    "EfficientNetB7": keras.applications.EfficientNetB7,
+    "EfficientNetV2B0": keras.applications.EfficientNetV2B0,
+    "EfficientNetV2B1": keras.applications.EfficientNetV2B1,
+    "EfficientNetV2B2": keras.applications.EfficientNetV2B2,
+    "EfficientNetV2B3": keras.applications.EfficientNetV2B3,
+    "EfficientNetV2S": keras.applications.EfficientNetV2S,
+    "EfficientNetV2M": keras.applications.EfficientNetV2M,
+    "EfficientNetV2L": keras.applications.EfficientNetV2L,
+    "TinyConvNet": tiny_convnet,
+}
+
+
+def backbone_constructor(name: str) -> Callable[..., keras.Model]:
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def imagenet_weights_filename(name: str) -> str:
+    """The file Keras looks for in its cache for `name` with weights="imagenet", include_top=False.
+
+    Keras names it after the model's default `name` argument (efficientnetb0_notop.h5,
+    efficientnetv2-s_notop.h5, ...) and checks its md5 hash before loading.
+    """
+    constructor = backbone_constructor(name)
+    if constructor is tiny_convnet:
+        raise ValueError("TinyConvNet has no ImageNet weights")
+    return inspect.signature(constructor).parameters["name"].default + "_notop.h5"
+
+
+def keras_cache_dir() -> str:
+    """Where keras.utils.get_file keeps downloaded models: $KERAS_HOME/models, else ~/.keras/models.
+
+    Mirrors Keras' own rule, including its /tmp/.keras fallback when the directory is not writable.
+    """
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    home = os.path.expanduser(home)
+    if not os.access(home, os.W_OK):
+        home = "/tmp/.keras"
+    return os.path.join(home, "models")
+
+
+def build_backbone(name: str, image_size: int, weights: str | None = None) -> keras.Model:
+    """Feature-map model [B, S, S, 3] (0-255 pixels) -> [B, h, w, C], without top or pooling.
+
+    `weights` is None (random init) or "imagenet". A file path is refused: keras.applications then skips
+    the ImageNet normalisation layer, silently feeding the wrong scale; restore trained weights into the
+    whole model instead. Offline, "imagenet" needs the `.h5` in `keras_cache_dir()` under
+    `imagenet_weights_filename(name)`.
+    """
+    constructor = backbone_constructor(name)
+    if weights not in (None, "imagenet"):
+        raise ValueError(
+            f"weights must be None or 'imagenet', got {weights!r}: for offline ImageNet weights put "
+            f"{imagenet_weights_filename(name)} in {keras_cache_dir()} and pass weights='imagenet'"
+        )
+    kwargs = {
+        "include_top": False,
+        "weights": weights,
+        "input_shape": (image_size, image_size, 3),
+        "pooling": None,
+    }
+    if weights is None:
+        return constructor(**kwargs)
+    filename = imagenet_weights_filename(name)
+    try:
+        return constructor(**kwargs)
+    except Exception as error:  # keras.utils.get_file raises a bare Exception on a failed download
+        raise _imagenet_weights_error(name, filename, error) from error
+
+
+def _imagenet_weights_error(name: str, filename: str, error: Exception) -> Exception:
+    cache_dir = keras_cache_dir()
+    path = io.join(cache_dir, filename)
+    if io.exists(path):
+        return RuntimeError(
+            f"ImageNet weights for {name}: {path} is there but did not load ({error}). It may be incomplete "
+            f"or not the file Keras expects (it checks the md5); replace it with a fresh copy of {filename}."
+        )
+    return FileNotFoundError(
+        f"ImageNet weights for {name}: could not download {filename} ({error}). Without internet, place "
+        f"{filename} in {cache_dir} (the Keras cache, $KERAS_HOME/models when KERAS_HOME is set)."
+    )
+
+
+def embedding_model_from(training_model: keras.Model) -> keras.Model:
+    """The embedding model inside a (e.g. reloaded) training model: "image" input -> L2-normalised neck.
+
+    A saved training model keeps only the layers its outputs need, so the "embedding" layer itself is
+    missing for the classification heads; L2Normalize has no weights, so a fresh one on "neck_bn" is exact.
+    """
+    image = training_model.get_layer("image").output
+    neck = training_model.get_layer("neck_bn").output
+    embedding = L2Normalize(name="embedding", dtype="float32")(neck)
+    return keras.Model(image, embedding, name="tfwhale_embedding")
+
+
+def build_models(
+    *,
+    backbone: str = "EfficientNetB0",
+    image_size: int = 256,
+    weights: str | None = None,
+    n_classes: int,
+    n_species: int = 0,
+    embedding_dim: int = 512,
+    pooling: str = "gem",
+    gem_p: float = 3.0,
+    gem_trainable: bool = False,
+    dropout: float = 0.2,
+    head: str = "arcface",
+    arc_s: float = 30.0,
+    arc_m: float = 0.3,
+    easy_margin: bool = False,
+    ls_eps: float = 0.0,
+    subcenters: int = 1,
+    dynamic_margins: Sequence[float] | None = None,
+    species_head: bool = False,
+) -> tuple[keras.Model, keras.Model]:
+    """(training_model, embedding_model) sharing all layers; see the module docstring for inputs/outputs.
+
+    `dynamic_margins` (one margin per class, see tfwhale.layers.dynamic_margins) overrides `arc_m`.
+    Build under `keras.mixed_precision.set_global_policy("mixed_bfloat16")` for bf16 compute; heads and
+    embedding stay float32.
+    """
+    _check_choices(head, pooling, n_classes, n_species, species_head)
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    label = keras.Input(shape=(), dtype="int32", name="label")
+
+    features = build_backbone(backbone, image_size, weights)(image)
+    if pooling == "gem":
+        pooled = GeMPooling(p=gem_p, trainable_p=gem_trainable, name="gem_pool")(features)
+    else:
+        pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    if dropout > 0:
+        pooled = keras.layers.Dropout(dropout, name="dropout")(pooled)
+    neck = keras.layers.Dense(embedding_dim, name="neck_dense")(pooled)
+    neck = keras.layers.BatchNormalization(name="neck_bn")(neck)
+    embedding = L2Normalize(name="embedding", dtype="float32")(neck)
+
+    outputs = {}
+    if head == "arcface":
+        arcface = ArcMarginProduct(
+            n_classes,
+            s=arc_s,
+            m=arc_m,
+            easy_margin=easy_margin,
+            ls_eps=ls_eps,
+            k=subcenters,
+            margins=dynamic_margins,
+            name="arcface",
+        )
+        outputs["arcface"] = arcface([neck, label])
+    if head in ("triplet", "triplet_softmax"):
+        outputs["embedding"] = embedding
+    if head in ("softmax", "triplet_softmax"):
+        outputs["softmax"] = keras.layers.Dense(n_classes, name="softmax", dtype="float32")(neck)
+    if species_head:
+        outputs["species"] = keras.layers.Dense(n_species, name="species", dtype="float32")(neck)
+
+    training_model = keras.Model({"image": image, "label": label}, outputs, name="tfwhale_train")
+    embedding_model = keras.Model(image, embedding, name="tfwhale_embedding")
+    logger.info(
+        "built %s %dpx, %s pooling, head %s%s: %d parameters",
+        backbone,
+        image_size,
+        pooling,
+        head,
+        " + species" if species_head else "",
+        training_model.count_params(),
+    )
+    return training_model, embedding_model
+
+
+def _check_choices(head: str, pooling: str, n_classes: int, n_species: int, species_head: bool) -> None:
+    if head not in HEADS:
+        raise ValueError(f"Unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    if species_head and n_species < 1:
+        raise ValueError(f"species_head=True needs n_species >= 1, got {n_species}")
