@@ -40,6 +40,8 @@ setup(
             "gcp-storage-emulator>=2024.8.3",
             "cryptography>=42",
             "google-cloud-storage>=2.14",
+            "jax>=0.4.30",  # the JAX-backend tests (data parallel over host devices)
+            "faiss-cpu>=1.8",  # the FAISS search tests
         ],
     },
     entry_points={

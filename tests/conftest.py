@@ -1,6 +1,8 @@
-"""Shared test setup: quiet TensorFlow, 2 logical CPU devices, small synthetic fixtures."""
+"""Shared test setup: quiet TensorFlow, the GCS emulator fixtures (imported before TensorFlow)."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from tests.gcs_fixture import gcs_bucket, gcs_server  # noqa: E402, F401 - fixtures; TF reads GCS_* at import
