@@ -1,0 +1,330 @@
+"""Training/predict settings: defaults <- YAML file (changes only) <- `--set section.key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os.path
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from tfwhale import io
+
+# Configs shipped with the package; a bare name like "tiny_cpu" means CONFIGS_DIR/tiny_cpu.yaml.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+Head = Literal["arcface", "softmax", "triplet", "triplet_softmax"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that names an unknown setting or holds a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 512  # must equal the records' image size (manifest.json)
+    batch_size: int = 32  # per replica; global batch = batch_size x replicas
+    shuffle_buffer: int = 2048
+    cache: bool = False  # keep the encoded records of the training folds in memory after the first pass
+    num_parallel_calls: int | None = None  # None = tf.data.AUTOTUNE
+    deterministic: bool = False  # True: same seed -> same training order (slower)
+    sampler: Literal["auto", "random", "pk"] = "auto"  # auto: pk for triplet heads, else random
+    ids_per_batch: int = 8  # PK sampler: P individuals per replica batch
+    photos_per_id: int = 4  # PK sampler: K photos each (with repeats for individuals with fewer)
+    pk_min_photos: int = 2  # PK sampler: only individuals with at least this many photos are drawn
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; every op is off at 0 / False. Defaults are the TPU baseline's."""
+
+    flip: bool = True  # horizontal, p=0.5
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # fraction of the image area kept
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333)  # width / height of the crop
+    rotation: float = 0.0  # max degrees either way
+    shear: float = 0.0  # max degrees either way
+    fill_mode: Literal["reflect", "nearest", "constant"] = "reflect"  # pixels rotated/sheared into view
+    brightness: float = 0.1  # max delta, fraction of full scale
+    contrast: float = 0.2  # factor in [1 - c, 1 + c]
+    saturation: float = 0.3  # factor in [1 - s, 1 + s]
+    hue: float = 0.01  # max delta in [0, 0.5]
+    grayscale_prob: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels
+    erasing_prob: float = 0.0
+    erasing_area: tuple[float, float] = (0.02, 0.2)  # fraction of the image area
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)  # width / height of the erased box
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Mirrors tfwhale.model.build_models; n_classes / n_species / image_size come from the manifest."""
+
+    backbone: str = "EfficientNetB0"
+    weights: str | None = "imagenet"
+    embedding_dim: int = 512
+    pooling: Literal["gem", "avg"] = "avg"
+    gem_p: float = 3.0
+    gem_trainable: bool = True
+    dropout: float = 0.0
+    head: Head = "arcface"
+    arc_s: float = 30.0
+    arc_m: float = 0.3
+    easy_margin: bool = False
+    ls_eps: float = 0.0
+    subcenters: int = 1
+    dynamic_margins: bool = False
+    # dynamic margin per class: margin_a * photo_count ** -margin_lambda + margin_b (GLR 2020 3rd place)
+    margin_a: float = 0.5
+    margin_lambda: float = 0.25
+    margin_b: float = 0.05
+    species_head: bool = False
+    species_loss_weight: float = 0.1
+    triplet_margin: float = 0.3
+    triplet_softmax_weight: float = 1.0  # weight of the softmax loss next to the triplet loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0  # adamw only
+    clipnorm: float | None = None
+    schedule: Literal["ramp", "cosine"] = "ramp"
+    lr_update: Literal["epoch", "step"] = "epoch"  # epoch: the baseline's stepwise curve; step: smooth
+    lr_start: float = 1e-6
+    lr_max_per_sample: float = (
+        5e-6  # lr_max = this x examples per optimizer update (all replicas and micro-batches)
+    )
+    lr_min: float = 1e-6
+    ramp_epochs: float = 4.0
+    sustain_epochs: float = 0.0
+    decay: float = 0.9  # per epoch after ramp + sustain
+    warmup_epochs: float = 1.0  # cosine schedule only
+    accumulate_steps: int = 1  # micro-batches (of data.batch_size per replica) summed into one update
+    mixed_precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    seed: int = 42
+    val_every: int = 1  # epochs between validation passes
+    steps_per_epoch: int | None = None  # None = fold train examples // global batch
+    ema_momentum: float | None = None  # None = no weight EMA
+    verbose: int = 2  # keras fit: 0 silent, 1 progress bar, 2 one line per epoch
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    batch_size: int = 64  # per replica, embedding passes
+    tta_flip: bool = False
+    knn_k: int = 50
+    new_individual_threshold: float | None = None  # None = tuned on out-of-fold predictions
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file's changes, then `section.key=value` overrides, checked and typed."""
+    changes: dict[str, dict[str, Any]] = {}
+    if path:
+        resolved = resolve_config_path(path)
+        _merge(changes, _read_yaml(resolved), resolved)
+    for override in overrides:
+        _merge(changes, _parse_override(override), f"override {override!r}")
+    sections = {}
+    for name, section_type in _sections().items():
+        sections[name] = section_type(**changes.get(name, {}))
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def resolve_config_path(path: str) -> str:
+    """A file path (local or gs://) as given, or a bare name like "tiny_cpu" from the shipped configs."""
+    if io.exists(path):
+        return path
+    is_bare_name = "/" not in path and not path.endswith((".yaml", ".yml"))
+    shipped = os.path.join(CONFIGS_DIR, f"{path}.yaml")
+    if is_bare_name and io.exists(shipped):
+        return shipped
+    names = sorted(n.removesuffix(".yaml") for n in io.listdir(CONFIGS_DIR) if n.endswith(".yaml"))
+    raise ConfigError(f"config {path!r} not found: not a file, nor one of the shipped configs {names}")
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(io.read_text(path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...), got {_show(data)}")
+    return data
+
+
+def _parse_override(override: str) -> dict[str, dict[str, Any]]:
+    key, sep, text = override.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise ConfigError(f"override {override!r}: expected section.key=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML: {err}") from err
+    return {section: {name: value}}
+
+
+def _merge(changes: dict[str, dict[str, Any]], new: Mapping[str, Any], source: str) -> None:
+    """Check every section/key in `new` against the dataclasses, convert its value, record it."""
+    sections = _sections()
+    for section, values in new.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown config section {section!r}{_closest(section, sections)}")
+        if values is None:  # a section header whose keys are all commented out
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of key: value")
+        hints = typing.get_type_hints(sections[section])
+        for key, value in values.items():
+            if key not in hints:
+                keys = [f"{section}.{k}" for k in hints]
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key}{_closest(f'{section}.{key}', keys)}"
+                )
+            try:
+                converted = _convert(value, hints[key])
+            except (TypeError, ValueError) as err:
+                raise ConfigError(
+                    f"{source}: {section}.{key} expects {_type_name(hints[key])}, got {_show(value)}"
+                ) from err
+            changes.setdefault(section, {})[key] = converted
+
+
+def _closest(name: str, valid: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else f" (valid: {', '.join(valid)})"
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """`value` (from YAML) as the field type `hint`; TypeError/ValueError when it cannot be."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_null and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)))
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"not one of {args}")
+        return value
+    if origin is tuple:
+        return _convert_tuple(value, args)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError("not a bool")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("not an int")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError("not a number")
+        return float(value)  # YAML reads 1e-6 (no dot) as a string
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise TypeError("not a string")
+        return str(value)
+    raise TypeError(f"unsupported field type {hint}")
+
+
+def _convert_tuple(value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError("not a list")
+    if len(value) != len(args):
+        raise ValueError(f"needs {len(args)} items")
+    return tuple(_convert(v, a) for v, a in zip(value, args, strict=True))
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the types cannot express; ConfigError naming the setting."""
+    problems = []
+    a, d = cfg.augment, cfg.data
+    for name in ("crop_scale", "crop_ratio", "blur_sigma", "erasing_area", "erasing_ratio"):
+        low, high = getattr(a, name)
+        if not 0 < low <= high:
+            problems.append(f"augment.{name}={[low, high]} must satisfy 0 < low <= high")
+    for name in ("grayscale_prob", "blur_prob", "erasing_prob"):
+        if not 0 <= getattr(a, name) <= 1:
+            problems.append(f"augment.{name}={getattr(a, name)} must be a probability in [0, 1]")
+    if a.crop_scale[1] > 1 or a.erasing_area[1] > 1:
+        problems.append("augment.crop_scale and augment.erasing_area are area fractions, at most 1")
+    if not 0 <= a.hue <= 0.5:
+        problems.append(f"augment.hue={a.hue} must be in [0, 0.5]")
+    counts = ("image_size", "batch_size", "ids_per_batch", "photos_per_id", "pk_min_photos")
+    for name, value in [(f"data.{k}", getattr(d, k)) for k in counts] + [
+        (f"train.{k}", getattr(cfg.train, k)) for k in ("epochs", "accumulate_steps", "val_every")
+    ]:
+        if value < 1:
+            problems.append(f"{name}={value} must be at least 1")
+    if uses_pk_sampler(cfg) and d.batch_size != d.ids_per_batch * d.photos_per_id:
+        problems.append(
+            f"data.batch_size={d.batch_size} must equal data.ids_per_batch x data.photos_per_id "
+            f"({d.ids_per_batch} x {d.photos_per_id}) with the PK sampler"
+        )
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def uses_pk_sampler(cfg: Config) -> bool:
+    """Whether training batches are P individuals x K photos (the triplet heads need positives in-batch)."""
+    if cfg.data.sampler == "auto":
+        return cfg.model.head in ("triplet", "triplet_softmax")
+    return cfg.data.sampler == "pk"
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Plain YAML-safe dict (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, tuple) else value
+
+    return {
+        section: {k: plain(v) for k, v in values.items()}
+        for section, values in dataclasses.asdict(cfg).items()
+    }
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """The resolved config, every key, written atomically (load_config(path) gives `cfg` back)."""
+    io.write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,306 @@
+"""tf.data input for the train and predict stages: fold shards -> decoded, augmented, batched examples.
+
+Training (and validation-loss) batches have static shapes and no strings, so they feed TPUs:
+
+    (inputs, labels) = ({"image": uint8 [B, S, S, 3] (0..255), "label": int32 [B]},
+                        {"label": int32 [B], "species_label": int32 [B]})
+
+The trainer maps `labels` onto its model's output names (fold.to_targets); B is the global batch
+(all replicas, all accumulated micro-batches).
+
+Evaluation passes are ordered, unaugmented and keep every example: the last batch is padded to a
+full static batch and callers keep the first `count` rows (`embed` does this for you).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfwhale import io, records
+from tfwhale.augment import augment_image
+from tfwhale.config import Config, ConfigError, uses_pk_sampler
+from tfwhale.records import Manifest, ManifestError
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+_READ_BUFFER = 8 << 20  # bytes per open shard; large reads matter on gs://
+_EVAL_CYCLE = 8  # a fixed shard interleave keeps the eval order the same on every machine
+_TRAIN_CYCLE = 16
+# independent random streams under one seed: which photos a PK batch draws, how each example is augmented
+_PK_STREAM, _AUGMENT_STREAM = 0, 1
+
+
+def check_image_size(manifest: Manifest, cfg: Config) -> None:
+    if cfg.data.image_size != manifest.image_size:
+        raise ConfigError(
+            f"config data.image_size={cfg.data.image_size} but the records in {manifest.root} are "
+            f"{manifest.image_size} px; set data.image_size={manifest.image_size} or rebuild the records"
+        )
+
+
+def shard_paths(manifest: Manifest, split: str, folds: list[int] | None) -> list[str]:
+    """Shard files of a split (and folds); clear errors for unknown folds and absent shards."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split == "train" and folds is not None:
+        unknown = [f for f in folds if not 0 <= f < manifest.n_folds]
+        if unknown:
+            raise ValueError(
+                f"folds {unknown} do not exist: {manifest.root} has folds 0..{manifest.n_folds - 1}"
+            )
+        empty = [f for f in folds if not manifest.shards("train", [f])]
+        if empty:
+            raise ManifestError(f"{manifest.root}: manifest lists no shards for train folds {empty}")
+    paths = manifest.shard_paths(split, folds)
+    if not paths:
+        raise ManifestError(f"{manifest.root}: manifest lists no {split} shards")
+    absent = [p for p in paths if not io.exists(p)]
+    if absent:
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        raise ManifestError(f"{len(absent)} shard(s) listed in the manifest are missing: {shown}")
+    return paths
+
+
+def _read_records(paths: list[str], cycle: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle_seed is not None:
+        files = files.shuffle(len(paths), seed=shuffle_seed)
+    return files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER),
+        cycle_length=min(len(paths), cycle),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+    )
+
+
+def _training_fields(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    example = records.parse_train_example(serialized)
+    return {k: example[k] for k in ("image", "label", "species_label")}
+
+
+def _random_examples(paths: list[str], cfg: Config, seed: int) -> tf.data.Dataset:
+    """Training examples (encoded images) in shuffled order, forever."""
+    examples = _read_records(paths, _TRAIN_CYCLE, shuffle_seed=seed)
+    examples = examples.map(_training_fields, num_parallel_calls=AUTOTUNE)
+    if cfg.data.cache:
+        examples = examples.cache()  # encoded bytes: about the size of the shards, not of decoded images
+    return examples.shuffle(cfg.data.shuffle_buffer, seed=seed).repeat()
+
+
+def _load_sorted_by_label(paths: list[str]) -> dict[str, np.ndarray]:
+    """All (encoded) training examples of the shards in memory, sorted by label."""
+    columns: dict[str, list[np.ndarray]] = {"image": [], "label": [], "species_label": []}
+    batches = _read_records(paths, _TRAIN_CYCLE).map(_training_fields, num_parallel_calls=AUTOTUNE)
+    for batch in batches.batch(1024).as_numpy_iterator():
+        for key, values in batch.items():
+            columns[key].append(values)
+    table = {key: np.concatenate(parts) for key, parts in columns.items()}
+    order = np.argsort(table["label"], kind="stable")
+    return {key: values[order] for key, values in table.items()}
+
+
+def _pk_examples(paths: list[str], cfg: Config, seed: int) -> tf.data.Dataset:
+    """Forever: groups of P distinct individuals x K photos each, one group per replica batch.
+
+    The encoded examples of the folds are held in host memory (about the shards' size) so any
+    individual's photos can be drawn; individuals with fewer than K photos repeat some (each copy
+    gets its own augmentation). Only individuals with >= data.pk_min_photos photos are drawn.
+    """
+    ids, photos = cfg.data.ids_per_batch, cfg.data.photos_per_id
+    table = _load_sorted_by_label(paths)
+    _, starts, counts = np.unique(table["label"], return_index=True, return_counts=True)
+    eligible = counts >= cfg.data.pk_min_photos
+    if eligible.sum() < ids:
+        raise ConfigError(
+            f"PK sampler: {int(eligible.sum())} individuals in these folds have at least "
+            f"data.pk_min_photos={cfg.data.pk_min_photos} photos; data.ids_per_batch={ids} needs {ids}"
+        )
+    starts_t = tf.constant(starts[eligible], tf.int64)
+    counts_t = tf.constant(counts[eligible], tf.int64)
+    max_count = int(counts[eligible].max())
+    columns = {key: tf.constant(values) for key, values in table.items()}
+    logger.info(
+        "PK sampler: %d examples in memory, %d individuals drawable", len(table["label"]), eligible.sum()
+    )
+
+    def group_indices(step: tf.Tensor) -> tf.Tensor:
+        group_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, _PK_STREAM], tf.int64), step)
+        seeds = tf.random.experimental.stateless_split(group_seed, 2)
+        chosen = tf.argsort(tf.random.stateless_uniform([len(starts_t)], seeds[0]))[:ids]
+        start, count = tf.gather(starts_t, chosen), tf.gather(counts_t, chosen)
+        # a random order of each chosen individual's photos: positions past its count sort last
+        keys = tf.random.stateless_uniform([ids, max_count], seeds[1])
+        keys = tf.where(tf.range(max_count, dtype=tf.int64)[None] < count[:, None], keys, 2.0)
+        shuffled = tf.argsort(keys, axis=1)
+        slots = tf.range(photos, dtype=tf.int64)[None] % count[:, None]
+        within = tf.gather(shuffled, slots, batch_dims=1)
+        return tf.reshape(start[:, None] + tf.cast(within, tf.int64), [-1])
+
+    indices = tf.data.Dataset.counter().map(group_indices).unbatch()
+    return indices.map(lambda i: {key: tf.gather(values, i) for key, values in columns.items()})
+
+
+def _inputs_and_labels(batch: dict[str, tf.Tensor]) -> tuple[dict, dict]:
+    inputs = {"image": batch["image"], "label": batch["label"]}
+    return inputs, {"label": batch["label"], "species_label": batch["species_label"]}
+
+
+def _training_example(example: dict[str, tf.Tensor], image: tf.Tensor) -> dict[str, tf.Tensor]:
+    return {
+        "image": tf.cast(tf.round(image), tf.uint8),
+        "label": tf.cast(example["label"], tf.int32),
+        "species_label": tf.cast(example["species_label"], tf.int32),
+    }
+
+
+def train_dataset(
+    manifest: Manifest, folds: list[int], cfg: Config, global_batch: int, seed: int
+) -> tf.data.Dataset:
+    """Endless augmented training batches of `global_batch` examples from the shards of `folds`
+    (see the module doc for their structure)."""
+    check_image_size(manifest, cfg)
+    paths = shard_paths(manifest, "train", folds)
+    size, augment = cfg.data.image_size, cfg.augment
+    if uses_pk_sampler(cfg):
+        group = cfg.data.ids_per_batch * cfg.data.photos_per_id
+        if global_batch % group:
+            raise ConfigError(f"PK sampler: global batch {global_batch} is not a multiple of P x K = {group}")
+        examples = _pk_examples(paths, cfg, seed)
+    else:
+        examples = _random_examples(paths, cfg, seed)
+
+    def prepare(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        example_seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([seed, _AUGMENT_STREAM], tf.int64), index
+        )
+        image = augment_image(records.decode_image(example["image"], size), example_seed, augment)
+        return _training_example(example, image)
+
+    batches = examples.enumerate().map(prepare, num_parallel_calls=cfg.data.num_parallel_calls or AUTOTUNE)
+    batches = batches.batch(global_batch, drop_remainder=True)
+    batches = batches.map(_inputs_and_labels).prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = cfg.data.deterministic
+    return batches.with_options(options)
+
+
+def val_loss_dataset(manifest: Manifest, folds: list[int], cfg: Config, global_batch: int) -> tf.data.Dataset:
+    """Unaugmented batches shaped like train_dataset's, for Keras' validation loss: a fixed order,
+    full batches only (at least one: a fold smaller than a batch is repeated to fill it)."""
+    check_image_size(manifest, cfg)
+    paths = shard_paths(manifest, "train", folds)
+    size = cfg.data.image_size
+
+    def prepare(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        example = _training_fields(serialized)
+        return _training_example(example, records.decode_image(example["image"], size))
+
+    n_batches = max(1, manifest.count("train", folds) // global_batch)
+    examples = _read_records(paths, _EVAL_CYCLE).map(prepare, num_parallel_calls=AUTOTUNE)
+    batches = examples.repeat().batch(global_batch, drop_remainder=True).take(n_batches)
+    options = tf.data.Options()
+    options.deterministic = True
+    return batches.map(_inputs_and_labels).prefetch(AUTOTUNE).with_options(options)
+
+
+def _eval_fields(split: str, size: int):
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        if split == "test":
+            example = records.parse_test_example(serialized)
+            return {
+                "image": records.decode_image(example["image"], size),
+                "image_name": example["image_name"],
+            }
+        example = records.parse_train_example(serialized)
+        fields = {k: example[k] for k in ("image_name", "individual_id", "species")}
+        return {
+            "image": records.decode_image(example["image"], size),
+            **fields,
+            "label": tf.cast(example["label"], tf.int32),
+        }
+
+    return parse
+
+
+def _padding_row(split: str, size: int) -> dict[str, tf.Tensor]:
+    row = {"image": tf.zeros([size, size, 3], tf.uint8), "image_name": tf.constant("")}
+    if split == "train":
+        row.update(individual_id=tf.constant(""), species=tf.constant(""), label=tf.constant(-1, tf.int32))
+    return row
+
+
+def eval_dataset(
+    manifest: Manifest, split: str, folds: list[int] | None, batch: int
+) -> tuple[tf.data.Dataset, int]:
+    """Ordered, unaugmented batches of every example of the split/folds, last batch padded.
+
+    Yields dicts: image uint8 [batch, S, S, 3], image_name; on the train split also label (int32,
+    -1 on padding rows), individual_id, species. Returns the dataset and the true example count.
+    """
+    if batch < 1:
+        raise ValueError(f"eval batch must be at least 1, got {batch}")
+    paths = shard_paths(manifest, split, folds)
+    size = manifest.image_size
+    rows = _read_records(paths, _EVAL_CYCLE).map(_eval_fields(split, size), num_parallel_calls=AUTOTUNE)
+    # batch - 1 padding rows always complete the last batch; drop_remainder then drops only padding
+    padding = tf.data.Dataset.from_tensors(_padding_row(split, size)).repeat(batch - 1)
+    batches = rows.concatenate(padding).batch(batch, drop_remainder=True)
+    count = manifest.count(split, folds)
+    # a known length lets Keras predict size its progress; a miscounting manifest fails loudly here
+    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch)))
+    options = tf.data.Options()
+    options.deterministic = True
+    return batches.prefetch(AUTOTUNE).with_options(options), count
+
+
+def eval_metadata(manifest: Manifest, split: str, folds: list[int] | None) -> dict[str, list[Any]]:
+    """The eval pass's names (and ids, species, labels for train) in the same order, without images."""
+    paths = shard_paths(manifest, split, folds)
+    parse = records.parse_test_example if split == "test" else records.parse_train_example
+    keys = ["image_name"] if split == "test" else ["image_name", "individual_id", "species", "label"]
+    rows = _read_records(paths, _EVAL_CYCLE).map(lambda s: {k: parse(s)[k] for k in keys})
+    options = tf.data.Options()
+    options.deterministic = True
+    columns: dict[str, list[Any]] = {k: [] for k in keys}
+    for batch in rows.with_options(options).batch(4096).as_numpy_iterator():
+        for key in keys:
+            columns[key].extend(v.decode() if isinstance(v, bytes) else int(v) for v in batch[key])
+    return columns
+
+
+class Embedded(NamedTuple):
+    embeddings: np.ndarray  # [N, D], in eval order
+    names: list[str]  # image_name per row
+    ids: list[str] | None  # individual_id per row (train split only)
+    species: list[str] | None  # species per row (train split only)
+
+
+def embed(
+    model: Any, manifest: Manifest, split: str, folds: list[int] | None, batch: int, flip: bool = False
+) -> Embedded:
+    """Embeddings [N, D] of every example in eval order, with names (and ids, species on train).
+
+    `model` maps an image batch to embeddings (or to a dict holding "embedding"); flip=True embeds
+    mirrored images (flip TTA). Padding rows are dropped. The names come from an image-free pass
+    over the same ordered records, made first so a manifest that miscounts fails before the model runs.
+    """
+    meta = eval_metadata(manifest, split, folds)
+    names = meta["image_name"]
+    count = manifest.count(split, folds)
+    if len(names) != count:
+        raise ManifestError(
+            f"{manifest.root}: manifest counts {count} {split} examples in folds {folds}, "
+            f"shards hold {len(names)}"
+        )
+    dataset, _ = eval_dataset(manifest, split, folds, batch)
+    images = dataset.map(lambda b: tf.image.flip_left_right(b["image"]) if flip else b["image"])
+    output = model.predict(images, verbose=0)
+    embeddings = np.asarray(output["embedding"] if isinstance(output, dict) else output)
+    if split == "test":
+        return Embedded(embeddings[:count], names, None, None)
+    return Embedded(embeddings[:count], names, meta["individual_id"], meta["species"])
