@@ -13,8 +13,13 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["tfwhale", "tfwhale.*", "tfrecords_builder", "tfrecords_builder.*"]),
-    package_data={"tfwhale": ["configs/*.yaml"]},
+    packages=[
+        *find_packages(include=["tfwhale", "tfwhale.*", "tfrecords_builder", "tfrecords_builder.*"]),
+        "tfwhale.configs",
+    ],
+    # The repo keeps its configs at the top level; installed, they live inside the package.
+    package_dir={"tfwhale.configs": "configs"},
+    package_data={"tfwhale.configs": ["*.yaml"]},
     install_requires=[
         # TensorFlow itself comes from an extra (cpu / gpu) or from the platform
         # (Kaggle, Colab, TPU VMs ship their own build, which pip must not replace).

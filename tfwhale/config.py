@@ -16,7 +16,11 @@ import yaml
 from tfwhale import io
 
 # Configs shipped with the package; a bare name like "tiny_cpu" means CONFIGS_DIR/tiny_cpu.yaml.
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Installed from a wheel they sit in tfwhale/configs; in a checkout, in the repo's top-level configs/.
+_INSTALLED_CONFIGS = os.path.join(_PACKAGE_DIR, "configs")
+_CHECKOUT_CONFIGS = os.path.join(os.path.dirname(_PACKAGE_DIR), "configs")
+CONFIGS_DIR = _INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS) else _CHECKOUT_CONFIGS
 
 Head = Literal["arcface", "softmax", "triplet", "triplet_softmax"]
 

@@ -1,0 +1,1 @@
+"""Shipped training configs (YAML); a package only so that wheels carry them."""
