@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +113,7 @@ class Manifest:
 
     root: str
     data: dict[str, Any]
+    sha256: str = ""  # of manifest.json: runs record which build they were trained on
 
     @property
     def image_size(self) -> int:
@@ -156,11 +159,12 @@ def load_manifest(root: str) -> Manifest:
     if not io.exists(path):
         hint = " (the build is unfinished: run build-tfrecords again to complete it)"
         raise ManifestError(f"{path} not found{hint if io.exists(root) else ''}")
-    data = io.read_json(path)
+    text = io.read_text(path)
+    data = json.loads(text)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ManifestError(
             f"{path}: records schema version {version!r}, this tfwhale reads version "
             f"{SCHEMA_VERSION}; rebuild the records with this version's build-tfrecords"
         )
-    return Manifest(root=root, data=data)
+    return Manifest(root=root, data=data, sha256=hashlib.sha256(text.encode()).hexdigest())
