@@ -31,6 +31,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "tensorboard>=2.16",  # TF 2.21 no longer pulls it in; the trainer writes TensorBoard logs
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF}"],

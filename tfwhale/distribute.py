@@ -13,6 +13,7 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 _RUNTIME: Runtime | None = None
+_REQUEST: tuple[str | None, bool] | None = None
 
 
 class DeviceError(RuntimeError):
@@ -52,7 +53,12 @@ def split_cpu(n_devices: int) -> None:
 
 def get_runtime(tpu: str | None = None, mirrored_cpu: bool = False) -> Runtime:
     """The process-wide runtime; `tpu` is None (no TPU), "" / "local" / a TPU name."""
-    global _RUNTIME
+    global _RUNTIME, _REQUEST
+    if _RUNTIME is not None and (tpu, mirrored_cpu) != _REQUEST:
+        raise DeviceError(
+            f"this process already trains on {_RUNTIME.kind} ({_RUNTIME.replicas} replica(s)); "
+            "start a new process to use other hardware"
+        )
     if _RUNTIME is None:
         backend = keras.backend.backend()
         if backend == "jax":
@@ -61,6 +67,7 @@ def get_runtime(tpu: str | None = None, mirrored_cpu: bool = False) -> Runtime:
             _RUNTIME = _tf_runtime(tpu, mirrored_cpu)
         else:
             raise DeviceError(f"KERAS_BACKEND={backend!r} is not supported; use tensorflow or jax")
+        _REQUEST = (tpu, mirrored_cpu)
         logger.info("training on %s (%s backend), %d replica(s)", _RUNTIME.kind, backend, _RUNTIME.replicas)
     return _RUNTIME
 
@@ -114,5 +121,5 @@ def _jax_runtime(tpu: str | None) -> Runtime:
 
 def reset_runtime_for_tests() -> None:
     """Forget the cached runtime (tests only: real processes keep one)."""
-    global _RUNTIME
-    _RUNTIME = None
+    global _RUNTIME, _REQUEST
+    _RUNTIME = _REQUEST = None

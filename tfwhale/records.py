@@ -138,6 +138,12 @@ class Manifest:
         counts = self.data["labels"]["photo_counts"]
         return [int(counts[name]) for name in self.individuals]
 
+    @property
+    def labels_sha256(self) -> str:
+        """Fingerprint of the label maps: runs and records must agree on what label i means."""
+        text = json.dumps(self.data["labels"], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def shards(self, split: str, folds: list[int] | None = None) -> list[dict[str, Any]]:
         """Shard entries of a split ("train" or "test"), optionally only of some folds."""
         return [

@@ -1,0 +1,65 @@
+"""Trainer: epoch checkpoints (weights + optimizer state) that a preempted run resumes from."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import keras
+
+from tfwhale import io
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "state.json"
+
+
+def save_weights(model: keras.Model, path: str) -> str:
+    """Save weights (with optimizer state, Keras 3) to a local or gs:// path, atomically; returns sha256."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, io.basename(path))
+        model.save_weights(local)
+        with open(local, "rb") as f:  # a local temp file, never a maybe-remote path
+            data = f.read()
+    io.write_bytes(path, data)
+    return io.sha256(path)
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, io.basename(path))
+        with open(local, "wb") as f:
+            f.write(io.read_bytes(path))
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(local)
+
+
+def save_checkpoint(model: keras.Model, ckpt_dir: str, epoch: int, state: dict[str, Any]) -> None:
+    """Checkpoint after `epoch` finished epochs; state.json is written last and marks it whole."""
+    io.makedirs(ckpt_dir)
+    name = f"epoch-{epoch:04d}.weights.h5"
+    digest = save_weights(model, io.join(ckpt_dir, name))
+    io.write_json(io.join(ckpt_dir, STATE_NAME), {**state, "epoch": epoch, "weights": name, "sha256": digest})
+    for old in io.listdir(ckpt_dir):
+        if old.startswith("epoch-") and old != name:
+            io.remove(io.join(ckpt_dir, old))
+
+
+def load_checkpoint(model: keras.Model, ckpt_dir: str) -> dict[str, Any] | None:
+    """Restore the last whole checkpoint into a compiled model; None when there is none."""
+    state_path = io.join(ckpt_dir, STATE_NAME)
+    if not io.exists(state_path):
+        return None
+    state = io.read_json(state_path)
+    weights = io.join(ckpt_dir, state["weights"])
+    if not io.exists(weights) or io.sha256(weights) != state["sha256"]:
+        raise RuntimeError(
+            f"checkpoint {weights} is missing or does not match {state_path}; "
+            "delete the ckpt folder to restart this fold"
+        )
+    load_weights(model, weights)
+    logger.info("resuming from %s after epoch %d", ckpt_dir, state["epoch"])
+    return state

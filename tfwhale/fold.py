@@ -1,0 +1,239 @@
+"""Trainer: one fold from build to artefacts (model, embedding model, weights, history, OOF embeddings)."""
+
+from __future__ import annotations
+
+import io as pyio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfwhale import checkpoint, io, runinfo
+from tfwhale.accumulate import with_accumulation
+from tfwhale.config import Config, save_config
+from tfwhale.data import train_dataset, val_loss_dataset
+from tfwhale.distribute import Runtime
+from tfwhale.layers import dynamic_margins
+from tfwhale.losses import losses_for
+from tfwhale.model import build_models
+from tfwhale.records import Manifest
+from tfwhale.schedules import learning_rate_schedule
+from tfwhale.validate import validate_fold
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, ...); the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """What one fold trains on, and where it writes."""
+
+    name: str  # "fold0".. or "full"
+    val_fold: int | None
+    train_folds: list[int]
+    out_dir: str
+    global_batch: int  # examples per optimizer step, all replicas, all micro-batches
+    steps_per_epoch: int
+
+
+def plan_fold(
+    cfg: Config, manifest: Manifest, val_fold: int | None, run_dir: str, runtime: Runtime
+) -> FoldPlan:
+    train_folds = [f for f in range(manifest.n_folds) if f != val_fold]
+    global_batch = cfg.data.batch_size * runtime.replicas * cfg.train.accumulate_steps
+    n_train = manifest.count("train", train_folds)
+    steps = cfg.train.steps_per_epoch or max(1, n_train // global_batch)
+    name = "full" if val_fold is None else f"fold{val_fold}"
+    return FoldPlan(name, val_fold, train_folds, io.join(run_dir, name), global_batch, steps)
+
+
+def build_compiled(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime):
+    """(compiled model to fit, plain training model, embedding model), built in the runtime's scope."""
+    m = cfg.model
+    margins = None
+    if m.dynamic_margins:
+        margins = dynamic_margins(manifest.photo_counts, a=m.margin_a, lam=m.margin_lambda, b=m.margin_b)
+    with runtime.scope():
+        train_model, embedding_model = build_models(
+            backbone=m.backbone, image_size=manifest.image_size, weights=m.weights,
+            n_classes=len(manifest.individuals), n_species=len(manifest.species),
+            embedding_dim=m.embedding_dim, pooling=m.pooling, gem_p=m.gem_p, gem_trainable=m.gem_trainable,
+            dropout=m.dropout, head=m.head, arc_s=m.arc_s, arc_m=m.arc_m, easy_margin=m.easy_margin,
+            ls_eps=m.ls_eps, subcenters=m.subcenters, dynamic_margins=margins, species_head=m.species_head,
+        )  # fmt: skip
+        model = with_accumulation(train_model, cfg.train.accumulate_steps)
+        model.compile(
+            optimizer=make_optimizer(cfg, plan, runtime),
+            loss=losses_for(train_model.output.keys(), triplet_margin=m.triplet_margin),
+            loss_weights=loss_weights(cfg, train_model.output.keys()),
+            jit_compile=runtime.kind != "cpu" or runtime.backend == "jax",
+        )
+    return model, train_model, embedding_model
+
+
+def make_optimizer(cfg: Config, plan: FoldPlan, runtime: Runtime) -> keras.optimizers.Optimizer:
+    t = cfg.train
+    schedule = learning_rate_schedule(t, plan.steps_per_epoch, plan.global_batch)
+    options: dict[str, Any] = {"learning_rate": schedule}
+    if t.clipnorm:
+        options["clipnorm"] = t.clipnorm
+    if runtime.backend == "jax" and t.accumulate_steps > 1:
+        # No tf.distribute on JAX, so Keras' own accumulation is safe there (see accumulate.py).
+        options["gradient_accumulation_steps"] = t.accumulate_steps
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(weight_decay=t.weight_decay, **options)
+    return keras.optimizers.Adam(**options)
+
+
+def loss_weights(cfg: Config, outputs) -> dict[str, float]:
+    weights = {name: 1.0 for name in outputs}
+    if "species" in weights:
+        weights["species"] = cfg.model.species_loss_weight
+    if "softmax" in weights and "embedding" in weights:
+        weights["softmax"] = cfg.model.triplet_softmax_weight
+    return weights
+
+
+def to_targets(outputs):
+    """Map the pipeline's (inputs, labels) to the training model's output names."""
+    names = list(outputs)
+
+    def mapper(inputs, labels):
+        return inputs, {n: labels["species_label"] if n == "species" else labels["label"] for n in names}
+
+    return mapper
+
+
+class FoldMonitor(keras.callbacks.Callback):
+    """Per epoch: NaN guard, validation MAP@5, best weights, history, checkpoint (in that order)."""
+
+    def __init__(self, cfg: Config, manifest: Manifest, plan: FoldPlan, nets, state: dict[str, Any]):
+        super().__init__()
+        self.cfg, self.manifest, self.plan = cfg, manifest, plan
+        self.train_model, self.embedding_model = nets
+        self.history: list[dict[str, Any]] = state.get("history", [])
+        self.best: dict[str, Any] = state.get("best", {})
+        self.nan_at: int | None = None
+        self._epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.nan_at is None:
+            self.nan_at = len(self.history) + 1
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_at is not None:
+            return  # never checkpoint a NaN state
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if self._validate_now(epoch + 1):
+            metrics, oof = validate_fold(
+                self.embedding_model, self.manifest, self.plan.val_fold, self.cfg.data.batch_size
+            )
+            row.update(metrics)
+            if metrics["val_map5"] > self.best.get("val_map5", -1.0):
+                self._keep_best(epoch + 1, metrics, oof)
+        row["seconds"] = round(time.time() - self._epoch_start, 2)
+        self.history.append(row)
+        runinfo.write_history(io.join(self.plan.out_dir, runinfo.HISTORY_NAME), self.history)
+        state = {"history": self.history, "best": self.best}
+        checkpoint.save_checkpoint(self.model, io.join(self.plan.out_dir, "ckpt"), epoch + 1, state)
+        logger.info("%s epoch %d: %s", self.plan.name, epoch + 1, _brief(row))
+
+    def _validate_now(self, finished: int) -> bool:
+        if self.plan.val_fold is None:
+            return False
+        return finished % self.cfg.train.val_every == 0 or finished == self.cfg.train.epochs
+
+    def _keep_best(self, epoch: int, metrics: dict[str, Any], oof: dict[str, Any]) -> None:
+        out = self.plan.out_dir
+        checkpoint.save_weights(self.train_model, io.join(out, "best.weights.h5"))
+        buffer = pyio.BytesIO()
+        np.savez(buffer, epoch=epoch, **oof)
+        io.write_bytes(io.join(out, "oof.npz"), buffer.getvalue())
+        self.best = {"epoch": epoch, **metrics}
+
+
+def _brief(row: dict[str, Any]) -> str:
+    keys = ("loss", "val_loss", "val_map5", "val_threshold", "lr", "seconds")
+    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)
+
+
+def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime) -> dict[str, Any]:
+    """Train (or resume) one fold and write its artefacts; returns its run.json content."""
+    io.makedirs(plan.out_dir)
+    save_config(cfg, io.join(plan.out_dir, "config.yaml"))
+    model, train_model, embedding_model = build_compiled(cfg, manifest, plan, runtime)
+    state = checkpoint.load_checkpoint(model, io.join(plan.out_dir, "ckpt")) or {}
+    monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state)
+    started = time.time()
+    dataset = train_dataset(manifest, plan.train_folds, cfg, plan.global_batch, cfg.train.seed)
+    dataset = dataset.map(to_targets(train_model.output.keys()))
+    validation = None
+    if plan.val_fold is not None:
+        validation = val_loss_dataset(manifest, [plan.val_fold], cfg, plan.global_batch)
+        validation = validation.map(to_targets(train_model.output.keys()))
+    callbacks = [monitor, keras.callbacks.TensorBoard(io.join(plan.out_dir, "tensorboard"))]
+    model.fit(
+        dataset, epochs=cfg.train.epochs, initial_epoch=state.get("epoch", 0),
+        steps_per_epoch=plan.steps_per_epoch, validation_data=validation,
+        validation_freq=cfg.train.val_every, callbacks=callbacks, verbose=cfg.train.verbose,
+    )  # fmt: skip
+    if monitor.nan_at is not None:
+        last = monitor.history[-1]["epoch"] if monitor.history else 0
+        raise TrainingError(
+            f"{plan.name}: loss became NaN in epoch {monitor.nan_at}; the last good checkpoint "
+            f"(epoch {last}) is kept in {io.join(plan.out_dir, 'ckpt')}. Lower train.lr_max_per_sample "
+            "or set train.clipnorm, then run the same command again to resume."
+        )
+    return finish_fold(cfg, manifest, plan, runtime, monitor, time.time() - started)
+
+
+def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: float) -> dict[str, Any]:
+    out = plan.out_dir
+    checkpoint.save_weights(monitor.train_model, io.join(out, "last.weights.h5"))
+    if monitor.best:
+        checkpoint.load_weights(monitor.train_model, io.join(out, "best.weights.h5"))
+    else:  # no validation (--full): the last weights are the ones to keep
+        checkpoint.save_weights(monitor.train_model, io.join(out, "best.weights.h5"))
+    _save_model(monitor.train_model, io.join(out, "model.keras"))
+    _save_model(monitor.embedding_model, io.join(out, "embedding.keras"))
+    info = {
+        "status": "finished",
+        "fold": plan.name, "val_fold": plan.val_fold, "train_folds": plan.train_folds,
+        "epochs": len(monitor.history), "best": monitor.best,
+        "final": monitor.history[-1] if monitor.history else {},
+        "seconds_this_session": round(seconds, 1),
+        "seconds_per_epoch": [row.get("seconds") for row in monitor.history],
+        "global_batch": plan.global_batch, "steps_per_epoch": plan.steps_per_epoch,
+        "replicas": runtime.replicas, "device": runtime.kind,
+        "records": {"root": manifest.root, "manifest_sha256": manifest.sha256,
+                    "labels_sha256": manifest.labels_sha256, "n_folds": manifest.n_folds,
+                    "image_size": manifest.image_size},
+        "versions": runinfo.library_versions(),
+    }  # fmt: skip
+    runinfo.plot_curve(io.join(out, runinfo.CURVE_NAME), monitor.history, f"{plan.name}")
+    io.write_json(io.join(out, runinfo.RUN_JSON), info)
+    return info
+
+
+def _save_model(model: keras.Model, path: str) -> None:
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, io.basename(path))
+        model.save(local)
+        with open(local, "rb") as f:  # a local temp file
+            io.write_bytes(path, f.read())

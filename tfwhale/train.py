@@ -1,0 +1,129 @@
+"""Stage 2: train EfficientNet + ArcFace on the built TFRecords, one fold, all folds or the full set.
+
+python -m tfwhale.train --config configs/tiny_cpu.yaml --records records/ --out runs/tiny --folds all
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import keras
+
+from tfwhale import io
+from tfwhale.config import ConfigError, load_config, save_config
+from tfwhale.distribute import DeviceError, get_runtime, split_cpu
+from tfwhale.fold import TrainingError, plan_fold, train_fold
+from tfwhale.model import BACKBONES
+from tfwhale.records import ManifestError, load_manifest
+
+logger = logging.getLogger("tfwhale.train")
+
+EXAMPLES = """examples:
+  python -m tfwhale.train --config configs/tiny_cpu.yaml --records out/records --out runs/tiny --folds all
+  python -m tfwhale.train --config configs/effnet_b6_768.yaml --records gs://bucket/records \\
+      --out gs://bucket/runs/b6 --fold 0 --tpu
+  python -m tfwhale.train --config configs/effnet_b7_768.yaml --records gs://b/rec --out gs://b/runs/b7 \\
+      --full --tpu --set train.epochs=25
+Run the same command again to resume an interrupted run; finished folds are skipped.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfwhale.train",
+        description="Train the embedding model (EfficientNet + GeM + ArcFace) fold by fold.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML of changes to the defaults, or a name in configs/ (tiny_cpu)")
+    parser.add_argument("--records", required=True, help="folder (or gs://) written by build-tfrecords")
+    parser.add_argument("--out", required=True, help="run folder (or gs://); one sub-folder per fold")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--fold", type=int, help="validate on this fold, train on the others")
+    which.add_argument("--folds", help="'all' or a comma list, e.g. 0,2 (default: all)")
+    which.add_argument("--full", action="store_true", help="train on every fold, no validation")
+    parser.add_argument(
+        "--tpu", nargs="?", const="", default=None, metavar="NAME",
+        help="train on a TPU (auto-detect, 'local' on TPU VMs, or a TPU name)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable; applied last)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cpu-devices", type=int, default=0, metavar="N",
+        help="split the CPU into N devices and train data-parallel over them (a multi-replica test proxy)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def selected_folds(args: argparse.Namespace, n_folds: int) -> list[int | None]:
+    if args.full:
+        return [None]
+    if args.fold is not None:
+        chosen = [args.fold]
+    elif args.folds in (None, "all"):
+        chosen = list(range(n_folds))
+    else:
+        chosen = [int(part) for part in args.folds.split(",") if part.strip()]
+    bad = [f for f in chosen if not 0 <= f < n_folds]
+    if bad:
+        raise ConfigError(f"fold(s) {bad} do not exist: the records have folds 0..{n_folds - 1}")
+    return chosen
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    cfg = load_config(args.config, args.set)
+    if cfg.model.backbone not in BACKBONES:
+        raise ConfigError(
+            f"model.backbone={cfg.model.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}"
+        )
+    manifest = load_manifest(args.records)
+    if cfg.data.image_size != manifest.image_size:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} but the records in {args.records} are "
+            f"{manifest.image_size}px; use --set data.image_size={manifest.image_size} or rebuild the records"
+        )
+    if args.cpu_devices > 1:
+        split_cpu(args.cpu_devices)
+    runtime = get_runtime(args.tpu, mirrored_cpu=args.cpu_devices > 1)
+    if runtime.kind == "tpu" and runtime.backend == "tensorflow":
+        for path in (args.records, args.out):
+            if not io.is_remote(path):
+                raise DeviceError(f"{path}: TPU workers read and write only gs:// paths; copy it to a bucket")
+    precision = cfg.train.mixed_precision
+    keras.mixed_precision.set_global_policy(runtime.precision_policy if precision == "auto" else precision)
+    io.makedirs(args.out)
+    save_config(cfg, io.join(args.out, "config.yaml"))
+    results = []
+    for val_fold in selected_folds(args, manifest.n_folds):
+        plan = plan_fold(cfg, manifest, val_fold, args.out, runtime)
+        done = io.join(plan.out_dir, "run.json")
+        if io.exists(done) and io.read_json(done).get("status") == "finished":
+            logger.info("%s already finished (%s); skipping", plan.name, done)
+            results.append(io.read_json(done))
+            continue
+        logger.info("%s: %d steps/epoch, global batch %d", plan.name, plan.steps_per_epoch, plan.global_batch)
+        results.append(train_fold(cfg, manifest, plan, runtime))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    except (ConfigError, ManifestError, DeviceError, TrainingError) as err:
+        logger.error("%s", err)
+        return 1
+    for info in results:
+        best = info.get("best") or {}
+        score = f"{best['val_map5']:.4f} (epoch {best['epoch']})" if best else "n/a"
+        logger.info("%s: %d epochs, best val MAP@5 %s", info["fold"], info["epochs"], score)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Trainer: out-of-fold validation as the leaderboard scores it (kNN MAP@5 with new_individual)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfwhale import knn, threshold
+from tfwhale.data import embed
+from tfwhale.metrics import map_at_k
+from tfwhale.records import NEW_INDIVIDUAL, Manifest
+
+
+def oof_truths(query_ids: list[str], gallery_ids: list[str]) -> list[str]:
+    """A val individual never seen in the train folds is, for scoring, a new individual."""
+    known = set(gallery_ids)
+    return [i if i in known else NEW_INDIVIDUAL for i in query_ids]
+
+
+def score_queries(
+    query_emb: np.ndarray, query_ids: list[str], gallery_emb: np.ndarray, gallery_ids: list[str]
+) -> dict[str, Any]:
+    """MAP@5 of queries against a gallery, with the new_individual threshold tuned on these queries."""
+    truths = oof_truths(query_ids, gallery_ids)
+    k = min(50, len(gallery_ids))
+    sims, idx = knn.search(query_emb, gallery_emb, k=k)
+    labels, scores = knn.top_individuals(sims, idx, np.asarray(gallery_ids), n=5)
+    tuned = threshold.tune_threshold(labels, scores, truths)
+    return {
+        "val_map5": float(tuned.best_map),
+        "val_threshold": float(tuned.threshold),
+        "val_map5_without_new": float(map_at_k(truths, labels)),
+        "val_new_share": float(np.mean([t == NEW_INDIVIDUAL for t in truths])),
+    }
+
+
+def validate_fold(
+    embedding_model: keras.Model, manifest: Manifest, val_fold: int, batch: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, out-of-fold embeddings of the val fold) for one fold's current weights."""
+    train_folds = [f for f in range(manifest.n_folds) if f != val_fold]
+    gallery = embed(embedding_model, manifest, "train", train_folds, batch)
+    queries = embed(embedding_model, manifest, "train", [val_fold], batch)
+    metrics = score_queries(queries.embeddings, queries.ids, gallery.embeddings, gallery.ids)
+    oof = {
+        "embeddings": queries.embeddings,
+        "image_names": np.asarray(queries.names),
+        "individual_ids": np.asarray(queries.ids),
+        "species": np.asarray(queries.species),
+    }
+    return metrics, oof
