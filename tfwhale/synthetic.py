@@ -76,19 +76,21 @@ def _hex_names(rng: np.random.Generator, count: int, nbytes: int) -> list[str]:
     return names
 
 
-def _photo_counts(rng: np.random.Generator, individuals: int) -> np.ndarray:
+def _photo_counts(rng: np.random.Generator, individuals: int, min_photos: int = 1) -> np.ndarray:
     counts = np.minimum(rng.zipf(ZIPF_EXPONENT, individuals), MAX_PHOTOS)
+    # Singletons stay singletons: out of fold they are the new individuals the threshold is tuned on.
+    counts[counts > 1] = np.maximum(counts[counts > 1], min_photos)
     counts[int(np.argmax(counts))] = max(int(counts.max()), HEAD_PHOTOS)
     return counts
 
 
 def _plan(
-    rng: np.random.Generator, individuals: int, test_fraction: float, new_fraction: float
+    rng: np.random.Generator, individuals: int, test_fraction: float, new_fraction: float, min_photos: int = 1
 ) -> tuple[list[str], list[str], np.ndarray, list[_Photo]]:
     """Species, ids, which individuals are new, and every photo with its split."""
     species = [str(s) for s in rng.choice(SPECIES, size=individuals, p=SPECIES_SHARE)]
     ids = _hex_names(rng, individuals, 6)
-    counts = _photo_counts(rng, individuals)
+    counts = _photo_counts(rng, individuals, min_photos)
     new_count = min(round(new_fraction * individuals), individuals - 1)
     is_new = np.zeros(individuals, dtype=bool)
     is_new[rng.choice(individuals, size=new_count, replace=False)] = True
@@ -162,12 +164,15 @@ def generate(
     missing_box_fraction: float = 0.03,
     overwrite: bool = False,
     progress: bool = True,
+    min_photos: int = 1,
 ) -> SyntheticSummary:
     """Write a synthetic data set to out_dir (local or gs://); the same arguments give the same bytes.
 
     `individuals` counts every animal; `new_fraction` of them appear only in the test set. `test_fraction`
     of the other animals' photos move to the test set, never an animal's only train photo. train.csv is
-    written last: while it is missing, the set is unfinished.
+    written last: while it is missing, the set is unfinished. `min_photos` > 1 thins the long tail: every
+    animal photographed more than once gets at least that many photos (a catalogue a tiny model can learn
+    in minutes); singletons stay.
     """
     fractions = {
         "test_fraction": test_fraction,
@@ -175,9 +180,11 @@ def generate(
         "missing_box_fraction": missing_box_fraction,
     }
     _check_args(individuals, image_size, fractions)
+    if min_photos < 1:
+        raise ValueError(f"min_photos must be >= 1, got {min_photos}")
     _prepare(out_dir, overwrite)
     plan_rng = np.random.default_rng([seed, 1])
-    species, ids, is_new, photos = _plan(plan_rng, individuals, test_fraction, new_fraction)
+    species, ids, is_new, photos = _plan(plan_rng, individuals, test_fraction, new_fraction, min_photos)
     boxes = _render_all(out_dir, photos, species, seed, image_size, missing_box_fraction, progress)
     rows = pd.DataFrame(
         {
@@ -277,6 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--new-fraction", type=float, default=0.1, metavar="F", help="share of animals seen only in test")
     add("--missing-box-fraction", type=float, default=0.03, metavar="F", help="share of photos with no box")
+    add("--min-photos", type=int, default=1, metavar="N", help="photos per non-singleton animal, at least")
     add("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
     add("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -296,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing_box_fraction=args.missing_box_fraction,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            min_photos=args.min_photos,
         )
     except (ValueError, FileExistsError) as error:
         logger.error("%s", error)
