@@ -1,0 +1,178 @@
+"""Benchmark of stage 1: build-tfrecords vs a one-image-at-a-time loop like the public notebooks.
+
+    python benchmarks/build_speed.py                 # 200 photos of 3000x2000 -> 768 px, Detic-like boxes
+    python benchmarks/build_speed.py --boxes none    # whole photos, no crop
+    python benchmarks/build_speed.py --n 50 --size 512
+
+The photos are generated once (noise + gradients + shapes, JPEG quality 90) and cached. Both sides run in
+this process after TensorFlow is imported; the builder time includes starting its worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from io import BytesIO, StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFilter
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+WIDTH, HEIGHT = 3000, 2000
+# Box sides as fractions of the photo, roughly the spread of the Kaggle Detic / YOLOv5 full-body boxes
+# (median about 0.45 x 0.25 of a 3000 x 2000 photo; 30% of photos have no box).
+BOX_WIDTHS = (0.15, 0.25, 0.45, 0.7, 0.95)
+BOX_HEIGHTS = (0.08, 0.14, 0.25, 0.38, 0.55)
+NO_BOX_SHARE = 0.3
+
+
+def photo(seed: int) -> Image.Image:
+    """A photo-like picture: sky/sea gradient, smooth large-scale variation, shapes, sensor noise."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0.0, 1.0, HEIGHT)[:, None, None]
+    sky, sea = rng.uniform(120, 230, 3), rng.uniform(10, 90, 3)
+    pixels = sky * (1 - rows) + sea * rows + np.zeros((1, WIDTH, 1))
+    coarse = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).resize(
+        (WIDTH, HEIGHT), Image.Resampling.BICUBIC
+    )
+    pixels += (np.asarray(coarse, np.float32) - 128) * 0.35
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = rng.integers(0, WIDTH), rng.integers(0, HEIGHT)
+        w, h = rng.integers(100, 1200), rng.integers(40, 500)
+        draw.ellipse((x, y, x + w, y + h), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    image = image.filter(ImageFilter.GaussianBlur(2))
+    noisy = np.asarray(image, np.float32) + rng.normal(0, 9, (HEIGHT, WIDTH, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def save_photo(path: Path, seed: int) -> None:
+    tmp = path.with_suffix(".part")
+    photo(seed).save(tmp, "JPEG", quality=90)
+    tmp.rename(path)
+
+
+def random_box(rng: np.random.Generator) -> str:
+    if rng.random() < NO_BOX_SHARE:
+        return ""
+    width = WIDTH * rng.choice(BOX_WIDTHS) * rng.uniform(0.8, 1.05)
+    height = HEIGHT * rng.choice(BOX_HEIGHTS) * rng.uniform(0.8, 1.2)
+    left, top = rng.uniform(0, WIDTH - width), rng.uniform(0, HEIGHT - height)
+    return f"{left:.0f} {top:.0f} {left + width:.0f} {top + height:.0f}"
+
+
+def make_photos(cache: Path, n: int, boxes: str) -> Path:
+    """cache/train_images/ with n photos (generated once, kept) and a train CSV for this run; returns it."""
+    images = cache / "train_images"
+    images.mkdir(parents=True, exist_ok=True)
+    missing = [i for i in range(n) if not (images / f"p{i:04d}.jpg").exists()]
+    if missing:
+        logging.info("generating %d photos in %s (once; they are kept)", len(missing), images)
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(save_photo, [images / f"p{i:04d}.jpg" for i in missing], missing))
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {
+            "image": [f"p{i:04d}.jpg" for i in range(n)],
+            "species": ["humpback_whale"] * n,
+            "individual_id": [f"w{i % 40}" for i in range(n)],
+            "box": [random_box(rng) if boxes == "detic" else "" for _ in range(n)],
+        }
+    )
+    csv_path = cache / f"train-{boxes}-{n}.csv"
+    table.to_csv(csv_path, index=False)
+    return csv_path
+
+
+def naive_build(csv_path: Path, out: Path, size: int) -> int:
+    """The notebook way: open, decode in full, crop the enlarged box, resize, encode, write, one by one."""
+    import tensorflow as tf
+
+    from tfrecords_builder.boxes import crop_region, parse_box_text
+    from tfwhale import records
+
+    table = pd.read_csv(csv_path, keep_default_na=False)
+    with tf.io.TFRecordWriter(str(out / "naive.tfrec")) as writer:
+        for row in table.itertuples():
+            image = Image.open(csv_path.parent / "train_images" / row.image).convert("RGB")
+            region, _ = crop_region(parse_box_text(row.box), image.width, image.height, 1.2)
+            resized = image.crop(region).resize((size, size))
+            buffer = BytesIO()
+            resized.save(buffer, "JPEG", quality=90)
+            writer.write(
+                records.encode_train_example(buffer.getvalue(), row.image, row.individual_id, 0, "", 0, 0)
+            )
+    return len(table)
+
+
+def builder_build(csv_path: Path, out: Path, size: int, workers: int | None) -> None:
+    from tfrecords_builder import cli
+
+    images = csv_path.parent / "train_images"
+    argv = ["--train-csv", str(csv_path), "--train-images", str(images), "--no-test", "--out", str(out)]
+    argv += ["--size", str(size), "--overwrite", "-q"]
+    with contextlib.redirect_stdout(StringIO()):  # the build's summary table is not the benchmark's
+        code = cli.main([*argv, *(["--workers", str(workers)] if workers else [])])
+    if code != cli.EXIT_OK:
+        raise SystemExit(f"build-tfrecords failed with exit code {code}")
+
+
+def timed(run, *args) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (this process + the worker processes it reaped) of run(*args)."""
+    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    start = time.perf_counter()
+    run(*args)
+    wall = time.perf_counter() - start
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=200, help="number of photos (200)")
+    parser.add_argument("--size", type=int, default=768, help="output size (768)")
+    parser.add_argument("--boxes", choices=("none", "detic"), default="none", help="whole photos or crops")
+    parser.add_argument("--workers", type=int, help="builder worker processes (default: all CPUs)")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "tfwhale-build-speed"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    csv_path = make_photos(Path(args.cache), args.n, args.boxes)  # before TensorFlow: the pool forks
+    import tensorflow  # noqa: F401 - imported up front so neither side's timing includes it
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        naive_wall, naive_cpu = timed(naive_build, csv_path, Path(tmp), args.size)
+        built_wall, built_cpu = timed(builder_build, csv_path, Path(tmp) / "built", args.size, args.workers)
+    print(
+        f"\n{args.n} photos {WIDTH}x{HEIGHT} -> {args.size} px, boxes: {args.boxes}, cpus: {os.cpu_count()}, "
+        f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} (other processes slow the builder most)"
+    )
+    for name, wall, cpu in (
+        ("naive loop", naive_wall, naive_cpu),
+        ("build-tfrecords", built_wall, built_cpu),
+    ):
+        print(
+            f"  {name:<16}{args.n / wall:7.2f} images/s  "
+            f"({wall:5.1f} s wall, {1000 * cpu / args.n:5.1f} CPU ms/image)"
+        )
+    print(
+        f"  speed-up        {naive_wall / built_wall:7.2f}x wall, "
+        f"{naive_cpu / built_cpu:.2f}x less CPU per image"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""build-tfrecords command line: photos + CSV (+ boxes) -> TFRecords + manifest; `verify OUT` checks one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+# Only light imports up here: spawned image workers re-import the main module (the console script, which
+# imports this one), and TensorFlow must not load in them. The build modules are imported in main().
+
+logger = logging.getLogger("build-tfrecords")
+
+EXIT_OK, EXIT_FATAL, EXIT_REJECTS = 0, 1, 3
+
+EXAMPLES = """\
+examples:
+  # Kaggle layout: DIR/train.csv, DIR/train_images/, DIR/test_images/ (+ DIR/sample_submission.csv)
+  build-tfrecords --data happywhale --out records768 --size 768
+
+  # crop with YOLOv5 boxes for train and test, keep only confident ones, 512 px letterboxed
+  build-tfrecords --data happywhale --out gs://bucket/rec512 --size 512 \\
+      --boxes fullbody_charm.csv --min-conf 0.5 --resize letterbox
+
+  # explicit files instead of the Kaggle layout (a 'box' column in the CSV is used for cropping)
+  build-tfrecords --train-csv train2.csv --train-images photos/ --no-test --out rec --size 384
+
+  # check a finished build: every shard's sha256 and every image decoded
+  build-tfrecords verify records768
+
+An interrupted build resumes when run again with the same command: finished shards are kept.
+exit codes: 0 all built; 1 fatal error (nothing usable); 3 built, but some images rejected
+(listed in OUT/rejects.csv); 2 bad command line.
+"""
+
+
+def _at_least(kind: type, minimum: float):
+    """An argparse type: `kind`(text), refused below `minimum`."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build-tfrecords",
+        description="Crop photos to their detector boxes, resize them, and write sharded TFRecords:\n"
+        "training records split into folds, test records, manifest.json and rejects.csv.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inputs = parser.add_argument_group("input (Kaggle layout under --data, or explicit files)")
+    inputs.add_argument("--data", metavar="DIR", help="folder with train.csv, train_images/, test_images/")
+    inputs.add_argument(
+        "--train-csv", metavar="CSV", help="training CSV: image, species, individual_id [, box]"
+    )
+    inputs.add_argument("--train-images", metavar="DIR", help="folder of training photos")
+    inputs.add_argument("--test-images", metavar="DIR", help="folder of test photos")
+    inputs.add_argument(
+        "--test-csv",
+        metavar="CSV",
+        help="test images to build (default: every image in "
+        "--test-images, or DIR/sample_submission.csv when there is one)",
+    )
+    inputs.add_argument("--no-test", action="store_true", help="build training records only")
+    crop = parser.add_argument_group("cropping and images")
+    crop.add_argument(
+        "--boxes",
+        metavar="CSV",
+        help="detector boxes for train and test: Detic 'box', "
+        "YOLOv5 'bbox' + 'conf', or x1,y1,x2,y2 (default: the input CSVs' own box column)",
+    )
+    crop.add_argument(
+        "--min-conf",
+        metavar="C",
+        type=_at_least(float, 0.0),
+        default=0.0,
+        help="ignore --boxes boxes with confidence below C (0)",
+    )
+    crop.add_argument(
+        "--enlarge",
+        metavar="F",
+        type=_at_least(float, 0.01),
+        default=1.2,
+        help="grow each box about its centre by F before cropping (1.2)",
+    )
+    crop.add_argument(
+        "--size", metavar="PX", type=_at_least(int, 1), required=True, help="output images are PX x PX"
+    )
+    crop.add_argument(
+        "--resize",
+        choices=("square", "letterbox"),
+        default="square",
+        help="square: stretch the crop (default); letterbox: keep aspect, pad with grey",
+    )
+    crop.add_argument(
+        "--quality",
+        type=int,
+        default=90,
+        choices=range(1, 101),
+        metavar="1-100",
+        help="JPEG quality of the stored images (90)",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", required=True, help="output folder, local or gs://")
+    out.add_argument("--folds", metavar="K", type=_at_least(int, 2), default=5, help="number of folds (5)")
+    out.add_argument("--seed", metavar="N", type=int, default=0, help="seed of folds and shard order (0)")
+    out.add_argument(
+        "--images-per-shard",
+        metavar="N",
+        type=_at_least(int, 1),
+        default=1000,
+        help="at most N images per shard (1000)",
+    )
+    out.add_argument(
+        "--workers",
+        metavar="N",
+        type=_at_least(int, 1),
+        help="image worker processes (default: every CPU this process may use)",
+    )
+    out.add_argument("--overwrite", action="store_true", help="discard an earlier build in --out first")
+    out.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    return parser
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build-tfrecords verify",
+        description="Re-read every shard of a finished build: sha256 and counts against manifest.json, "
+        "every image decoded and checked to be SIZE x SIZE x 3, missing or unlisted shards reported. "
+        "Exit code 0 when all is well, 1 otherwise.",
+    )
+    parser.add_argument("out", help="the build folder (local or gs://)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only the result")
+    return parser
+
+
+@dataclass(frozen=True)
+class Inputs:
+    train_csv: str
+    train_images: str
+    test_images: str | None
+    test_csv: str | None
+
+
+def resolve_inputs(args: argparse.Namespace) -> Inputs:
+    """Explicit flags win over the Kaggle layout under --data."""
+    from tfrecords_builder.errors import BuildInputError
+    from tfwhale import io
+
+    def pick(explicit: str | None, layout_name: str, flag: str) -> str:
+        if explicit:
+            return explicit
+        if not args.data:
+            raise BuildInputError(f"pass --data DIR (Kaggle layout) or {flag}")
+        return io.join(args.data, layout_name)
+
+    train_csv = pick(args.train_csv, "train.csv", "--train-csv")
+    train_images = pick(args.train_images, "train_images", "--train-images")
+    if args.no_test:
+        return Inputs(train_csv, train_images, None, None)
+    test_images = pick(args.test_images, "test_images", "--test-images (or --no-test)")
+    if not io.isdir(test_images):
+        raise BuildInputError(
+            f"{test_images}: test images folder not found; pass --test-images, or --no-test"
+        )
+    test_csv = args.test_csv
+    if test_csv is None and args.data and io.exists(io.join(args.data, "sample_submission.csv")):
+        test_csv = io.join(args.data, "sample_submission.csv")
+    return Inputs(train_csv, train_images, test_images, test_csv)
+
+
+def _table_boxes(table) -> dict[str, Any]:
+    from tfrecords_builder.boxes import parse_box_text
+
+    return {
+        image: parse_box_text(text) for image, text in zip(table["image"], table["box_text"], strict=True)
+    }
+
+
+def resolve_boxes(args: argparse.Namespace, train, test) -> tuple[dict, dict, str]:
+    """Boxes per image for train and test, and where they came from: --boxes, else the CSVs' own column."""
+    from tfrecords_builder.boxes import read_boxes_csv
+    from tfwhale import io
+
+    if args.boxes:
+        boxes = read_boxes_csv(args.boxes, args.min_conf)
+        return boxes, boxes, f"--boxes {io.basename(args.boxes)}"
+    if args.min_conf:
+        logger.warning("--min-conf applies to --boxes only; ignored")
+    train_boxes = _table_boxes(train)
+    test_boxes = _table_boxes(test) if test is not None else {}
+    has_boxes = any(box is not None for box in (*train_boxes.values(), *test_boxes.values()))
+    return train_boxes, test_boxes, "box column of the input CSVs" if has_boxes else "none"
+
+
+def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
+    """Everything that decides the output; a resumed build must match these exactly."""
+    from tfrecords_builder.imaging import IMAGING_VERSION
+    from tfwhale import records
+
+    return {
+        "schema_version": records.SCHEMA_VERSION,
+        "imaging_version": IMAGING_VERSION,
+        "image_size": args.size,
+        "enlarge": args.enlarge,
+        "resize_mode": args.resize,
+        "jpeg_quality": args.quality,
+        "n_folds": args.folds,
+        "seed": args.seed,
+        "images_per_shard": args.images_per_shard,
+        "box_source": box_source,
+        "min_conf": args.min_conf if args.boxes else None,
+        "test": not args.no_test,
+    }
+
+
+def _sources(inputs: Inputs, args: argparse.Namespace) -> dict[str, Any]:
+    from tfwhale import io
+
+    files = {"train_csv": inputs.train_csv, "test_csv": inputs.test_csv, "boxes": args.boxes}
+    sources: dict[str, Any] = {
+        key: {"path": path, "sha256": io.sha256(path)} for key, path in files.items() if path
+    }
+    sources["train_images"] = {"path": inputs.train_images}
+    if inputs.test_images:
+        sources["test_images"] = {"path": inputs.test_images}
+    return sources
+
+
+def plan_build(args: argparse.Namespace, inputs: Inputs):
+    """Read the inputs and plan every shard: (plan, settings, train table, label lists, table rejects)."""
+    from tfrecords_builder import plan
+    from tfrecords_builder.folds import assign_folds
+    from tfrecords_builder.tables import label_maps, load_test_table, load_train_table
+
+    train, rejects = load_train_table(inputs.train_csv, inputs.train_images)
+    test = None
+    if inputs.test_images:
+        test, test_rejects = load_test_table(inputs.test_images, inputs.test_csv)
+        rejects += test_rejects
+    train_boxes, test_boxes, box_source = resolve_boxes(args, train, test)
+    settings = build_settings(args, box_source)
+    individuals, species = label_maps(train)
+    names = list(train["image"])
+    folds = assign_folds(list(train["individual_id"]), args.folds, args.seed, image_names=names)
+    shards = plan.plan_shards(
+        plan.train_items(train, folds, individuals, species, train_boxes),
+        plan.test_items(test, test_boxes) if test is not None else [],
+        args.folds,
+        args.seed,
+        args.images_per_shard,
+        settings,
+    )
+    return shards, settings, train, (individuals, species), rejects
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """The whole build; returns the exit code (BuildInputError propagates for main to report)."""
+    from tfrecords_builder import manifest, writer
+    from tfrecords_builder.imaging import ImageSettings
+    from tfrecords_builder.tables import photo_counts
+
+    inputs = resolve_inputs(args)
+    shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
+    reusable = writer.prepare_output(args.out, settings, shards, args.overwrite)
+    image_settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
+    workers = args.workers or writer.default_workers()
+    outcome = writer.write_shards(shards, args.out, image_settings, workers, reusable, not args.quiet)
+    image_rejects = [reject for shard in outcome.shards for reject in shard.rejects]
+    counts = photo_counts(train[~train["image"].isin({reject.image for reject in image_rejects})])
+    rejects += image_rejects
+    sources = _sources(inputs, args)
+    data = manifest.manifest_data(outcome.shards, settings, individuals, species, counts, rejects, sources)
+    manifest.write_rejects(args.out, rejects)
+    manifest_path = manifest.write_manifest(args.out, data)  # last: its presence means "finished"
+    print(manifest.summary(data, len(outcome.reused), manifest_path))
+    if rejects:
+        logger.warning("%d image(s) rejected, the rest built: see rejects.csv", len(rejects))
+        return EXIT_REJECTS
+    return EXIT_OK
+
+
+def _setup_logging(quiet: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def verify_main(argv: list[str]) -> int:
+    args = verify_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    from tfrecords_builder.verify import verify_build
+    from tfwhale import records
+
+    problems = verify_build(args.out)
+    if problems:
+        print(f"{args.out}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+        return EXIT_FATAL
+    manifest = records.load_manifest(args.out)
+    print(
+        f"{args.out}: OK, {len(manifest.data['shards'])} shard(s), {manifest.count('train')} train and "
+        f"{manifest.count('test')} test images checked"
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `build-tfrecords`; `build-tfrecords verify OUT` checks a finished build."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify"]:
+        return verify_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    from tfrecords_builder.errors import BuildInputError
+
+    try:
+        return run_build(args)
+    except BuildInputError as error:
+        logger.error("%s", error)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        logger.error("interrupted: finished shards are kept; run the same command again to resume")
+        return 130

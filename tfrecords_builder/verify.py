@@ -1,0 +1,105 @@
+"""build-tfrecords verify: re-read a finished build and check every shard and image against its manifest."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import tensorflow as tf
+
+from tfwhale import io, records
+
+logger = logging.getLogger(__name__)
+
+
+def _check_bytes(path: str, entry: dict[str, Any]) -> list[str]:
+    name = entry["name"]
+    if io.size(path) != int(entry["bytes"]):
+        return [f"{name}: {io.size(path)} bytes on disk, manifest says {entry['bytes']}"]
+    if io.sha256(path) != entry["sha256"]:
+        return [f"{name}: sha256 differs from the manifest (the file changed or is corrupt)"]
+    return []
+
+
+def _check_example(
+    example: dict[str, tf.Tensor], entry: dict[str, Any], manifest: records.Manifest
+) -> list[str]:
+    """Problems of one decoded record: image shape, and for training records fold and labels."""
+    size = manifest.image_size
+    where = f"{entry['name']}: {example['image_name'].numpy().decode()}"
+    problems = []
+    shape = tuple(tf.io.decode_jpeg(example["image"], channels=3).shape)
+    if shape != (size, size, 3):
+        problems.append(f"{where}: image is {shape}, expected {(size, size, 3)}")
+    if entry["split"] != "train":
+        return problems
+    fold, label = int(example["fold"]), int(example["label"])
+    if fold != entry["fold"]:
+        problems.append(f"{where}: fold {fold} inside a fold-{entry['fold']} shard")
+    individual = example["individual_id"].numpy().decode()
+    if not 0 <= label < len(manifest.individuals) or manifest.individuals[label] != individual:
+        problems.append(f"{where}: label {label} does not belong to individual_id {individual!r}")
+    species_label = int(example["species_label"])
+    if not 0 <= species_label < len(manifest.species):
+        problems.append(f"{where}: species_label {species_label} out of range")
+    return problems
+
+
+def _check_records(
+    path: str, entry: dict[str, Any], manifest: records.Manifest, names: set[str]
+) -> list[str]:
+    """Decode every record of a shard; a record that cannot be read ends that shard's check."""
+    parse = records.parse_train_example if entry["split"] == "train" else records.parse_test_example
+    problems: list[str] = []
+    count = 0
+    try:
+        for serialized in tf.data.TFRecordDataset(path):
+            example = parse(serialized)
+            image_name = example["image_name"].numpy().decode()
+            if image_name in names:
+                problems.append(f"{entry['name']}: {image_name} appears more than once in the build")
+            names.add(image_name)
+            problems += _check_example(example, entry, manifest)
+            count += 1
+    except (tf.errors.OpError, ValueError) as error:
+        message = getattr(error, "message", str(error)).splitlines()[0]
+        return [*problems, f"{entry['name']}: record {count} cannot be read: {message}"]
+    if count != int(entry["count"]):
+        problems.append(f"{entry['name']}: {count} records, manifest says {entry['count']}")
+    return problems
+
+
+def _check_listing(out: str, manifest: records.Manifest) -> list[str]:
+    listed = {shard["name"] for shard in manifest.data["shards"]}
+    on_disk = {name for name in io.listdir(out) if name.endswith(records.SHARD_SUFFIX)}
+    problems = [f"{name}: listed in the manifest but missing" for name in sorted(listed - on_disk)]
+    problems += [f"{name}: shard file not listed in the manifest" for name in sorted(on_disk - listed)]
+    return problems
+
+
+def _check_totals(manifest: records.Manifest) -> list[str]:
+    problems = []
+    for fold, expected in manifest.data["folds"].get("counts", {}).items():
+        found = manifest.count("train", [int(fold)])
+        if found != int(expected):
+            problems.append(f"manifest: fold {fold} counts {expected} images but its shards hold {found}")
+    return problems
+
+
+def verify_build(out: str) -> list[str]:
+    """Every problem found in the build at `out` (empty list = good): missing, unlisted or changed shards,
+    wrong counts, unreadable records, images that are not size x size x 3, labels that do not match."""
+    try:
+        manifest = records.load_manifest(out)
+    except records.ManifestError as error:
+        return [str(error)]
+    problems = _check_listing(out, manifest) + _check_totals(manifest)
+    names: set[str] = set()
+    for entry in manifest.data["shards"]:
+        path = io.join(out, entry["name"])
+        if not io.exists(path):
+            continue
+        logger.info("checking %s", entry["name"])
+        problems += _check_bytes(path, entry)
+        problems += _check_records(path, entry, manifest, names)
+    return problems
