@@ -1,0 +1,212 @@
+"""Predict stage: run folders checked, records embedded per fold, folds averaged, runs concatenated."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from tests.records_fixture import make_records
+from tfwhale import io
+from tfwhale.data import embed
+from tfwhale.gallery import cache_path, concat_runs, embed_runs
+from tfwhale.model import build_models
+from tfwhale.records import Manifest, load_manifest
+from tfwhale.runs import RunError, load_keras_model, load_run
+
+
+def make_run(
+    run_dir: str, manifest: Manifest, folds=("fold0", "fold1"), dim: int = 8, seed: int = 0, nan: bool = False
+) -> str:
+    """A run folder as tfwhale.train leaves it, with untrained TinyConvNet models (fast: no training).
+
+    nan=True poisons the neck so every embedding is NaN.
+    """
+    for offset, name in enumerate(folds):
+        keras.utils.set_random_seed(seed + offset)
+        train_model, embedding_model = build_models(
+            backbone="TinyConvNet", image_size=manifest.image_size, n_classes=len(manifest.individuals),
+            embedding_dim=dim, pooling="avg", dropout=0.0, head="arcface",
+        )  # fmt: skip
+        if nan:
+            kernel = train_model.get_layer("neck_dense").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+        path = io.join(run_dir, name)
+        io.makedirs(path)
+        embedding_model.save(io.join(path, "embedding.keras"))
+        train_model.save(io.join(path, "model.keras"))
+        io.write_text(io.join(path, "config.yaml"), yaml.safe_dump({"model": {"embedding_dim": dim}}))
+        val_fold = None if name == "full" else int(name.removeprefix("fold"))
+        info = {
+            "status": "finished", "fold": name, "val_fold": val_fold,
+            "train_folds": [f for f in range(manifest.n_folds) if f != val_fold], "best": {}, "seed": seed,
+            "records": {"root": manifest.root, "manifest_sha256": manifest.sha256,
+                        "labels_sha256": manifest.labels_sha256, "n_folds": manifest.n_folds,
+                        "image_size": manifest.image_size},
+        }  # fmt: skip
+        io.write_json(io.join(path, "run.json"), info)
+    return run_dir
+
+
+def build_synthetic_records(root, individuals: int = 16, size: int = 32, seed: int = 0) -> tuple[str, str]:
+    """synthetic data set -> build-tfrecords (2 folds, detector boxes): (data folder, records folder)."""
+    from tfrecords_builder.cli import main as build_main
+    from tfwhale.synthetic import generate
+
+    data, out = str(root / "synthetic"), str(root / "records")
+    generate(data, individuals=individuals, seed=seed, image_size=64, progress=False)
+    argv = ["--data", data, "--boxes", f"{data}/boxes.csv", "--size", str(size), "--out", out]
+    assert build_main([*argv, "--folds", "2", "--workers", "1", "-q"]) == 0
+    return data, out
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    # individuals 0..5 with 4, 1, 3, 5, 2, 4 photos; even labels in fold 0, odd in fold 1
+    return load_manifest(make_records(tmp_path_factory.mktemp("gallery")))
+
+
+@pytest.fixture(scope="module")
+def run_dir(records, tmp_path_factory):
+    return make_run(str(tmp_path_factory.mktemp("runs") / "tiny"), records)
+
+
+def test_embed_runs_averages_folds_and_keeps_the_record_order(records, run_dir, tmp_path):
+    run = load_run(run_dir, records)
+    emb = embed_runs([run], records, str(tmp_path), batch=4)
+    index = emb.index
+    assert len(index.train_names) == records.count("train") == 19
+    assert sorted(index.test_names) == [f"q{i:03d}.jpg" for i in range(5)]
+    # fold by fold: every row's fold is the fold its individual lives in (label % 2)
+    labels = [int(i.removeprefix("whale_")) for i in index.train_ids]
+    assert list(index.train_folds) == [label % 2 for label in labels]
+    assert index.train_species == [("beluga", "orca")[label % 2] for label in labels]
+    fold0, fold1 = emb.runs[0].folds
+    assert fold0.train.shape == fold1.train.shape == (19, 8) and fold0.test.shape == (5, 8)
+    np.testing.assert_allclose(np.linalg.norm(fold0.train, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(fold0.train, fold1.train)  # two different models
+    mean = (fold0.train + fold1.train) / 2
+    expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(emb.combined("train"), expected, atol=1e-6)
+    # the fold pass matches a direct embedding of the same fold's records
+    model = load_keras_model(f"{run_dir}/fold0/embedding.keras")
+    direct = embed(model, records, "train", [1], batch=4)
+    rows = index.train_folds == 1
+    np.testing.assert_allclose(fold0.train[rows], direct.embeddings, atol=1e-5)
+    assert [n for n, r in zip(index.train_names, rows, strict=True) if r] == direct.names
+
+
+def test_flip_tta_is_the_mean_of_plain_and_mirrored_passes(records, run_dir, tmp_path):
+    run = load_run(run_dir, records)
+    ((fold0, _),) = [embed_runs([run], records, str(tmp_path), batch=4, flip=True).runs[0].folds]
+    model = load_keras_model(f"{run_dir}/fold0/embedding.keras")
+    plain = embed(model, records, "test", None, batch=4)
+    mirrored = embed(model, records, "test", None, batch=4, flip=True)
+    assert not np.allclose(plain.embeddings, mirrored.embeddings, atol=1e-3)  # the flip changes something
+    both = plain.embeddings + mirrored.embeddings
+    np.testing.assert_allclose(fold0.test, both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_second_pass_reads_the_cache_and_loads_no_model(records, run_dir, tmp_path, monkeypatch):
+    run = load_run(run_dir, records)
+    first = embed_runs([run], records, str(tmp_path), batch=4)
+    assert len(first.computed) == 2 and not first.reused
+    assert io.exists(cache_path(str(tmp_path), run.folds[0], flip=False))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the cache holds the embeddings")
+
+    monkeypatch.setattr(keras.models, "load_model", refuse)
+    second = embed_runs([run], records, str(tmp_path), batch=4)
+    assert len(second.reused) == 2 and not second.computed
+    np.testing.assert_array_equal(second.combined("train"), first.combined("train"))
+    assert second.index.train_names == first.index.train_names
+    with pytest.raises(AssertionError, match="a model was loaded"):  # another TTA is another cache entry
+        embed_runs([run], records, str(tmp_path), batch=4, flip=True)
+
+
+def test_retrained_fold_invalidates_its_cache(records, tmp_path):
+    run_dir = make_run(str(tmp_path / "run"), records, folds=("fold0",))
+    embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
+    info = io.read_json(f"{run_dir}/fold0/run.json")
+    io.write_json(f"{run_dir}/fold0/run.json", {**info, "epochs": 99})
+    again = embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
+    assert again.computed == (f"{run_dir}/fold0",)
+    assert len(io.listdir(str(tmp_path / "out" / "cache" / "run"))) == 1  # the stale arrays are gone
+
+
+def test_concat_runs_gives_the_weighted_mean_of_cosines():
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=(4, dim)) for dim in (3, 5))
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+    combined = concat_runs([a, b], [1.0, 3.0])
+    assert combined.shape == (4, 8)
+    np.testing.assert_allclose(np.linalg.norm(combined, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(combined @ combined[0], 0.25 * (a @ a[0]) + 0.75 * (b @ b[0]), atol=1e-6)
+
+
+def _edit_run_json(path: str, **records_changes) -> None:
+    info = io.read_json(path)
+    info["records"].update(records_changes)
+    io.write_json(path, info)
+
+
+def test_runs_from_other_records_are_refused(records, tmp_path):
+    run_dir = make_run(str(tmp_path / "run"), records, folds=("fold0",))
+    _edit_run_json(f"{run_dir}/fold0/run.json", labels_sha256="0" * 64)
+    with pytest.raises(RunError, match=r"fold0/run.json: trained on other records .*label maps differ"):
+        load_run(run_dir, records)
+    _edit_run_json(f"{run_dir}/fold0/run.json", labels_sha256=records.labels_sha256, image_size=64)
+    with pytest.raises(RunError, match=r"fold0/run.json: .*image size 64 != 32"):
+        load_run(run_dir, records)
+
+
+def test_unfinished_or_incomplete_runs_are_refused(records, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RunError, match="no fold folders"):
+        load_run(str(empty), records)
+    with pytest.raises(RunError, match="run folder not found"):
+        load_run(str(tmp_path / "absent"), records)
+    run_dir = make_run(str(tmp_path / "run"), records)
+    io.remove(f"{run_dir}/fold1/embedding.keras")
+    with pytest.raises(RunError, match=r"fold1: embedding.keras is missing"):
+        load_run(run_dir, records)
+    io.remove(f"{run_dir}/fold1/run.json")
+    with pytest.raises(RunError, match=r"fold1: not finished \(no run.json\)"):
+        load_run(run_dir, records)
+    info = io.read_json(f"{run_dir}/fold0/run.json")
+    io.write_json(f"{run_dir}/fold0/run.json", {**info, "status": "running"})
+    with pytest.raises(RunError, match=r"fold0/run.json: status 'running'"):
+        load_run(run_dir, records)
+
+
+def test_folds_with_different_embedding_sizes_are_refused(records, tmp_path):
+    run_dir = make_run(str(tmp_path / "run"), records)
+    make_run(run_dir, records, folds=("fold1",), dim=16)
+    with pytest.raises(RunError, match=r"different embedding sizes \{'fold0': 8, 'fold1': 16\}"):
+        load_run(run_dir, records)
+    io.remove(f"{run_dir}/fold1/config.yaml")  # found from the arrays when the config does not say
+    with pytest.raises(RunError, match=r"embed to different sizes \{'fold0': 8, 'fold1': 16\}"):
+        embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
+
+
+def test_nan_embeddings_name_the_model_and_image(records, tmp_path):
+    run_dir = make_run(str(tmp_path / "run"), records, folds=("fold0",), nan=True)
+    with pytest.raises(
+        RunError, match=r"fold0/embedding.keras: NaN or infinite embeddings for 19 image\(s\)"
+    ):
+        embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
+    assert not io.exists(str(tmp_path / "out" / "cache"))  # nothing cached from a broken model
+
+
+def test_cache_file_holds_names_and_meta(records, run_dir, tmp_path):
+    run = load_run(run_dir, records)
+    embed_runs([run], records, str(tmp_path), batch=4)
+    data = np.load(cache_path(str(tmp_path), run.folds[1], flip=False))
+    meta = json.loads(str(data["meta"]))
+    assert meta["fold"] == "fold1" and meta["manifest_sha256"] == records.sha256 and meta["flip"] is False
+    assert data["train_names"].shape == (19,) and data["test"].shape == (5, 8)

@@ -1,0 +1,306 @@
+"""Stage 3 for everyday use: identify new photos against the gallery a predict run cached.
+
+python -m tfwhale.identify PHOTO [PHOTO ...] --runs RUN_DIR --gallery OUT_DIR [--box "x1 y1 x2 y2"] [--json]
+
+Each photo is cropped and resized exactly as build-tfrecords did (the crop settings come from the
+manifest the gallery was built from, saved in report.json), embedded with the same fold models, TTA
+and run weights, and ranked against the cached gallery with the same options and threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io as pyio
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tfwhale import io, ranking, records, report
+from tfwhale.gallery import FoldEmbeddings, average_folds, cache_path, check_finite, concat_runs
+from tfwhale.postprocess import Whitening, l2_normalise
+from tfwhale.predict import EMBEDDINGS_NAME
+from tfwhale.runs import FoldModel, RunError, load_keras_model
+from tfwhale.threshold import insert_new_individual
+
+logger = logging.getLogger("tfwhale.identify")
+
+
+class IdentifyError(ValueError):
+    """A photo, box or gallery folder identify cannot use."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfwhale.identify",
+        description="Answer each photo with its 5 most likely individuals (or new_individual) from a gallery "
+        "that tfwhale.predict embedded and cached.",
+    )
+    add = parser.add_argument
+    add("photos", nargs="+", metavar="PHOTO", help="image files (local or gs://)")
+    add("--gallery", required=True, metavar="OUT_DIR", help="the --out folder of a finished predict")
+    add("--runs", nargs="+", metavar="RUN_DIR", help="the run folders of that predict (default: as recorded)")
+    add(
+        "--box", action="append", metavar='"x1 y1 x2 y2"',
+        help="crop box in photo pixels, once per photo in order ('' for none); default: whole photos",
+    )  # fmt: skip
+    add("--threshold", type=float, help="new_individual threshold (default: the one predict used)")
+    add("--batch-size", type=int, default=16, help="photos per embedding batch")
+    add("--json", action="store_true", help="print JSON instead of a table")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """What identify reuses from a predict output folder."""
+
+    out_dir: str
+    report: dict
+    embeddings: np.ndarray  # the gallery as ranked (post-processed when predict was asked to)
+    ids: list[str]
+    species: list[str]
+    train_folds: np.ndarray
+    class_names: list[str]
+    whitening: Whitening | None
+
+
+def load_gallery(out_dir: str) -> Gallery:
+    path = io.join(out_dir, report.REPORT_NAME)
+    if not io.exists(path) or io.read_json(path).get("status") != "finished":
+        raise IdentifyError(f"{out_dir}: no finished predict output here ({path} missing); run predict first")
+    body = io.read_json(path)
+    data = np.load(pyio.BytesIO(io.read_bytes(io.join(out_dir, EMBEDDINGS_NAME))), allow_pickle=False)
+    whitening = None
+    if "whiten_mean" in data.files:
+        whitening = Whitening(data["whiten_mean"], data["whiten_projection"], data["whiten_eigenvalues"])
+    return Gallery(
+        out_dir=out_dir,
+        report=body,
+        embeddings=data["gallery"] if "gallery" in data.files else data["train"],
+        ids=data["train_ids"].tolist(),
+        species=data["train_species"].tolist(),
+        train_folds=data["train_folds"],
+        class_names=data["class_names"].tolist(),
+        whitening=whitening,
+    )
+
+
+def recorded_runs(gallery: Gallery, run_dirs: Sequence[str] | None) -> list[list[FoldModel]]:
+    """The fold models the gallery was made with; given run folders must hold those very folds."""
+    recorded = gallery.report["runs"]
+    run_dirs = list(run_dirs) if run_dirs else [r["run_dir"] for r in recorded]
+    if len(run_dirs) != len(recorded):
+        made_with = [r["run_dir"] for r in recorded]
+        raise IdentifyError(
+            f"{gallery.out_dir} was made with {len(recorded)} run(s) {made_with}, not {run_dirs}"
+        )
+    runs = []
+    for run_dir, entry in zip(run_dirs, recorded, strict=True):
+        folds = []
+        for name, sha in entry["folds"].items():
+            run_json = io.join(run_dir, name, "run.json")
+            if not io.exists(run_json) or _sha256(io.read_text(run_json)) != sha:
+                raise IdentifyError(
+                    f"{run_json}: not the fold the gallery in {gallery.out_dir} was made with "
+                    f"({entry['run_dir']}/{name}); pass the same --runs, or run predict again"
+                )
+            match = re.match(r"^fold(\d+)$", name)
+            val_fold = int(match.group(1)) if match else None  # "full" has none
+            folds.append(FoldModel(run_dir, name, val_fold, sha, entry["embedding_dim"]))
+        runs.append(folds)
+    return runs
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None]:
+    from tfrecords_builder.boxes import parse_box_text
+
+    if not boxes:
+        return [None] * n_photos
+    if len(boxes) != n_photos:
+        raise IdentifyError(
+            f"--box given {len(boxes)} times for {n_photos} photos: give one per photo, in order"
+        )
+    parsed = []
+    for text in boxes:
+        try:
+            parsed.append(parse_box_text(text))
+        except ValueError as err:
+            raise IdentifyError(f"--box {text!r}: {err}") from None
+    return parsed
+
+
+def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
+    """uint8 [n, S, S, 3]: each photo cropped, resized and JPEG-encoded as the builder did, then decoded."""
+    from tfrecords_builder.imaging import ImageError, ImageSettings, process_image
+
+    crop, size = gallery.report["records"].get("crop"), int(gallery.report["records"]["image_size"])
+    if not crop:
+        raise IdentifyError(
+            f"{gallery.out_dir}: the records' manifest has no crop settings (not made by build-tfrecords?)"
+        )
+    settings = ImageSettings(size, float(crop["enlarge"]), crop["resize_mode"], int(crop["jpeg_quality"]))
+    images = []
+    for photo, box in zip(photos, boxes, strict=True):
+        if not io.exists(photo):
+            raise IdentifyError(f"{photo}: file not found")
+        try:
+            jpeg, _ = process_image(io.read_bytes(photo), box, settings)
+        except ImageError as err:
+            raise IdentifyError(f"{photo}: {err}") from None
+        images.append(records.decode_image(jpeg, size).numpy())
+    return np.stack(images)
+
+
+def embed_photos(
+    images: np.ndarray, runs: list[list[FoldModel]], flip: bool, batch: int
+) -> list[list[np.ndarray]]:
+    """Per run, per fold model: the photos' L2-normalised embeddings (with flip TTA when predict used it)."""
+    per_run = []
+    for folds in runs:
+        per_fold = []
+        for fold in folds:
+            model = load_keras_model(fold.file("embedding.keras"))
+            embeddings = np.asarray(model.predict(images, batch_size=batch, verbose=0))
+            if flip:
+                embeddings = embeddings + np.asarray(
+                    model.predict(images[:, :, ::-1], batch_size=batch, verbose=0)
+                )
+            per_fold.append(l2_normalise(embeddings))
+        per_run.append(per_fold)
+    return per_run
+
+
+def combine(per_run: list[list[np.ndarray]], gallery: Gallery) -> np.ndarray:
+    """Fold average per run, runs concatenated with predict's weights: the space of the gallery."""
+    weights = [r["weight"] for r in gallery.report["runs"]]
+    return concat_runs([average_folds(folds) for folds in per_run], weights)
+
+
+def options_of(gallery: Gallery) -> ranking.RankOptions:
+    o = gallery.report["options"]
+    return ranking.RankOptions(
+        k=o["k"], backend=o["knn"], dba=o["dba"], qe=o["qe"], whiten=o["whiten"], blend=o["blend"]
+    )
+
+
+def heads_for(per_run, runs, gallery: Gallery) -> ranking.ClassHeads:
+    """The blend's classifier heads: class centres from predict's cache, the photos' per-fold embeddings."""
+    flip = gallery.report["tta"] == "flip"
+    folds, query_embeddings = [], []
+    recorded = [entry["run_dir"] for entry in gallery.report["runs"]]
+    for run_dir, fold_models, fold_embeddings in zip(recorded, runs, per_run, strict=True):
+        for fold, embeddings in zip(fold_models, fold_embeddings, strict=True):
+            # the cache is named after the run folder predict was given
+            path = cache_path(gallery.out_dir, replace(fold, run_dir=run_dir), flip)
+            data = np.load(pyio.BytesIO(io.read_bytes(path))) if io.exists(path) else {}
+            if "centres" not in data:
+                raise IdentifyError(f"{path}: no class centres cached; run predict --blend again")
+            empty = np.zeros((0, 0), np.float32)
+            folds.append(FoldEmbeddings(fold, empty, empty, data["centres"], int(data["subcenters"])))
+            query_embeddings.append(embeddings)
+    return ranking.class_heads(query_embeddings, folds, gallery.class_names, gallery.ids, gallery.train_folds)
+
+
+@dataclass(frozen=True)
+class Answer:
+    photo: str
+    box: tuple | None
+    labels: list[str]  # 5, new_individual included where it falls
+    similarities: list[float | None]  # None for new_individual
+    species: list[str | None]
+    threshold: float
+
+
+def identify(args: argparse.Namespace) -> list[Answer]:
+    gallery = load_gallery(args.gallery)
+    runs = recorded_runs(gallery, args.runs)
+    boxes = parse_boxes(args.box, len(args.photos))
+    images = prepare_photos(args.photos, boxes, gallery)
+    per_run = embed_photos(images, runs, gallery.report["tta"] == "flip", args.batch_size)
+    queries = combine(per_run, gallery)
+    check_finite(queries, args.photos, "the fold models")
+    options = options_of(gallery)
+    heads = heads_for(per_run, runs, gallery) if options.blend else None
+    prepared = ranking.PreparedGallery(gallery.embeddings, gallery.whitening)
+    ranked = ranking.rank(queries, prepared, gallery.ids, options, heads)
+    return answers(args, gallery, boxes, ranked)
+
+
+def answers(args, gallery: Gallery, boxes, ranked: ranking.Ranked) -> list[Answer]:
+    species_of = dict(zip(gallery.ids, gallery.species, strict=True))
+    threshold = gallery.report["threshold"]
+    per_species = {} if args.threshold is not None else threshold.get("per_species") or {}
+    default = args.threshold if args.threshold is not None else float(threshold["value"])
+    results = []
+    for photo, box, labels, scores in zip(args.photos, boxes, ranked.labels, ranked.scores, strict=True):
+        used = per_species.get(species_of.get(labels[0]) if labels else None, default)
+        top = insert_new_individual([labels], [scores], used)[0]
+        score_of = dict(zip(labels, scores, strict=True))
+        results.append(
+            Answer(
+                photo,
+                box,
+                top,
+                [score_of.get(label) for label in top],
+                [species_of.get(x) for x in top],
+                used,
+            )
+        )
+    return results
+
+
+def format_answers(results: Sequence[Answer]) -> str:
+    lines = []
+    for answer in results:
+        box = "whole photo" if answer.box is None else "box " + " ".join(f"{v:g}" for v in answer.box)
+        lines.append(f"\n{answer.photo}  ({box}; new_individual threshold {answer.threshold:.4f})")
+        for rank, (label, similarity, species) in enumerate(
+            zip(answer.labels, answer.similarities, answer.species, strict=True), start=1
+        ):
+            score = "" if similarity is None else f"{similarity:8.4f}"
+            lines.append(f"  {rank}. {label:<24} {score:>8}  {species or ''}")
+    return "\n".join(lines)
+
+
+def answers_json(results: Sequence[Answer]) -> str:
+    return json.dumps(
+        [
+            {
+                "photo": a.photo,
+                "box": None if a.box is None else list(a.box),
+                "threshold": a.threshold,
+                "predictions": [
+                    {"rank": i + 1, "label": label, "similarity": s, "species": sp}
+                    for i, (label, s, sp) in enumerate(zip(a.labels, a.similarities, a.species, strict=True))
+                ],
+            }
+            for a in results
+        ],
+        indent=2,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        results = identify(args)
+    except (IdentifyError, RunError) as err:
+        logger.error("%s", err)
+        return 1
+    print(answers_json(results) if args.json else format_answers(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

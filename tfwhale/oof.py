@@ -1,0 +1,117 @@
+"""Stage 3 (predict): out-of-fold predictions, to tune the new_individual threshold and measure options.
+
+Fold k's model embeds fold k's records (the queries) and the other folds' (their gallery), exactly as
+the trainer validated; an individual absent from the other folds counts as new_individual there. The
+queries are ranked by tfwhale.ranking, the same path the test queries take.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tfwhale.gallery import PredictEmbeddings, concat_runs
+from tfwhale.ranking import ClassHeads, Ranked, RankOptions, class_heads, prepare_gallery, rank
+from tfwhale.threshold import ThresholdResult, tune_threshold
+from tfwhale.validate import oof_truths
+
+logger = logging.getLogger(__name__)
+
+
+def _heads(query_embeddings, folds, emb: PredictEmbeddings, class_names: Sequence[str]) -> ClassHeads:
+    index = emb.index
+    return class_heads(query_embeddings, folds, class_names, index.train_ids, index.train_folds)
+
+
+@dataclass(frozen=True)
+class OOFPredictions:
+    ranked: Ranked
+    truths: list[str]  # individual_id, or new_individual when absent from the query's gallery
+    species: list[str]
+    names: list[str]
+    val_folds: list[int]  # per query
+
+
+def oof_folds(emb: PredictEmbeddings) -> list[int]:
+    """Validation folds every run has a fold model for (only those give out-of-fold queries)."""
+    per_run = [{f.model.val_fold for f in r.folds if f.model.val_fold is not None} for r in emb.runs]
+    return sorted(set.intersection(*per_run)) if per_run else []
+
+
+def oof_predictions(
+    emb: PredictEmbeddings, options: RankOptions, class_names: Sequence[str] | None = None
+) -> OOFPredictions | None:
+    """Fold k's queries ranked against fold k's gallery with fold k's models, for every common k."""
+    index = emb.index
+    labels, scores, truths, species, names, val_folds = [], [], [], [], [], []
+    for k in oof_folds(emb):
+        folds = [r.fold(f"fold{k}") for r in emb.runs]
+        combined = concat_runs([f.train for f in folds], emb.weights)
+        is_query = index.train_folds == k
+        if is_query.all() or not is_query.any():
+            continue
+        gallery_ids = np.asarray(index.train_ids)[~is_query]
+        heads = None
+        if options.blend:
+            heads = _heads([f.train[is_query] for f in folds], folds, emb, class_names)
+        gallery = prepare_gallery(combined[~is_query], options)
+        ranked = rank(combined[is_query], gallery, gallery_ids, options, heads)
+        query_ids = [i for i, q in zip(index.train_ids, is_query, strict=True) if q]
+        labels += ranked.labels
+        scores += ranked.scores
+        truths += oof_truths(query_ids, gallery_ids.tolist())
+        species += [s for s, q in zip(index.train_species, is_query, strict=True) if q]
+        names += [n for n, q in zip(index.train_names, is_query, strict=True) if q]
+        val_folds += [k] * len(query_ids)
+    if not truths:
+        return None
+    return OOFPredictions(Ranked(labels, scores), truths, species, names, val_folds)
+
+
+def tune(oof: OOFPredictions, new_share: float | None, per_species: bool) -> ThresholdResult:
+    return tune_threshold(
+        oof.ranked.labels, oof.ranked.scores, oof.truths,
+        new_share=new_share, species=oof.species, per_species=per_species,
+    )  # fmt: skip
+
+
+def variants_to_measure(chosen: RankOptions) -> list[RankOptions]:
+    """Plain kNN and each option of `chosen` alone: what `chosen` is compared with on OOF."""
+    base = RankOptions(k=chosen.k, backend=chosen.backend)
+    variants = [base]
+    for change in (
+        {"whiten": chosen.whiten},
+        {"dba": chosen.dba},
+        {"qe": chosen.qe},
+        {"blend": chosen.blend},
+    ):
+        single = replace(base, **change)
+        if single not in variants and single != chosen:
+            variants.append(single)
+    return [v for v in variants if v != chosen]
+
+
+def measure(
+    emb: PredictEmbeddings,
+    options: RankOptions,
+    class_names: Sequence[str] | None,
+    new_share: float | None,
+) -> dict | None:
+    """OOF MAP@5 of one ranking variant, its threshold tuned on the same OOF queries."""
+    oof = oof_predictions(emb, options, class_names)
+    if oof is None:
+        return None
+    return variant_summary(options, tune(oof, new_share, per_species=False))
+
+
+def variant_summary(options: RankOptions, tuned: ThresholdResult) -> dict:
+    logger.info("OOF %s: MAP@5 %.4f at threshold %.4f", options.name, tuned.best_map, tuned.threshold)
+    return {
+        "name": options.name,
+        "map5": round(float(tuned.best_map), 6),
+        "threshold": float(tuned.threshold),
+        "new_rate": round(float(tuned.new_rate), 6),
+    }

@@ -1,0 +1,311 @@
+"""Stage 3 (predict) outputs for people: report.json, the printed summary table, the example-queries PNG."""
+
+from __future__ import annotations
+
+import io as pyio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tfwhale import io, records
+from tfwhale.metrics import average_precision_at_k, map_at_k
+from tfwhale.records import Manifest
+from tfwhale.threshold import NEW
+
+if TYPE_CHECKING:  # predict imports this module
+    from tfwhale.gallery import PredictEmbeddings, RunEmbeddings
+    from tfwhale.predict import OOFOutcome, Prediction, Settings
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "report.json"
+
+
+def map_by_group(truths: Sequence[str], predictions: Sequence[Sequence[str]], groups: Sequence[str]) -> dict:
+    """MAP@5 and query count per group (e.g. species), largest groups first."""
+    scores: dict[str, list[float]] = {}
+    for truth, predicted, group in zip(truths, predictions, groups, strict=True):
+        scores.setdefault(str(group), []).append(average_precision_at_k(truth, predicted))
+    ordered = sorted(scores.items(), key=lambda item: (-len(item[1]), item[0]))
+    return {
+        name: {"queries": len(values), "map5": round(float(np.mean(values)), 6)} for name, values in ordered
+    }
+
+
+def new_rate(predictions: Sequence[Sequence[str]]) -> float:
+    """Share of queries answered new_individual first."""
+    return float(np.mean([bool(p) and p[0] == NEW for p in predictions])) if predictions else 0.0
+
+
+def oof_section(
+    truths: Sequence[str], predictions: Sequence[Sequence[str]], species: Sequence[str], folds: Sequence[int]
+) -> dict:
+    """OOF MAP@5 at the chosen threshold(s): overall, per species, per validation fold."""
+    return {
+        "queries": len(truths),
+        "new_share": round(float(np.mean([t == NEW for t in truths])), 6),
+        "map5": round(map_at_k(truths, predictions), 6),
+        "map5_known": _map_where(truths, predictions, lambda t: t != NEW),
+        "map5_new": _map_where(truths, predictions, lambda t: t == NEW),
+        "new_individual_rate": round(new_rate(predictions), 6),
+        "per_species": map_by_group(truths, predictions, species),
+        "per_fold": map_by_group(truths, predictions, [f"fold{f}" for f in folds]),
+    }
+
+
+def _map_where(truths, predictions, keep) -> float | None:
+    rows = [i for i, t in enumerate(truths) if keep(t)]
+    if not rows:
+        return None
+    return round(map_at_k([truths[i] for i in rows], [predictions[i] for i in rows]), 6)
+
+
+def submission_section(
+    names: Sequence[str], predictions: Sequence[Sequence[str]], solution: dict[str, str] | None, solution_path
+) -> dict:
+    """Test-set counts, and MAP@5 against a solution (image -> individual_id) when one is given."""
+    section = {"queries": len(names), "new_individual_rate": round(new_rate(predictions), 6)}
+    if solution is None:
+        return section
+    by_name = dict(zip(names, predictions, strict=True))
+    scored = sorted(solution)
+    truths = [solution[n] for n in scored]
+    answered = [by_name[n] for n in scored]
+    section.update(
+        solution=solution_path,
+        scored_queries=len(scored),
+        map5=round(map_at_k(truths, answered), 6),
+        map5_known=_map_where(truths, answered, lambda t: t != NEW),
+        map5_new=_map_where(truths, answered, lambda t: t == NEW),
+    )
+    return section
+
+
+def build_report(
+    out_dir: str,
+    solution_path: str | None,
+    manifest: Manifest,
+    p: Prediction,
+    variants: list[dict],
+    files: dict,
+) -> dict:
+    """report.json's content: what was combined how, the threshold, OOF and test scores, the files."""
+    emb, settings, outcome, options = p.emb, p.settings, p.outcome, p.settings.options
+    oof_answers = None
+    if outcome is not None:
+        predictions = outcome.predictions
+        oof_answers = oof_section(
+            predictions.truths, outcome.answers, predictions.species, predictions.val_folds
+        )
+    return {
+        "out_dir": out_dir,
+        "records": _records_section(manifest, emb, p.order),
+        "runs": [_run_section(r) for r in emb.runs],
+        "embedding_dim": int(sum(r.dim for r in emb.runs)),
+        "tta": "flip" if settings.flip else "none",
+        "options": {"knn": options.backend, "k": options.k, "dba": options.dba, "qe": options.qe,
+                    "whiten": options.whiten, "blend": options.blend, "new_share": settings.new_share,
+                    "per_species": settings.per_species},
+        "threshold": _threshold_section(settings, outcome),
+        "oof": oof_answers,
+        "oof_variants": variants,
+        "test": submission_section(p.order, [p.answers[n] for n in p.order], p.solution, solution_path),
+        "cache": {"reused": list(emb.reused), "computed": list(emb.computed)},
+        "files": files,
+        "notes": NOTES,
+    }  # fmt: skip
+
+
+def _records_section(manifest: Manifest, emb: PredictEmbeddings, order: Sequence[str]) -> dict:
+    return {
+        "root": manifest.root,
+        "manifest_sha256": manifest.sha256,
+        "image_size": manifest.image_size,
+        "crop": manifest.data.get("crop"),  # identify crops new photos the same way
+        "train": len(emb.index.train_names),
+        "test": len(order),
+    }
+
+
+def _run_section(run_embeddings: RunEmbeddings) -> dict:
+    return {
+        "run_dir": run_embeddings.run.run_dir,
+        "weight": run_embeddings.run.weight,
+        "embedding_dim": run_embeddings.dim,
+        "folds": {f.model.name: f.model.run_json_sha256 for f in run_embeddings.folds},
+    }
+
+
+NOTES = [
+    "oof_variants: each variant's MAP@5 is at its own OOF-tuned threshold (weighted by new_share when set); "
+    "the oof section is the options used, at the threshold used, unweighted.",
+    "OOF queries are embedded by one fold model, test queries by the mean of all fold models: a threshold "
+    "tuned on OOF similarities may sit a little low for the test similarities.",
+    "With --per-species, test queries take the species of their best-matching gallery individual; the OOF "
+    "section scores OOF queries the same way.",
+]
+
+
+def _threshold_section(settings: Settings, outcome: OOFOutcome | None) -> dict:
+    if settings.threshold is not None:
+        section = {"value": settings.threshold, "source": "fixed"}
+        if outcome is not None:
+            section["oof_best"] = {"value": outcome.tuned.threshold, "map5": round(outcome.tuned.best_map, 6)}
+        return section
+    tuned = outcome.tuned
+    return {
+        "value": tuned.threshold,
+        "source": "auto (OOF MAP@5 grid search)",
+        "oof_map5": round(tuned.best_map, 6),
+        "new_share": tuned.new_share,
+        "per_species": tuned.per_species,
+        "per_species_map5": tuned.per_species_map,
+        "grid": [float(tuned.grid[0]), float(tuned.grid[-1]), len(tuned.grid)],
+    }
+
+
+def write_report(out_dir: str, report: dict) -> str:
+    """report.json, written last by predict: its presence says every other output is complete."""
+    path = io.join(out_dir, REPORT_NAME)
+    io.write_json(path, {"status": "finished", **report})
+    return path
+
+
+def format_table(report: dict) -> str:
+    """The summary a person reads at the end of predict."""
+    lines = [f"\npredict -> {report['out_dir']}"]
+    threshold = report["threshold"]
+    lines.append(
+        f"  embedding: {report['embedding_dim']} dims from {len(report['runs'])} run(s), tta {report['tta']}"
+    )
+    lines.append(f"  threshold: {threshold['value']:.4f} ({threshold['source']})")
+    for name, value in sorted(threshold.get("per_species", {}).items()):
+        lines.append(f"    {name:<28} {value:.4f}")
+    oof = report.get("oof")
+    if oof:
+        lines.append(
+            f"  OOF MAP@5 {oof['map5']:.4f} over {oof['queries']} queries ({oof['new_share']:.1%} new)"
+        )
+        lines.append(f"    {'species':<28} {'queries':>8} {'MAP@5':>8}")
+        for name, row in oof["per_species"].items():
+            lines.append(f"    {name:<28} {row['queries']:>8} {row['map5']:>8.4f}")
+    for variant in report.get("oof_variants", []):
+        mark = " <- used" if variant.get("chosen") else ""
+        lines.append(f"    variant {variant['name']:<30} MAP@5 {variant['map5']:.4f}{mark}")
+    test = report["test"]
+    lines.append(
+        f"  test: {test['queries']} queries, new_individual first in {test['new_individual_rate']:.1%}"
+    )
+    if "map5" in test:
+        lines.append(f"  test MAP@5 {test['map5']:.4f} over {test['scored_queries']} queries with a solution")
+    lines.append(f"  submission: {report['files']['submission']}")
+    return "\n".join(lines)
+
+
+def example_rows(p: Prediction, manifest: Manifest, count: int) -> list[ExampleRow]:
+    """Evenly spread test queries, each answer shown with its individual's closest gallery photo."""
+    if count <= 0 or not p.order:
+        return []
+    picks = np.unique(np.linspace(0, len(p.order) - 1, min(count, len(p.order))).astype(int))
+    chosen = [p.order[i] for i in picks]
+    position = {name: i for i, name in enumerate(p.emb.index.test_names)}
+    closest = _closest_gallery_photos(p, chosen, position)
+    queries = fetch_images(manifest, "test", set(chosen))
+    thumbnails = fetch_images(manifest, "train", set(closest.values()))
+    rows = []
+    for name in chosen:
+        row = position[name]
+        scores = dict(zip(p.ranked.labels[row], p.ranked.scores[row], strict=True))
+        shown = [
+            (label, scores.get(label), thumbnails.get(closest.get((name, label), "")))
+            for label in p.answers[name]
+        ]
+        rows.append(ExampleRow(name, queries.get(name), (p.solution or {}).get(name), shown))
+    return rows
+
+
+def _closest_gallery_photos(p: Prediction, chosen: Sequence[str], position: dict[str, int]) -> dict:
+    """(query, individual) -> the individual's gallery photo most similar to the query."""
+    train, test = p.emb.combined("train"), p.emb.combined("test")
+    ids = np.asarray(p.emb.index.train_ids)
+    closest = {}
+    for name in chosen:
+        sims = train @ test[position[name]]
+        for label in p.answers[name]:
+            if label != NEW:
+                rows = np.flatnonzero(ids == label)
+                closest[name, label] = p.emb.index.train_names[rows[np.argmax(sims[rows])]]
+    return closest
+
+
+def fetch_images(manifest: Manifest, split: str, names: set[str]) -> dict[str, np.ndarray]:
+    """Decoded images of the named records of a split (one pass over its shards; stops once all are found)."""
+    import tensorflow as tf
+
+    if not names:
+        return {}
+    wanted = tf.constant(sorted(names))
+    parse = records.parse_test_example if split == "test" else records.parse_train_example
+
+    def fields(serialized):
+        example = parse(serialized)
+        return example["image_name"], example["image"]
+
+    found: dict[str, np.ndarray] = {}
+    paths = manifest.shard_paths(split)
+    examples = tf.data.TFRecordDataset(paths, num_parallel_reads=min(len(paths), 8)).map(fields)
+    examples = examples.filter(lambda name, _: tf.reduce_any(tf.equal(wanted, name)))
+    for name, jpeg in examples.as_numpy_iterator():
+        found[name.decode()] = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+        if len(found) == len(names):
+            break
+    return found
+
+
+@dataclass(frozen=True)
+class ExampleRow:
+    """One query of the examples PNG and its answers (label, score, gallery image or None for new)."""
+
+    name: str
+    image: np.ndarray | None
+    truth: str | None
+    answers: list[tuple[str, float | None, np.ndarray | None]]
+
+
+def plot_examples(path: str, rows: Sequence[ExampleRow]) -> None:
+    """A grid: each query, then its five answers with the matched gallery photo; correct ones framed green."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = 1 + max((len(r.answers) for r in rows), default=5)
+    figure = Figure(figsize=(2.0 * columns, 2.3 * max(1, len(rows))), dpi=80)
+    FigureCanvasAgg(figure)
+    for r, row in enumerate(rows):
+        query_axes = figure.add_subplot(len(rows), columns, r * columns + 1)
+        _tile(query_axes, row.image, f"{row.name}\ntruth: {row.truth}" if row.truth else row.name, None)
+        for c, (label, score, image) in enumerate(row.answers):
+            axes = figure.add_subplot(len(rows), columns, r * columns + c + 2)
+            correct = None if row.truth is None else label == row.truth
+            score_text = "" if score is None else f"\n{score:.3f}"
+            _tile(axes, image, f"{c + 1}. {label[:16]}{score_text}", correct)
+    figure.tight_layout()
+    buffer = pyio.BytesIO()
+    figure.savefig(buffer, format="png")
+    io.write_bytes(path, buffer.getvalue())
+
+
+def _tile(axes, image: np.ndarray | None, title: str, correct: bool | None) -> None:
+    if image is not None:
+        axes.imshow(image)
+    else:
+        axes.set_facecolor("#dddddd")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_title(title, fontsize=7)
+    if correct is not None:
+        for spine in axes.spines.values():
+            spine.set_edgecolor("tab:green" if correct else "tab:red")
+            spine.set_linewidth(4 if correct else 1)

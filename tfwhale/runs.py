@@ -1,0 +1,142 @@
+"""Stage 3 (predict, identify): the trainer's run folders, found, checked against the records, loaded.
+
+A run folder (tfwhale.train) holds fold{k}/ and/or full/ sub-folders; a finished one has run.json
+(status "finished", the records it was trained on) and embedding.keras.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+import yaml
+
+from tfwhale import io
+from tfwhale.records import Manifest
+
+logger = logging.getLogger(__name__)
+
+FULL = "full"
+_FOLD_DIR = re.compile(r"^fold(\d+)$")
+
+
+class RunError(ValueError):
+    """A run folder predict cannot use: unfinished, trained on other records, or inconsistent."""
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    """One finished fold folder of a run."""
+
+    run_dir: str
+    name: str  # "fold0".. or "full"
+    val_fold: int | None  # None for "full": it has no out-of-fold predictions
+    run_json_sha256: str
+    embedding_dim: int | None  # from the fold's config.yaml, when it has one
+
+    @property
+    def path(self) -> str:
+        return io.join(self.run_dir, self.name)
+
+    def file(self, name: str) -> str:
+        return io.join(self.path, name)
+
+
+@dataclass(frozen=True)
+class Run:
+    run_dir: str
+    folds: tuple[FoldModel, ...]
+    weight: float = 1.0
+
+    def fold(self, name: str) -> FoldModel | None:
+        return next((f for f in self.folds if f.name == name), None)
+
+
+def load_run(run_dir: str, manifest: Manifest, weight: float = 1.0) -> Run:
+    """The finished fold folders of a run, checked against the records; RunError naming the file."""
+    if not io.isdir(run_dir):
+        raise RunError(f"{run_dir}: run folder not found")
+    names = [n for n in io.listdir(run_dir) if _FOLD_DIR.match(n) or n == FULL]
+    names = [n for n in names if io.isdir(io.join(run_dir, n))]
+    if not names:
+        raise RunError(
+            f"{run_dir}: no fold folders (fold0/, fold1/, ... or full/); is it a tfwhale.train run?"
+        )
+    folds = tuple(_load_fold(run_dir, name, manifest) for name in names)
+    dims = {f.name: f.embedding_dim for f in folds if f.embedding_dim is not None}
+    if len(set(dims.values())) > 1:
+        raise RunError(f"{run_dir}: folds have different embedding sizes {dims}; they cannot be averaged")
+    if not weight > 0:
+        raise RunError(f"{run_dir}: run weight must be positive, got {weight}")
+    return Run(run_dir, folds, float(weight))
+
+
+def _load_fold(run_dir: str, name: str, manifest: Manifest) -> FoldModel:
+    path = io.join(run_dir, name)
+    run_json = io.join(path, "run.json")
+    if not io.exists(run_json):
+        raise RunError(f"{path}: not finished (no run.json); finish training it or remove the folder")
+    text = io.read_text(run_json)
+    info = json.loads(text)
+    if info.get("status") != "finished":
+        raise RunError(f"{run_json}: status {info.get('status')!r}, not 'finished'")
+    if not io.exists(io.join(path, "embedding.keras")):
+        raise RunError(f"{path}: embedding.keras is missing; the fold cannot embed images")
+    _check_records(run_json, info.get("records") or {}, manifest)
+    match = _FOLD_DIR.match(name)
+    val_fold = int(match.group(1)) if match else None
+    if val_fold is not None and info.get("val_fold") != val_fold:
+        raise RunError(f"{run_json}: val_fold {info.get('val_fold')!r} but the folder is {name}")
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return FoldModel(run_dir, name, val_fold, sha, _config_embedding_dim(io.join(path, "config.yaml")))
+
+
+def _check_records(run_json: str, records: dict, manifest: Manifest) -> None:
+    """Label maps, image size and folds of the training records must be those of --records."""
+    problems = []
+    if records.get("labels_sha256") != manifest.labels_sha256:
+        problems.append("label maps differ (records.labels_sha256)")
+    if records.get("image_size") != manifest.image_size:
+        problems.append(f"image size {records.get('image_size')} != {manifest.image_size}")
+    if records.get("n_folds") != manifest.n_folds:
+        problems.append(f"n_folds {records.get('n_folds')} != {manifest.n_folds}")
+    if problems:
+        raise RunError(
+            f"{run_json}: trained on other records ({records.get('root')}) than {manifest.root}: "
+            + "; ".join(problems)
+        )
+    if records.get("manifest_sha256") != manifest.sha256:
+        logger.warning(
+            "%s: trained on another build (%s) with the same labels, size and folds as %s",
+            run_json,
+            records.get("root"),
+            manifest.root,
+        )
+
+
+def _config_embedding_dim(path: str) -> int | None:
+    if not io.exists(path):
+        return None
+    data = yaml.safe_load(io.read_text(path)) or {}
+    dim = (data.get("model") or {}).get("embedding_dim")
+    return int(dim) if dim is not None else None
+
+
+def load_keras_model(path: str):
+    """A saved .keras model (local or gs://), uncompiled; tfwhale's custom layers are registered first."""
+    import keras
+
+    import tfwhale.layers  # noqa: F401 - registers GeMPooling, L2Normalize, ArcMarginProduct
+
+    if not io.is_remote(path):
+        return keras.models.load_model(path, compile=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, io.basename(path))
+        with open(local, "wb") as f:  # a local temp file
+            f.write(io.read_bytes(path))
+        return keras.models.load_model(local, compile=False)
