@@ -9,14 +9,13 @@ repeated by hand. Run again to resume: finished stages are reused.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
+from tfwhale import io
 from tfwhale.records import MANIFEST_NAME
 
 
@@ -29,20 +28,24 @@ class Step:
     done_marker: str | None = None  # a file whose presence means the step is finished
 
 
-def plan_steps(out: str, individuals: int, folds: str, size: int, epochs: int | None) -> list[Step]:
-    data, rec, run, pred = (os.path.join(out, name) for name in ("data", "records", "runs/tiny", "predict"))
+def plan_steps(
+    out: str, individuals: int, folds: str, size: int, epochs: int | None, sets: list[str]
+) -> list[Step]:
+    data, rec, run, pred = (io.join(out, name) for name in ("data", "records", "runs/tiny", "predict"))
     train_extra = ["--set", f"train.epochs={epochs}"] if epochs else []
-    build = ["--data", data, "--out", rec, "--size", str(size), "--boxes", os.path.join(data, "boxes.csv")]
+    for item in sets:
+        train_extra += ["--set", item]
+    build = ["--data", data, "--out", rec, "--size", str(size), "--boxes", io.join(data, "boxes.csv")]
     train = ["--config", "tiny_cpu", "--records", rec, "--out", run, "--folds", folds, *train_extra]
-    predict = ["--runs", run, "--records", rec, "--out", pred, "--tta", "flip",
-               "--solution", os.path.join(data, "test_solution.csv"),
-               "--sample-submission", os.path.join(data, "sample_submission.csv")]  # fmt: skip
-    synth = [data, "--individuals", str(individuals)]
+    predict = ["--runs", run, "--records", rec, "--out", pred,
+               "--solution", io.join(data, "test_solution.csv"),
+               "--sample-submission", io.join(data, "sample_submission.csv")]  # fmt: skip
+    synth = [data, "--individuals", str(individuals), "--min-photos", "8"]
     return [
         Step("1/4 synthetic photos", ["python", "-m", "tfwhale.synthetic", *synth], "tfwhale.synthetic",
-             synth, os.path.join(data, "train.csv")),
+             synth, io.join(data, "train.csv")),
         Step("2/4 TFRecords", ["build-tfrecords", *build], "tfrecords_builder", build,
-             os.path.join(rec, MANIFEST_NAME)),
+             io.join(rec, MANIFEST_NAME)),
         Step("3/4 training", ["python", "-m", "tfwhale.train", *train], "tfwhale.train", train),
         Step("4/4 prediction", ["python", "-m", "tfwhale.predict", *predict], "tfwhale.predict", predict),
     ]  # fmt: skip
@@ -50,7 +53,7 @@ def plan_steps(out: str, individuals: int, folds: str, size: int, epochs: int | 
 
 def run_step(step: Step) -> float:
     print(f"\n=== {step.title}\n$ {shlex.join(step.shown)}", flush=True)
-    if step.done_marker and os.path.exists(step.done_marker):
+    if step.done_marker and io.exists(step.done_marker):
         print(f"(already done: {step.done_marker} exists)", flush=True)
         return 0.0
     started = time.time()
@@ -61,20 +64,20 @@ def run_step(step: Step) -> float:
 
 
 def summarize(out: str, steps: list[Step], seconds: list[float]) -> None:
-    pred = os.path.join(out, "predict")
-    with open(os.path.join(pred, "report.json")) as f:  # the demo writes only local folders
-        report = json.load(f)
+    pred = io.join(out, "predict")
+    report = io.read_json(io.join(pred, "report.json"))
     test = report.get("test", {})
     print("\n=== done in {:.0f} s ({})".format(sum(seconds), ", ".join(f"{s:.0f} s" for s in seconds)))
     if "map5" in test:
         print(f"MAP@5 on the synthetic test set: {test['map5']:.3f}  (ground truth: data/test_solution.csv)")
     oof = report.get("oof", {})
     if "map5" in oof:
-        print(f"out-of-fold MAP@5: {oof['map5']:.3f} at new_individual threshold {report.get('threshold')}")
-    print(f"submission: {os.path.join(pred, 'submission.csv')}")
-    print(f"report:     {os.path.join(pred, 'report.json')}")
-    pictures = sorted(n for n in os.listdir(pred) if n.endswith(".png"))
-    print("pictures:   " + ", ".join(os.path.join(pred, n) for n in pictures))
+        threshold = report.get("threshold", {}).get("value")
+        print(f"out-of-fold MAP@5: {oof['map5']:.3f} at new_individual threshold {threshold}")
+    print(f"submission: {io.join(pred, 'submission.csv')}")
+    print(f"report:     {io.join(pred, 'report.json')}")
+    pictures = [n for n in io.listdir(pred) if n.endswith(".png")]
+    print("pictures:   " + ", ".join(io.join(pred, n) for n in pictures))
     print("\nThe commands it ran (repeat any of them by hand):")
     for step in steps:
         print("  " + shlex.join(step.shown))
@@ -83,12 +86,13 @@ def summarize(out: str, steps: list[Step], seconds: list[float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfwhale.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="working folder (default: demo_out)")
-    parser.add_argument("--individuals", type=int, default=300, help="synthetic individuals (300)")
+    parser.add_argument("--individuals", type=int, default=150, help="synthetic individuals (150)")
     parser.add_argument("--folds", default="0,1", help="folds to train (of 5); default 0,1")
-    parser.add_argument("--size", type=int, default=64, help="image size of the records (64, as tiny_cpu)")
+    parser.add_argument("--size", type=int, default=96, help="image size of the records (96, as tiny_cpu)")
     parser.add_argument("--epochs", type=int, help="override tiny_cpu's epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training override")
     args = parser.parse_args(argv)
-    steps = plan_steps(args.out, args.individuals, args.folds, args.size, args.epochs)
+    steps = plan_steps(args.out, args.individuals, args.folds, args.size, args.epochs, args.set)
     seconds = [run_step(step) for step in steps]
     summarize(args.out, steps, seconds)
     return 0
