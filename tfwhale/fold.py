@@ -84,6 +84,9 @@ def make_optimizer(cfg: Config, plan: FoldPlan, runtime: Runtime) -> keras.optim
     options: dict[str, Any] = {"learning_rate": schedule}
     if t.clipnorm:
         options["clipnorm"] = t.clipnorm
+    if t.ema_momentum:
+        # Keras swaps the averaged weights in when fit ends, so the saved models carry them.
+        options.update(use_ema=True, ema_momentum=t.ema_momentum)
     if runtime.backend == "jax" and t.accumulate_steps > 1:
         # No tf.distribute on JAX, so Keras' own accumulation is safe there (see accumulate.py).
         options["gradient_accumulation_steps"] = t.accumulate_steps
