@@ -5,4 +5,4 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tests.gcs_fixture import gcs_bucket, gcs_server  # noqa: E402, F401 - fixtures; TF reads GCS_* at import
+from tests.gcs_fixture import gcs_bucket, gcs_server  # noqa: F401 - fixtures; TF reads GCS_* at import

@@ -13,9 +13,9 @@ from tests.records_fixture import make_records
 from tfwhale import io
 from tfwhale.data import embed
 from tfwhale.gallery import cache_path, concat_runs, embed_runs
-from tfwhale.model import build_models
+from tfwhale.model import build_models, load_saved_model
 from tfwhale.records import Manifest, load_manifest
-from tfwhale.runs import RunError, load_keras_model, load_run
+from tfwhale.runs import RunError, load_run
 
 
 def make_run(
@@ -92,7 +92,7 @@ def test_embed_runs_averages_folds_and_keeps_the_record_order(records, run_dir, 
     expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
     np.testing.assert_allclose(emb.combined("train"), expected, atol=1e-6)
     # the fold pass matches a direct embedding of the same fold's records
-    model = load_keras_model(f"{run_dir}/fold0/embedding.keras")
+    model = load_saved_model(f"{run_dir}/fold0/embedding.keras")
     direct = embed(model, records, "train", [1], batch=4)
     rows = index.train_folds == 1
     np.testing.assert_allclose(fold0.train[rows], direct.embeddings, atol=1e-5)
@@ -102,7 +102,7 @@ def test_embed_runs_averages_folds_and_keeps_the_record_order(records, run_dir, 
 def test_flip_tta_is_the_mean_of_plain_and_mirrored_passes(records, run_dir, tmp_path):
     run = load_run(run_dir, records)
     ((fold0, _),) = [embed_runs([run], records, str(tmp_path), batch=4, flip=True).runs[0].folds]
-    model = load_keras_model(f"{run_dir}/fold0/embedding.keras")
+    model = load_saved_model(f"{run_dir}/fold0/embedding.keras")
     plain = embed(model, records, "test", None, batch=4)
     mirrored = embed(model, records, "test", None, batch=4, flip=True)
     assert not np.allclose(plain.embeddings, mirrored.embeddings, atol=1e-3)  # the flip changes something

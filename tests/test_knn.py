@@ -72,6 +72,17 @@ def test_chunking_and_gallery_blocks_do_not_change_results(chunk, monkeypatch):
     np.testing.assert_allclose(sims, want_sims, atol=1e-6)
 
 
+def test_parallel_workers_match_brute_force(monkeypatch):
+    # pretend 3 cores: 800-query chunks (the last one 100) split over 3 workers, 3 gallery blocks each
+    monkeypatch.setattr(knn, "_n_threads", lambda: 3)
+    monkeypatch.setattr(knn, "MAX_GALLERY_BLOCK", 250)
+    gallery, queries = random_unit(600, 8, seed=9), random_unit(1700, 8, seed=10)
+    sims, idx = knn.search(queries, gallery, k=7, chunk=800)
+    want_sims, want_idx = brute_force(queries, gallery, 7)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["exact", "sklearn"])
 def test_k_larger_than_gallery_returns_whole_gallery(backend):
     gallery = at_angles([0, 90, 200])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Any
 
 import keras
@@ -18,22 +16,15 @@ STATE_NAME = "state.json"
 
 def save_weights(model: keras.Model, path: str) -> str:
     """Save weights (with optimizer state, Keras 3) to a local or gs:// path, atomically; returns sha256."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, io.basename(path))
+    with io.written_via_local(path) as local:
         model.save_weights(local)
-        with open(local, "rb") as f:  # a local temp file, never a maybe-remote path
-            data = f.read()
-    io.write_bytes(path, data)
     return io.sha256(path)
 
 
 def load_weights(model: keras.Model, path: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, io.basename(path))
-        with open(local, "wb") as f:
-            f.write(io.read_bytes(path))
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    with io.local_copy(path) as local:
         model.load_weights(local)
 
 

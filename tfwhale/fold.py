@@ -232,11 +232,5 @@ def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: flo
 
 
 def _save_model(model: keras.Model, path: str) -> None:
-    import os
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, io.basename(path))
+    with io.written_via_local(path) as local:
         model.save(local)
-        with open(local, "rb") as f:  # a local temp file
-            io.write_bytes(path, f.read())

@@ -19,9 +19,10 @@ import keras
 import numpy as np
 
 from tfwhale import io
+from tfwhale.model import load_saved_model
 from tfwhale.postprocess import l2_normalise
 from tfwhale.records import Manifest
-from tfwhale.runs import FoldModel, Run, RunError, load_keras_model
+from tfwhale.runs import FoldModel, Run, RunError
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def embed_fold(
     from tfwhale.data import embed
 
     logger.info("embedding the records with %s%s", fold.path, " (+ flip TTA)" if flip else "")
-    model = load_keras_model(fold.file("embedding.keras"))
+    model = load_saved_model(fold.file("embedding.keras"))
     parts = [_embed_tta(embed, model, manifest, "train", [f], batch, flip) for f in range(manifest.n_folds)]
     test = _embed_tta(embed, model, manifest, "test", None, batch, flip)
     index = RecordsIndex(
@@ -197,7 +198,7 @@ def load_centres(fold: FoldModel, n_classes: int) -> tuple[np.ndarray, int]:
     path = fold.file("model.keras")
     if not io.exists(path):
         raise RunError(f"{fold.path}: model.keras is missing; the logits blend needs the training model")
-    model = load_keras_model(path)
+    model = load_saved_model(path)
     try:
         head = model.get_layer(ARCFACE_LAYER)
     except ValueError as err:

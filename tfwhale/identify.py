@@ -22,9 +22,10 @@ import numpy as np
 
 from tfwhale import io, ranking, records, report
 from tfwhale.gallery import FoldEmbeddings, average_folds, cache_path, check_finite, concat_runs
+from tfwhale.model import load_saved_model
 from tfwhale.postprocess import Whitening, l2_normalise
 from tfwhale.predict import EMBEDDINGS_NAME
-from tfwhale.runs import FoldModel, RunError, load_keras_model
+from tfwhale.runs import FoldModel, RunError
 from tfwhale.threshold import insert_new_individual
 
 logger = logging.getLogger("tfwhale.identify")
@@ -169,7 +170,7 @@ def embed_photos(
     for folds in runs:
         per_fold = []
         for fold in folds:
-            model = load_keras_model(fold.file("embedding.keras"))
+            model = load_saved_model(fold.file("embedding.keras"))
             embeddings = np.asarray(model.predict(images, batch_size=batch, verbose=0))
             if flip:
                 embeddings = embeddings + np.asarray(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import posixpath
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 gfile = tf.io.gfile
+builtins_open = open  # this module shadows `open` below; temp files are always local
 _CHUNK = 8 << 20
 
 
@@ -22,8 +26,6 @@ def is_remote(path: str) -> bool:
 def join(base: str, *parts: str) -> str:
     if is_remote(base):
         return posixpath.join(base, *parts)
-    import os.path
-
     return os.path.join(base, *parts)
 
 
@@ -127,3 +129,26 @@ def sha256(path: str) -> str:
     for chunk in iter_chunks(path):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A local file with `path`'s content, for libraries that only open local files (h5py, zip)."""
+    if not is_remote(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, basename(path))
+        with builtins_open(local, "wb") as f:
+            f.write(read_bytes(path))
+        yield local
+
+
+@contextlib.contextmanager
+def written_via_local(path: str) -> Iterator[str]:
+    """A local temp path to write; on success its content lands at `path` atomically (local or gs://)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, basename(path))
+        yield local
+        with builtins_open(local, "rb") as f:
+            write_bytes(path, f.read())

@@ -254,14 +254,7 @@ def _check_choices(head: str, pooling: str, n_classes: int, n_species: int, spec
 
 def load_saved_model(path: str, compile: bool = False) -> keras.Model:  # noqa: A002 - keras' own name
     """Load a `.keras` file the trainer wrote (local or gs://), with tfwhale's custom objects registered."""
-    import tempfile
-
     from tfwhale import accumulate, losses, schedules  # noqa: F401 - importing registers their classes
 
-    if not io.is_remote(path):
-        return keras.models.load_model(path, compile=compile)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, io.basename(path))
-        with open(local, "wb") as f:  # a local temp copy of the remote file
-            f.write(io.read_bytes(path))
+    with io.local_copy(path) as local:
         return keras.models.load_model(local, compile=compile)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 
 import yaml
@@ -125,18 +123,3 @@ def _config_embedding_dim(path: str) -> int | None:
     data = yaml.safe_load(io.read_text(path)) or {}
     dim = (data.get("model") or {}).get("embedding_dim")
     return int(dim) if dim is not None else None
-
-
-def load_keras_model(path: str):
-    """A saved .keras model (local or gs://), uncompiled; tfwhale's custom layers are registered first."""
-    import keras
-
-    import tfwhale.layers  # noqa: F401 - registers GeMPooling, L2Normalize, ArcMarginProduct
-
-    if not io.is_remote(path):
-        return keras.models.load_model(path, compile=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, io.basename(path))
-        with open(local, "wb") as f:  # a local temp file
-            f.write(io.read_bytes(path))
-        return keras.models.load_model(local, compile=False)

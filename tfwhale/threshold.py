@@ -198,13 +198,12 @@ def _map_curve(
 
 
 def _best_index(curve: np.ndarray) -> int:
-    """Middle of the run of grid points around the first maximum of the curve."""
-    best = int(np.argmax(curve))
-    is_best = curve >= curve[best] - 1e-12
-    end = best
+    """Middle of the first run of grid points where the curve is at its maximum (to 1e-12)."""
+    is_best = curve >= curve.max() - 1e-12
+    start = end = int(np.argmax(is_best))
     while end + 1 < len(curve) and is_best[end + 1]:
         end += 1
-    return (best + end) // 2
+    return (start + end) // 2
 
 
 def _weighted_map(
