@@ -17,7 +17,7 @@ NEUTRAL_GREY = (128, 128, 128)
 DCT_SCALES = (8, 4, 2)
 # Bump when the pixels this module produces change for the same settings: finished shards of an older
 # version then no longer match the build plan and are not reused.
-IMAGING_VERSION = 1
+IMAGING_VERSION = 2
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
@@ -201,14 +201,18 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _resize(image: Image.Image, region: tuple[float, float, float, float], settings: ImageSettings):
-    """Crop `region` and resize it in one resampling pass (PIL's box argument keeps subpixel accuracy)."""
+    """Crop `region` and resize it in one resampling pass (PIL's box argument keeps subpixel accuracy).
+
+    Bilinear: PIL's resize antialiases every filter, and after the DCT downscale the remaining factor is
+    under 2, where bicubic looks no different to a CNN but costs 60% more (4 ms of ~36 ms an image).
+    """
     size = settings.size
     left, top, right, bottom = region
     if settings.resize_mode == "square":
-        return image.resize((size, size), Image.Resampling.BICUBIC, box=region, reducing_gap=3.0)
+        return image.resize((size, size), Image.Resampling.BILINEAR, box=region, reducing_gap=3.0)
     shrink = size / max(right - left, bottom - top)
     inner = (max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink)))
-    content = image.resize(inner, Image.Resampling.BICUBIC, box=region, reducing_gap=3.0)
+    content = image.resize(inner, Image.Resampling.BILINEAR, box=region, reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), NEUTRAL_GREY)
     canvas.paste(content, ((size - inner[0]) // 2, (size - inner[1]) // 2))
     return canvas
