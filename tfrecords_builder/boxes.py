@@ -6,10 +6,12 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from tfrecords_builder.errors import BuildInputError
+
+if TYPE_CHECKING:  # pandas stays out of the image workers, which import crop_region from here
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,8 @@ def _parse_cell(parse: Callable[[str], list], text: str, source: str, row: int, 
 
 def _cell_texts(table: pd.DataFrame, fmt: str) -> tuple[pd.Series, pd.Series, str]:
     """Per row: the box text, the confidence text, and the field name to blame in errors."""
+    import pandas as pd
+
     conf = table["conf"] if "conf" in table.columns else pd.Series("", index=table.index)
     if fmt != "corners":
         return table[fmt], conf, fmt
@@ -143,6 +147,8 @@ def box_column_text(table: pd.DataFrame, source: str, min_conf: float = 0.0) -> 
     Tables without box columns get "" everywhere. Bad cells -> BuildInputError naming source, row, field.
     """
     chosen = [format_box(choose_box(cands, min_conf)) for cands in table_candidates(table, source, min_conf)]
+    import pandas as pd
+
     return pd.Series(chosen, index=table.index, dtype=object)
 
 
