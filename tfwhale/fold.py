@@ -192,6 +192,7 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
         dataset, epochs=cfg.train.epochs, initial_epoch=state.get("epoch", 0),
         steps_per_epoch=plan.steps_per_epoch, validation_data=validation,
         validation_freq=cfg.train.val_every, callbacks=callbacks, verbose=cfg.train.verbose,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn that it cannot
     )  # fmt: skip
     if monitor.nan_at is not None:
         last = monitor.history[-1]["epoch"] if monitor.history else 0
