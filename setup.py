@@ -28,6 +28,7 @@ setup(
         "pandas>=2.1",
         "pillow>=10.0",
         "scikit-learn>=1.4",
+        "threadpoolctl>=3",  # the exact kNN search pins BLAS threads per worker
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",

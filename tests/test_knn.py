@@ -48,6 +48,15 @@ def test_backends_match_brute_force(backend, n_gallery, k):
     np.testing.assert_allclose(sims, want_sims, atol=1e-5)
 
 
+def test_plan_keeps_the_similarity_block_within_budget():
+    # Happywhale: 512 MiB / (4 B * 51,033) = 2,630 query rows, two workers of 1,315 on 2 cores
+    assert knn._plan(51_033, chunk=4096, memory_budget=512 << 20, n_threads=2) == (51_033, 2630, 2)
+    # 1M gallery: blocks of 65,536 rows, 2,048 queries per chunk
+    assert knn._plan(1_000_000, chunk=4096, memory_budget=512 << 20, n_threads=2) == (65_536, 2048, 2)
+    # a tiny budget still makes progress, one query at a time on one worker
+    assert knn._plan(51_033, chunk=4096, memory_budget=1, n_threads=2) == (51_033, 1, 1)
+
+
 def test_every_exact_selection_path_is_exercised():
     # the cases above cover two levels of column groups, one level, and the plain argpartition
     assert knn._group_widths(3000, k=3) == [12, 8]
@@ -73,11 +82,12 @@ def test_chunking_and_gallery_blocks_do_not_change_results(chunk, monkeypatch):
 
 
 def test_parallel_workers_match_brute_force(monkeypatch):
-    # pretend 3 cores: 800-query chunks (the last one 100) split over 3 workers, 3 gallery blocks each
+    # pretend 3 cores: 1600-query chunks (the last one 300) split over 3 workers, 3 gallery blocks each
     monkeypatch.setattr(knn, "_n_threads", lambda: 3)
     monkeypatch.setattr(knn, "MAX_GALLERY_BLOCK", 250)
-    gallery, queries = random_unit(600, 8, seed=9), random_unit(1700, 8, seed=10)
-    sims, idx = knn.search(queries, gallery, k=7, chunk=800)
+    assert knn._plan(600, chunk=1600, memory_budget=1 << 30, n_threads=3) == (250, 1600, 3)
+    gallery, queries = random_unit(600, 8, seed=9), random_unit(3500, 8, seed=10)
+    sims, idx = knn.search(queries, gallery, k=7, chunk=1600)
     want_sims, want_idx = brute_force(queries, gallery, 7)
     np.testing.assert_array_equal(idx, want_idx)
     np.testing.assert_allclose(sims, want_sims, atol=1e-5)

@@ -171,19 +171,18 @@ def test_two_cpu_replicas_mirrored_strategy(rec, tmp_path):
     assert info["replicas"] == 2 and info["global_batch"] == 8
 
 
-def test_jax_backend_two_host_devices_data_parallel(rec, tmp_path):
+@pytest.mark.parametrize(("accumulate", "global_batch"), [(1, 8), (2, 16)])
+def test_jax_backend_two_host_devices_data_parallel(rec, tmp_path, accumulate, global_batch):
     pytest.importorskip("jax")
     out = str(tmp_path / "run")
-    script = (
-        "import sys; from tfwhale import train; "
-        f"sys.exit(train.main({[*TINY, '--records', rec, '--out', out, '--fold', '0']!r}"
-        " + ['--set', 'train.epochs=2']))"
-    )
+    args = [*TINY, "--records", rec, "--out", out, "--fold", "0", "--set", "train.epochs=2"]
+    args += ["--set", f"train.accumulate_steps={accumulate}"]
+    script = f"import sys; from tfwhale import train; sys.exit(train.main({args!r}))"
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     result = _run_script(script, env)
     assert result.returncode == 0, result.stderr[-3000:]
     info = _json(os.path.join(out, "fold0", "run.json"))
     assert info["versions"]["keras_backend"] == "jax"
-    assert info["replicas"] == 2 and info["global_batch"] == 8
-    losses = [row["loss"] for row in _json(os.path.join(out, "fold0", "ckpt", STATE_NAME))["history"]]
-    assert np.isfinite(losses).all()
+    assert info["replicas"] == 2 and info["global_batch"] == global_batch
+    history = _json(os.path.join(out, "fold0", "ckpt", STATE_NAME))["history"]
+    assert np.isfinite([row["loss"] for row in history]).all()

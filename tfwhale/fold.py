@@ -39,19 +39,29 @@ class FoldPlan:
     val_fold: int | None
     train_folds: list[int]
     out_dir: str
-    global_batch: int  # examples per optimizer step, all replicas, all micro-batches
-    steps_per_epoch: int
+    global_batch: int  # examples per optimizer update, all replicas, all micro-batches
+    steps_per_epoch: int  # optimizer updates per epoch
+    data_batch: int  # examples per batch the pipeline delivers
+    fit_steps: int  # batches per epoch that fit consumes (= optimizer calls)
 
 
 def plan_fold(
     cfg: Config, manifest: Manifest, val_fold: int | None, run_dir: str, runtime: Runtime
 ) -> FoldPlan:
     train_folds = [f for f in range(manifest.n_folds) if f != val_fold]
-    global_batch = cfg.data.batch_size * runtime.replicas * cfg.train.accumulate_steps
+    accumulate = cfg.train.accumulate_steps
+    global_batch = cfg.data.batch_size * runtime.replicas * accumulate
     n_train = manifest.count("train", train_folds)
     steps = cfg.train.steps_per_epoch or max(1, n_train // global_batch)
     name = "full" if val_fold is None else f"fold{val_fold}"
-    return FoldPlan(name, val_fold, train_folds, io.join(run_dir, name), global_batch, steps)
+    if runtime.backend == "jax" and accumulate > 1:
+        # JAX accumulates inside the optimizer (accumulate.py): fit feeds micro-batches, one per call.
+        data_batch, fit_steps = global_batch // accumulate, steps * accumulate
+    else:  # TF splits each full batch into micro-batches inside the train step
+        data_batch, fit_steps = global_batch, steps
+    return FoldPlan(
+        name, val_fold, train_folds, io.join(run_dir, name), global_batch, steps, data_batch, fit_steps
+    )
 
 
 def build_compiled(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime):
@@ -80,7 +90,8 @@ def build_compiled(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Run
 
 def make_optimizer(cfg: Config, plan: FoldPlan, runtime: Runtime) -> keras.optimizers.Optimizer:
     t = cfg.train
-    schedule = learning_rate_schedule(t, plan.steps_per_epoch, plan.global_batch)
+    # The schedule counts optimizer calls, which on JAX with accumulation are micro-steps.
+    schedule = learning_rate_schedule(t, plan.fit_steps, plan.global_batch)
     options: dict[str, Any] = {"learning_rate": schedule}
     if t.clipnorm:
         options["clipnorm"] = t.clipnorm
@@ -181,16 +192,16 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
     state = checkpoint.load_checkpoint(model, io.join(plan.out_dir, "ckpt")) or {}
     monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state)
     started = time.time()
-    dataset = train_dataset(manifest, plan.train_folds, cfg, plan.global_batch, cfg.train.seed)
+    dataset = train_dataset(manifest, plan.train_folds, cfg, plan.data_batch, cfg.train.seed)
     dataset = dataset.map(to_targets(train_model.output.keys()))
     validation = None
     if plan.val_fold is not None:
-        validation = val_loss_dataset(manifest, [plan.val_fold], cfg, plan.global_batch)
+        validation = val_loss_dataset(manifest, [plan.val_fold], cfg, plan.data_batch)
         validation = validation.map(to_targets(train_model.output.keys()))
     callbacks = [monitor, keras.callbacks.TensorBoard(io.join(plan.out_dir, "tensorboard"))]
     model.fit(
         dataset, epochs=cfg.train.epochs, initial_epoch=state.get("epoch", 0),
-        steps_per_epoch=plan.steps_per_epoch, validation_data=validation,
+        steps_per_epoch=plan.fit_steps, validation_data=validation,
         validation_freq=cfg.train.val_every, callbacks=callbacks, verbose=cfg.train.verbose,
         shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn that it cannot
     )  # fmt: skip
