@@ -22,7 +22,6 @@ from io import BytesIO, StringIO
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -73,6 +72,7 @@ def random_box(rng: np.random.Generator) -> str:
 
 def make_photos(cache: Path, n: int, boxes: str) -> Path:
     """cache/train_images/ with n photos (generated once, kept) and a train CSV for this run; returns it."""
+    import pandas as pd  # not at the top: spawned builder workers re-import this script
     images = cache / "train_images"
     images.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(n) if not (images / f"p{i:04d}.jpg").exists()]
@@ -96,6 +96,7 @@ def make_photos(cache: Path, n: int, boxes: str) -> Path:
 
 def naive_build(csv_path: Path, out: Path, size: int) -> int:
     """The notebook way: open, decode in full, crop the enlarged box, resize, encode, write, one by one."""
+    import pandas as pd
     import tensorflow as tf
 
     from tfrecords_builder.boxes import crop_region, parse_box_text
