@@ -68,6 +68,12 @@ class Timing:
         return self.images / self.cpu
 
 
+def add_record_options(add) -> None:
+    """The options every benchmark over synthetic records takes (`add` = parser.add_argument)."""
+    add("--individuals", type=int, default=50, help="synthetic individuals (50: 85 train photos)")
+    add("--cache", default=DEFAULT_CACHE, help="where photos and records are kept between runs")
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process, all its threads together."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -73,6 +73,7 @@ def random_box(rng: np.random.Generator) -> str:
 def make_photos(cache: Path, n: int, boxes: str) -> Path:
     """cache/train_images/ with n photos (generated once, kept) and a train CSV for this run; returns it."""
     import pandas as pd  # not at the top: spawned builder workers re-import this script
+
     images = cache / "train_images"
     images.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(n) if not (images / f"p{i:04d}.jpg").exists()]

@@ -76,13 +76,7 @@ def parse_args() -> argparse.Namespace:
         metavar="SECTION.KEY=VALUE",
         help="config override for every setting, repeatable (e.g. augment.fill_mode=constant)",
     )
-    add(
-        "--individuals",
-        type=int,
-        default=50,
-        help="synthetic individuals in the records (50: 85 train photos)",
-    )
-    add("--cache", default=_records.DEFAULT_CACHE, help="where photos and records are kept between runs")
+    _records.add_record_options(add)
     add("--backbone", default="EfficientNetB7", help="model whose FLOPs set the TPU's appetite")
     add("--model-size", type=int, default=768, help="image size the model trains at (768)")
     add("--mxu-utilisation", default="0.3,0.5", help="assumed fractions of TPU peak (0.3,0.5)")

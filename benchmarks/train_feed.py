@@ -42,13 +42,7 @@ def parse_args() -> argparse.Namespace:
     add("--fit-seconds", type=float, default=8.0, help="timed seconds per fit when --steps is not given (8)")
     add("--warmup", type=int, default=5, help="untimed steps at the start of every fit (5)")
     add("--rounds", type=int, default=4, help="fits per feed, alternating the feeds (4)")
-    add(
-        "--individuals",
-        type=int,
-        default=50,
-        help="synthetic individuals in the records (50: 85 train photos)",
-    )
-    add("--cache", default=_records.DEFAULT_CACHE, help="where photos and records are kept between runs")
+    _records.add_record_options(add)
     args = parser.parse_args()
     if args.quick:
         args.fit_seconds, args.rounds = 4.0, 2
