@@ -32,3 +32,25 @@ def test_readme_commands_run_as_shown(tmp_path):
         )
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
     assert (tmp_path / "work" / "predict" / "submission.csv").exists()
+
+
+def test_commands_that_need_a_tpu_gpu_or_bucket_parse():
+    """```text commands need hardware or a bucket this machine lacks: they must at least parse as shown."""
+    import shlex
+
+    from tfrecords_builder.cli import build_parser
+    from tfwhale import train
+
+    with open(README) as f:
+        blocks = re.findall(r"```text\n(.*?)```", f.read(), flags=re.S)
+    checked = 0
+    for line in (line.split("  # ")[0].strip() for block in blocks for line in block.splitlines()):
+        words = shlex.split(line)
+        if words[:3] == ["python", "-m", "tfwhale.train"]:
+            args = train.parse_args(words[3:])
+            assert args.records and args.out
+            checked += 1
+        elif words[:1] == ["build-tfrecords"]:
+            assert build_parser().parse_args(words[1:]).size
+            checked += 1
+    assert checked >= 3
