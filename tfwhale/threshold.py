@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfwhale.metrics import map_at_k
+from tfwhale.records import NEW_INDIVIDUAL as NEW
 
 logger = logging.getLogger(__name__)
 
-NEW = "new_individual"
 DEFAULT_GRID = np.round(np.arange(0.0, 1.0 + 1e-9, 0.0025), 4)  # 401 thresholds, 0.0 .. 1.0
 MIN_SPECIES_QUERIES = 100
 
