@@ -13,6 +13,7 @@ import keras
 
 from tfwhale import io
 from tfwhale.config import ConfigError, load_config, save_config
+from tfwhale.data import check_image_size
 from tfwhale.distribute import DeviceError, get_runtime, split_cpu
 from tfwhale.fold import TrainingError, plan_fold, train_fold
 from tfwhale.model import BACKBONES
@@ -81,11 +82,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             f"model.backbone={cfg.model.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}"
         )
     manifest = load_manifest(args.records)
-    if cfg.data.image_size != manifest.image_size:
-        raise ConfigError(
-            f"data.image_size={cfg.data.image_size} but the records in {args.records} are "
-            f"{manifest.image_size}px; use --set data.image_size={manifest.image_size} or rebuild the records"
-        )
+    check_image_size(manifest, cfg)  # before any device is set up
     if args.cpu_devices > 1:
         split_cpu(args.cpu_devices)
     runtime = get_runtime(args.tpu, mirrored_cpu=args.cpu_devices > 1)
