@@ -29,6 +29,7 @@ setup(
         "pillow>=10.0",
         "scikit-learn>=1.4",
         "threadpoolctl>=3",  # the exact kNN search pins BLAS threads per worker
+        "numba>=0.59",  # the exact kNN search's top-k kernel
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",

@@ -57,16 +57,6 @@ def test_plan_keeps_the_similarity_block_within_budget():
     assert knn._plan(51_033, chunk=4096, memory_budget=1, n_threads=2) == (51_033, 1, 1)
 
 
-def test_every_exact_selection_path_is_exercised():
-    # the cases above cover two levels of column groups, one level, and the plain argpartition
-    assert knn._group_widths(3000, k=3) == [12, 8]
-    assert knn._group_widths(2000, k=10) == [12]
-    assert knn._group_widths(300, k=50) == knn._group_widths(40, k=35) == []
-    # Happywhale scale: 51,033 columns padded to 96 * 532 for groups of 12, then 8
-    searcher = knn._BlockSearcher(random_unit(51_033, 2, 0), 0, k=50)
-    assert searcher.widths == [12, 8] and searcher.padded_cols == 51_072
-
-
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
 def test_chunking_and_gallery_blocks_do_not_change_results(chunk, monkeypatch):
     gallery, queries = random_unit(1500, 8, seed=3), random_unit(29, 8, seed=4)

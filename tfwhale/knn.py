@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -99,8 +98,8 @@ def _exact_search(
     searchers = [
         _BlockSearcher(gallery[start : start + block], start, k) for start in range(0, n_gallery, block)
     ]
-    width = max(s.padded_cols for s in searchers)
-    buffer = np.empty((min(rows, n_queries), width), np.float32)  # the workers take row slices of it
+    # one similarity buffer for the chunk: the workers take row slices of it
+    buffer = np.empty((min(rows, n_queries), searchers[0].n_cols), np.float32)
     sims = np.empty((n_queries, k), np.float32)
     idx = np.empty((n_queries, k), np.int64)
 
@@ -138,63 +137,19 @@ def _n_threads() -> int:
 
 
 class _BlockSearcher:
-    """Top-k of one gallery block for a slice of queries.
-
-    The similarities go into the caller's buffer rows, padded to a multiple of the group widths
-    with -inf columns.
-    """
+    """Top-k of one gallery block for a slice of queries; the similarities go into the caller's buffer."""
 
     def __init__(self, gallery_block: np.ndarray, offset: int, k: int):
         self.gallery_t = gallery_block.T  # a transposed view: BLAS reads it without copying
         self.offset, self.k, self.n_cols = offset, k, len(gallery_block)
-        self.widths = _group_widths(self.n_cols, k)
-        span = math.prod(self.widths)
-        self.padded_cols = span * -(-self.n_cols // span)
 
     def top_k(self, q_rows: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(q_rows)
-        sims = buffer[: n * self.padded_cols].reshape(n, self.padded_cols)
-        sims[:, self.n_cols :] = -np.inf
-        np.matmul(q_rows, self.gallery_t, out=sims[:, : self.n_cols])
-        values, cols = _sort_desc(*_top_k_columns(sims, self.k, self.widths))
+        from tfwhale.topk import top_k_rows  # imports numba: only exact searches pay for it
+
+        sims = buffer[: len(q_rows) * self.n_cols].reshape(len(q_rows), self.n_cols)
+        np.matmul(q_rows, self.gallery_t, out=sims)
+        values, cols = top_k_rows(sims, self.k)
         return values, cols + self.offset
-
-
-def _group_widths(n_cols: int, k: int) -> list[int]:
-    """Group sizes for _top_k_columns: a level is worth it while it leaves >= 8k groups per row.
-
-    Gathering a candidate costs more than partitioning a group maximum, so groups stay small
-    (12, then 8 per level); measured on 51k columns, k=50, this halves the cost of one argpartition.
-    """
-    widths: list[int] = []
-    remaining = n_cols
-    while remaining // (8 if widths else 12) >= 8 * k:
-        widths.append(8 if widths else 12)
-        remaining = -(-remaining // widths[-1])
-    return widths
-
-
-def _top_k_columns(values: np.ndarray, k: int, widths: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest entries of each row and their columns, [rows, k] each, in no particular order.
-
-    A plain argpartition of a [rows, G] block costs about as much as the GEMM that made it.
-    Instead the columns are split into G / w interleaved groups of w (group j = columns j,
-    j + G/w, ...): one streaming max gives each group's best value, and the top k of the row lie
-    inside the k groups with the largest maxima, since anything outside them is beaten by k group
-    maxima (ties aside). Those groups are found the same way on the [rows, G/w] maxima, and only
-    their k * w members are partitioned. values.shape[1] must be divisible by prod(widths).
-    """
-    n, m = values.shape
-    if not widths:
-        cols = np.argpartition(values, m - k, axis=1)[:, m - k :]
-        return np.take_along_axis(values, cols, axis=1), cols
-    width, groups = widths[0], m // widths[0]
-    group_max = values.reshape(n, width, groups).max(axis=1)
-    _, best_groups = _top_k_columns(group_max, k, widths[1:])
-    members = (np.arange(width)[None, :, None] * groups + best_groups[:, None, :]).reshape(n, width * k)
-    candidates = np.take(values, members + (np.arange(n) * m)[:, None])
-    pick = np.argpartition(candidates, width * k - k, axis=1)[:, width * k - k :]
-    return np.take_along_axis(candidates, pick, axis=1), np.take_along_axis(members, pick, axis=1)
 
 
 def _sort_desc(values: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
