@@ -24,8 +24,8 @@ from tfwhale import io, ranking, records, report
 from tfwhale.gallery import FoldEmbeddings, average_folds, cache_path, check_finite, concat_runs
 from tfwhale.model import load_saved_model
 from tfwhale.postprocess import Whitening, l2_normalise
-from tfwhale.predict import EMBEDDINGS_NAME
 from tfwhale.runs import FoldModel, RunError
+from tfwhale.submission import EMBEDDINGS_NAME
 from tfwhale.threshold import insert_new_individual
 
 logger = logging.getLogger("tfwhale.identify")

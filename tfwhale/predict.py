@@ -6,14 +6,10 @@ python -m tfwhale.predict --runs runs/b6 [runs/b7 ...] --records records/ --out 
 from __future__ import annotations
 
 import argparse
-import io as pyio
 import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
 
 from tfwhale import io, oof, report
 from tfwhale.config import ConfigError, PredictConfig, load_config
@@ -30,12 +26,19 @@ from tfwhale.ranking import (
 )
 from tfwhale.records import Manifest, ManifestError, load_manifest
 from tfwhale.runs import Run, RunError, load_run
+from tfwhale.submission import (
+    EMBEDDINGS_NAME,
+    SUBMISSION_NAME,
+    PredictError,
+    read_solution,
+    submission_order,
+    write_embeddings,
+    write_submission,
+)
 from tfwhale.threshold import ThresholdResult, plot_threshold_curve
 
 logger = logging.getLogger("tfwhale.predict")
 
-SUBMISSION_NAME = "submission.csv"
-EMBEDDINGS_NAME = "embeddings.npz"
 CURVE_NAME = "threshold_curve.png"
 EXAMPLES_NAME = "examples.png"
 
@@ -48,10 +51,6 @@ Embeddings are cached in OUT_DIR/cache: a second run with another threshold, k o
 --knn exact (default) is a chunked float32 GEMM and a compiled top-k: the same neighbours as sklearn's
 brute-force cosine search, 3.6x faster (28k queries x 51k gallery x 512 dims: 4.4 s vs 15.8 s, 2 cores).
 """
-
-
-class PredictError(ValueError):
-    """Bad predict input that is not about a run or the records (sample submission, solution, flags)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -191,80 +190,6 @@ def rank_test(emb: PredictEmbeddings, options: RankOptions, class_names: list[st
         index = emb.index
         heads = class_heads([f.test for f in folds], folds, class_names, index.train_ids, index.train_folds)
     return gallery, rank(emb.combined("test"), gallery, emb.index.train_ids, options, heads)
-
-
-def submission_order(test_names: Sequence[str], sample_path: str | None) -> list[str]:
-    """The sample submission's image order (checked: every test image exactly once), else sorted names."""
-    if sample_path is None:
-        return sorted(test_names)
-    sample = read_csv(sample_path, ["image"])
-    images = sample["image"].tolist()
-    duplicated = sorted(set(sample["image"][sample["image"].duplicated()]))
-    if duplicated:
-        raise PredictError(f"{sample_path}: images listed more than once, e.g. {duplicated[:3]}")
-    missing, extra = sorted(set(images) - set(test_names)), sorted(set(test_names) - set(images))
-    if missing or extra:
-        raise PredictError(
-            f"{sample_path}: {len(missing)} image(s) not in the test records (e.g. {missing[:3]}), "
-            f"{len(extra)} test record(s) not in it (e.g. {extra[:3]}); are the records from another build?"
-        )
-    return images
-
-
-def read_csv(path: str, columns: Sequence[str]) -> pd.DataFrame:
-    if not io.exists(path):
-        raise PredictError(f"{path}: file not found")
-    table = pd.read_csv(pyio.StringIO(io.read_text(path)), dtype=str, keep_default_na=False)
-    absent = [c for c in columns if c not in table.columns]
-    if absent:
-        raise PredictError(f"{path}: missing column(s) {absent}; found {list(table.columns)}")
-    return table
-
-
-def read_solution(path: str | None, test_names: Sequence[str]) -> dict[str, str] | None:
-    if path is None:
-        return None
-    table = read_csv(path, ["image", "individual_id"])
-    unknown = sorted(set(table["image"]) - set(test_names))
-    if unknown:
-        raise PredictError(f"{path}: {len(unknown)} image(s) not in the test records, e.g. {unknown[:3]}")
-    return dict(zip(table["image"], table["individual_id"], strict=True))
-
-
-def write_submission(path: str, names: Sequence[str], answers: dict[str, list[str]]) -> None:
-    short = [n for n in names if len(answers[n]) < 5]
-    if short:
-        logger.warning(
-            "%d queries have fewer than 5 labels (the gallery has too few individuals)", len(short)
-        )
-    lines = ["image,predictions"] + [f"{name},{' '.join(answers[name])}" for name in names]
-    io.write_text(path, "\n".join(lines) + "\n")
-
-
-def write_embeddings(
-    out_dir: str, emb: PredictEmbeddings, gallery: PreparedGallery, class_names: Sequence[str]
-) -> None:
-    """The combined embeddings (and the post-processed gallery, when it differs) that identify reuses."""
-    index = emb.index
-    train = emb.combined("train")
-    arrays = {
-        "train": train,
-        "test": emb.combined("test"),
-        "train_names": np.array(index.train_names, dtype=str),
-        "train_ids": np.array(index.train_ids, dtype=str),
-        "train_species": np.array(index.train_species, dtype=str),
-        "train_folds": index.train_folds,
-        "test_names": np.array(index.test_names, dtype=str),
-        "class_names": np.array(class_names, dtype=str),
-    }
-    if gallery.embeddings.shape != train.shape or not np.array_equal(gallery.embeddings, train):
-        arrays["gallery"] = gallery.embeddings  # whitened and/or database-augmented
-    if gallery.whitening is not None:
-        arrays.update(whiten_mean=gallery.whitening.mean, whiten_projection=gallery.whitening.projection)
-        arrays.update(whiten_eigenvalues=gallery.whitening.eigenvalues)
-    buffer = pyio.BytesIO()
-    np.savez(buffer, **arrays)
-    io.write_bytes(io.join(out_dir, EMBEDDINGS_NAME), buffer.getvalue())
 
 
 @dataclass(frozen=True)
