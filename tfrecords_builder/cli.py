@@ -265,13 +265,13 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 
 def run_build(args: argparse.Namespace) -> int:
     """The whole build; returns the exit code (BuildInputError propagates for main to report)."""
-    from tfrecords_builder import manifest, writer
+    from tfrecords_builder import manifest, resume, writer
     from tfrecords_builder.imaging import ImageSettings
     from tfrecords_builder.tables import photo_counts
 
     inputs = resolve_inputs(args)
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
-    reusable = writer.prepare_output(args.out, settings, shards, args.overwrite)
+    reusable = resume.prepare_output(args.out, settings, shards, args.overwrite)
     image_settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
     workers = args.workers or writer.default_workers()
     outcome = writer.write_shards(shards, args.out, image_settings, workers, reusable, not args.quiet)

@@ -12,7 +12,7 @@ from typing import Any
 
 import tfwhale
 from tfrecords_builder.errors import REJECT_COLUMNS, Reject
-from tfrecords_builder.writer import ShardRecord
+from tfrecords_builder.resume import ShardRecord
 from tfwhale import io, records
 
 _CATEGORY_END = re.compile(r"[:(]")

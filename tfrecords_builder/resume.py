@@ -1,0 +1,153 @@
+"""build-tfrecords state: finished shards' sidecars, and what an interrupted build left that can be kept."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tfrecords_builder.errors import BuildInputError, Reject
+from tfrecords_builder.plan import PlannedShard
+from tfwhale import io, records
+
+PARTS_DIR = ".parts"
+BUILD_STATE = "build.json"
+_TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # tfwhale.io.temp_name's suffix
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished shard as its sidecar (.parts/<shard>.json) describes it."""
+
+    name: str
+    split: str
+    fold: int | None
+    count: int
+    sha256: str
+    bytes: int
+    fingerprint: str
+    rejects: tuple[Reject, ...] = ()
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    no_box: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rejects"] = [asdict(reject) for reject in self.rejects]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardRecord:
+        rejects = tuple(Reject(**reject) for reject in data.get("rejects", []))
+        return cls(**{**data, "rejects": rejects})
+
+    def manifest_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "split": self.split}
+        if self.fold is not None:
+            entry["fold"] = self.fold
+        return {**entry, "count": self.count, "sha256": self.sha256, "bytes": self.bytes}
+
+
+def parts_path(out: str, name: str = "") -> str:
+    return io.join(out, PARTS_DIR, name) if name else io.join(out, PARTS_DIR)
+
+
+def _shard_files(out: str) -> list[str]:
+    return [name for name in io.listdir(out) if name.endswith(records.SHARD_SUFFIX)]
+
+
+def _previous_settings(out: str) -> dict[str, Any] | None:
+    """The settings of the build already in `out`: from an unfinished run's state, else from its manifest."""
+    state = parts_path(out, BUILD_STATE)
+    if io.exists(state):
+        return io.read_json(state)["settings"]
+    manifest = io.join(out, records.MANIFEST_NAME)
+    if io.exists(manifest):
+        return io.read_json(manifest).get("build", {}).get("settings")
+    return None
+
+
+def _clear_build(out: str) -> None:
+    """--overwrite: remove only what a build writes (shards, temp files, manifest, rejects, sidecars)."""
+    for name in io.listdir(out):
+        if name.endswith(records.SHARD_SUFFIX) or _TEMP_NAME.search(name):
+            io.remove(io.join(out, name))
+    for name in (records.MANIFEST_NAME, records.REJECTS_NAME):
+        io.remove(io.join(out, name))
+    io.rmtree(parts_path(out))
+
+
+def _check_same_settings(out: str, settings: dict[str, Any]) -> None:
+    previous = _previous_settings(out)
+    if previous is None:
+        if shards := _shard_files(out):
+            raise BuildInputError(
+                f"{out} already holds TFRecord shards ({', '.join(shards[:3])}) that no build-tfrecords "
+                "state describes; pass --overwrite to replace them, or choose another --out"
+            )
+        return
+    keys = sorted(set(previous) | set(settings))
+    changes = [
+        f"{key} {previous.get(key)!r} -> {settings.get(key)!r}"
+        for key in keys
+        if previous.get(key) != settings.get(key)
+    ]
+    if changes:
+        raise BuildInputError(
+            f"{out} holds a build made with other settings ({'; '.join(changes)}); pass --overwrite to "
+            "rebuild it from scratch, or choose another --out"
+        )
+
+
+def find_reusable(plan: Sequence[PlannedShard], out: str) -> dict[str, ShardRecord]:
+    """Finished shards of an earlier run that still match the plan; refuses when the input has changed."""
+    planned = {shard.name: shard for shard in plan}
+    reusable: dict[str, ShardRecord] = {}
+    stale: list[str] = []
+    for sidecar in io.listdir(parts_path(out)):
+        name = sidecar.removesuffix(".json")
+        if not name.endswith(records.SHARD_SUFFIX):
+            continue
+        record = ShardRecord.from_json(io.read_json(parts_path(out, sidecar)))
+        shard_path = io.join(out, name)
+        if name not in planned or record.fingerprint != planned[name].fingerprint:
+            stale.append(name)
+        elif io.exists(shard_path) and io.size(shard_path) == record.bytes:
+            reusable[name] = record
+    if stale:
+        raise BuildInputError(
+            f"the input changed since the build in {out} was started: {len(stale)} finished shard(s) "
+            f"no longer match the images, labels or boxes planned for them ({', '.join(sorted(stale)[:3])}); "
+            "pass --overwrite to rebuild from scratch"
+        )
+    return reusable
+
+
+def _remove_temp_files(out: str) -> None:
+    """Temp files of an interrupted run: never counted as shards, and removed before writing again."""
+    for folder in (out, parts_path(out)):
+        for name in io.listdir(folder):
+            if _TEMP_NAME.search(name):
+                io.remove(io.join(folder, name))
+
+
+def prepare_output(
+    out: str, settings: dict[str, Any], plan: Sequence[PlannedShard], overwrite: bool
+) -> dict[str, ShardRecord]:
+    """Make `out` ready and return the finished shards of an earlier run that can be kept.
+
+    --overwrite starts fresh; otherwise an earlier build there must have the same settings and input
+    (BuildInputError before anything is touched). Then the old manifest goes, so that the folder never
+    looks finished while shards are being written.
+    """
+    io.makedirs(out)
+    if overwrite:
+        _clear_build(out)
+    else:
+        _check_same_settings(out, settings)
+    io.makedirs(parts_path(out))
+    reusable = find_reusable(plan, out)
+    io.remove(io.join(out, records.MANIFEST_NAME))
+    _remove_temp_files(out)
+    io.write_json(parts_path(out, BUILD_STATE), {"settings": settings})
+    return reusable
