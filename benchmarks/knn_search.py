@@ -26,6 +26,9 @@ import numpy as np
 
 from tfwhale import knn
 
+# OpenBLAS's threads spin for ~0.1 s after a multi-threaded GEMM: without a pause, whatever runs
+# next shares the cores with them (measured: +30-80 ms on the --quick search right after the floor)
+PAUSE_S = 0.5
 IVF_SETTINGS = (
     "nprobe=16,k_factor_rf=2;nprobe=32,k_factor_rf=1;nprobe=32,k_factor_rf=2;nprobe=64,k_factor_rf=2"
 )
@@ -148,7 +151,9 @@ def exact_vs_floor(args: argparse.Namespace, rng: np.random.Generator) -> None:
     floors, runs = [], []
     for _ in range(args.repeats):
         floors.append(timed(lambda: gemm_pass(queries, gallery))[:2])
+        time.sleep(PAUSE_S)
         runs.append(timed(search)[:2])
+        time.sleep(PAUSE_S)
     floors, runs = np.array(floors), np.array(runs)
     flops = 2.0 * args.gallery * args.queries * args.dim
     _, rows, workers = knn._plan(args.gallery, 4096, budget, knn._n_threads())
