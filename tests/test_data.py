@@ -167,6 +167,19 @@ def test_embed_keeps_names_aligned_with_embeddings(manifest):
     assert test_embeddings.shape == (5, 3) and len(test_names) == 5 and test_ids is None
 
 
+def test_fold_models_embedding_the_same_records_read_their_names_once(manifest, monkeypatch):
+    reads = []
+    read_metadata = data._read_metadata
+    monkeypatch.setattr(data, "_read_metadata", lambda *args: reads.append(args[1:]) or read_metadata(*args))
+    monkeypatch.setattr(data, "_METADATA", {})
+    first = data.embed(_mean_colour_model(), manifest, "train", [1], batch=4)
+    first.names.append("changed by a caller")
+    second = data.embed(_mean_colour_model(), manifest, "train", [1], batch=4, flip=True)
+    assert reads == [("train", [1])] and len(second.names) == 10  # the second model reused the first pass
+    data.embed(_mean_colour_model(), manifest, "train", [0], batch=4)
+    assert reads == [("train", [1]), ("train", [0])]  # other folds: their own pass
+
+
 def test_embed_refuses_a_manifest_that_miscounts(manifest):
     shards = [{**s, "count": s["count"] + 1} if s["split"] == "test" else s for s in manifest.data["shards"]]
     wrong = records.Manifest(manifest.root, {**manifest.data, "shards": shards})

@@ -258,8 +258,25 @@ def eval_dataset(
     return batches.prefetch(AUTOTUNE).with_options(options), count
 
 
+# eval_metadata per (records, split, folds): every fold model and validation embeds the same records,
+# and each pass over them reads every image's bytes (gigabytes from gs:// at 768 px)
+_METADATA: dict[tuple[str, str, str, tuple[int, ...] | None], dict[str, list[Any]]] = {}
+
+
 def eval_metadata(manifest: Manifest, split: str, folds: list[int] | None) -> dict[str, list[Any]]:
-    """The eval pass's names (and ids, species, labels for train) in the same order, without images."""
+    """The eval pass's names (and ids, species, labels for train) in the same order, without images.
+
+    Read once per build (manifest sha256), split and folds in a process; callers get their own lists.
+    """
+    if not manifest.sha256:  # a manifest made in memory: nothing identifies the build
+        return _read_metadata(manifest, split, folds)
+    key = (manifest.root, manifest.sha256, split, None if folds is None else tuple(folds))
+    if key not in _METADATA:
+        _METADATA[key] = _read_metadata(manifest, split, folds)
+    return {name: list(values) for name, values in _METADATA[key].items()}
+
+
+def _read_metadata(manifest: Manifest, split: str, folds: list[int] | None) -> dict[str, list[Any]]:
     paths = shard_paths(manifest, split, folds)
     parse = records.parse_test_example if split == "test" else records.parse_train_example
     keys = ["image_name"] if split == "test" else ["image_name", "individual_id", "species", "label"]
