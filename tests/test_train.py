@@ -55,6 +55,41 @@ def test_fold_run_folder_has_every_artefact(rec, tmp_path):
     assert _json(os.path.join(fold, "run.json"))["seconds_this_session"] == info["seconds_this_session"]
 
 
+def _weights(path: str, names=("conv2d", "dense", "arc_margin_product")) -> dict[str, np.ndarray]:
+    """The trainable kernels in a .weights.h5 file (batch-norm statistics are not averaged by EMA)."""
+    import h5py
+
+    found = {}
+    with h5py.File(path) as f:
+        f.visititems(
+            lambda name, item: (
+                found.__setitem__(name, item[()])
+                if name.startswith("layers/")
+                and any(n in name for n in names)
+                and isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
+    return found
+
+
+def test_weight_ema_is_what_validation_scores_and_the_fold_keeps(rec, tmp_path):
+    # momentum ~1: the averages stay at the initial weights while the raw weights move on
+    out = str(tmp_path / "run")
+    ema = ["--set", "train.ema_momentum=0.99999", "--set", "train.val_every=1"]
+    assert _train(rec, out, "--fold", "0", "--set", "train.epochs=3", *ema) == 0
+    fold = os.path.join(out, "fold0")
+    best, last = (
+        _weights(os.path.join(fold, "best.weights.h5")),
+        _weights(os.path.join(fold, "last.weights.h5")),
+    )
+    raw = _weights(os.path.join(fold, "ckpt", "epoch-0003.weights.h5"))  # the checkpoint keeps raw weights
+    assert len(best) == len(last) == len(raw) >= 6
+    # the best epoch's kept weights are averages (as the final ones are), not that epoch's raw weights
+    assert max(np.abs(best[k] - last[k]).max() for k in best) < 1e-5
+    assert max(np.abs(raw[k] - last[k]).max() for k in raw) > 5e-4
+
+
 class _Interrupt(Exception):
     pass
 
@@ -162,6 +197,7 @@ def _run_script(script: str, env_extra: dict[str, str]) -> subprocess.CompletedP
 def test_two_cpu_replicas_mirrored_strategy(rec, tmp_path):
     out = str(tmp_path / "run")
     args = [*TINY, "--records", rec, "--out", out, "--fold", "0", "--cpu-devices", "2"]
+    args += ["--set", "train.ema_momentum=0.99"]  # EMA weights swapped in for validation across replicas
     script = (
         f"import sys; from tfwhale import train; sys.exit(train.main({args!r} + ['--set', 'train.epochs=1']))"
     )
@@ -176,7 +212,7 @@ def test_jax_backend_two_host_devices_data_parallel(rec, tmp_path, accumulate, g
     pytest.importorskip("jax")
     out = str(tmp_path / "run")
     args = [*TINY, "--records", rec, "--out", out, "--fold", "0", "--set", "train.epochs=2"]
-    args += ["--set", f"train.accumulate_steps={accumulate}"]
+    args += ["--set", f"train.accumulate_steps={accumulate}", "--set", "train.ema_momentum=0.99"]
     script = f"import sys; from tfwhale import train; sys.exit(train.main({args!r}))"
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     result = _run_script(script, env)

@@ -116,7 +116,7 @@ class TrainConfig:
     seed: int = 42
     val_every: int = 1  # epochs between validation passes
     steps_per_epoch: int | None = None  # None = fold train examples // global batch
-    ema_momentum: float | None = None  # None = no weight EMA
+    ema_momentum: float | None = None  # None = no weight EMA; else validated, kept and saved: the averages
     verbose: int = 2  # keras fit: 0 silent, 1 progress bar, 2 one line per epoch
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io as pyio
 import logging
 import math
@@ -96,7 +97,7 @@ def make_optimizer(cfg: Config, plan: FoldPlan, runtime: Runtime) -> keras.optim
     if t.clipnorm:
         options["clipnorm"] = t.clipnorm
     if t.ema_momentum:
-        # Keras swaps the averaged weights in when fit ends, so the saved models carry them.
+        # Keras swaps the averaged weights in when fit ends; FoldMonitor validates and keeps them.
         options.update(use_ema=True, ema_momentum=t.ema_momentum)
     if runtime.backend == "jax" and t.accumulate_steps > 1:
         # No tf.distribute on JAX, so Keras' own accumulation is safe there (see accumulate.py).
@@ -126,11 +127,18 @@ def to_targets(outputs):
 
 
 class FoldMonitor(keras.callbacks.Callback):
-    """Per epoch: NaN guard, validation MAP@5, best weights, history, checkpoint (in that order)."""
+    """Per epoch: NaN guard, validation MAP@5, best weights, history, checkpoint (in that order).
 
-    def __init__(self, cfg: Config, manifest: Manifest, plan: FoldPlan, nets, state: dict[str, Any]):
+    With weight EMA (ema_swap, the SwapEMAWeights callback that also gives fit's val_loss the
+    averaged weights), validation scores the averaged weights and the best epoch keeps them; the
+    checkpoint holds the raw weights, the averages riding along in the optimizer state.
+    """
+
+    def __init__(
+        self, cfg: Config, manifest: Manifest, plan: FoldPlan, nets, state: dict[str, Any], ema_swap=None
+    ):
         super().__init__()
-        self.cfg, self.manifest, self.plan = cfg, manifest, plan
+        self.cfg, self.manifest, self.plan, self.ema_swap = cfg, manifest, plan, ema_swap
         self.train_model, self.embedding_model = nets
         self.history: list[dict[str, Any]] = state.get("history", [])
         self.best: dict[str, Any] = state.get("best", {})
@@ -152,18 +160,30 @@ class FoldMonitor(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if self._validate_now(epoch + 1):
-            metrics, oof = validate_fold(
-                self.embedding_model, self.manifest, self.plan.val_fold, self.cfg.data.batch_size
-            )
-            row.update(metrics)
-            if metrics["val_map5"] > self.best.get("val_map5", -1.0):
-                self._keep_best(epoch + 1, metrics, oof)
+            with self._averaged_weights():
+                metrics, oof = validate_fold(
+                    self.embedding_model, self.manifest, self.plan.val_fold, self.cfg.data.batch_size
+                )
+                row.update(metrics)
+                if metrics["val_map5"] > self.best.get("val_map5", -1.0):
+                    self._keep_best(epoch + 1, metrics, oof)
         row["seconds"] = round(time.time() - self._epoch_start, 2)
         self.history.append(row)
         runinfo.write_history(io.join(self.plan.out_dir, runinfo.HISTORY_NAME), self.history)
         state = {"history": self.history, "best": self.best}
         checkpoint.save_checkpoint(self.model, io.join(self.plan.out_dir, "ckpt"), epoch + 1, state)
         logger.info("%s epoch %d: %s", self.plan.name, epoch + 1, _brief(row))
+
+    @contextlib.contextmanager
+    def _averaged_weights(self):
+        if self.ema_swap is None:
+            yield
+            return
+        self.ema_swap.on_test_begin()  # the public hooks of SwapEMAWeights: averages in, then back out
+        try:
+            yield
+        finally:
+            self.ema_swap.on_test_end()
 
     def _validate_now(self, finished: int) -> bool:
         if self.plan.val_fold is None:
@@ -190,7 +210,8 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
     save_config(cfg, io.join(plan.out_dir, "config.yaml"))
     model, train_model, embedding_model = build_compiled(cfg, manifest, plan, runtime)
     state = checkpoint.load_checkpoint(model, io.join(plan.out_dir, "ckpt")) or {}
-    monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state)
+    ema_swap = keras.callbacks.SwapEMAWeights() if cfg.train.ema_momentum else None
+    monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state, ema_swap)
     started = time.time()
     dataset = train_dataset(manifest, plan.train_folds, cfg, plan.data_batch, cfg.train.seed)
     dataset = dataset.map(to_targets(train_model.output.keys()))
@@ -199,6 +220,8 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
         validation = val_loss_dataset(manifest, [plan.val_fold], cfg, plan.data_batch)
         validation = validation.map(to_targets(train_model.output.keys()))
     callbacks = [monitor, keras.callbacks.TensorBoard(io.join(plan.out_dir, "tensorboard"))]
+    if ema_swap is not None:
+        callbacks.insert(0, ema_swap)
     model.fit(
         dataset, epochs=cfg.train.epochs, initial_epoch=state.get("epoch", 0),
         steps_per_epoch=plan.fit_steps, validation_data=validation,
