@@ -43,7 +43,8 @@ def top_k_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if not 1 <= k <= n_cols:
         raise ValueError(f"k must be in [1, {n_cols}], got {k}")
     if sims.dtype != np.float32 or not sims.flags.c_contiguous:
-        raise ValueError(f"sims must be C-contiguous float32, got {sims.dtype}")
+        layout = "C-contiguous" if sims.flags.c_contiguous else "not C-contiguous"
+        raise ValueError(f"sims must be C-contiguous float32, got {sims.dtype}, {layout}")
     values = np.empty((n_rows, k), np.float32)
     columns = np.empty((n_rows, k), np.int64)
     _top_k_rows(sims, k, values, columns)
