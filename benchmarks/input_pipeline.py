@@ -1,6 +1,6 @@
 """Benchmark of the train stage's input pipeline (prints tables; not a test), and the TPU host it implies.
 
-Part 1: images/s of tfwhale.data.train_dataset (read + parse + decode + augment + batch) over 768 px
+Part 1: images/s of tfwhale.feed.data.train_dataset (read + parse + decode + augment + batch) over 768 px
 records, for three augment settings (decode only; the default config; a heavy one with random resized
 crop, rotation, shear and random erasing on top), once on one thread (num_parallel_calls=1, a private
 tf.data threadpool of 1 thread, intra-op parallelism 1: the per-core rate) and once on all cores (the
@@ -90,11 +90,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def pipeline(manifest, overrides: list[str], batch: int, single_thread: bool):
-    """tfwhale.data.train_dataset over every fold; on one thread if asked."""
+    """tfwhale.feed.data.train_dataset over every fold; on one thread if asked."""
     import tensorflow as tf
 
-    from tfwhale.config import load_config
-    from tfwhale.data import train_dataset
+    from tfwhale.core.config import load_config
+    from tfwhale.feed.data import train_dataset
 
     threads = ("data.num_parallel_calls=1",) if single_thread else ()
     cfg = load_config(None, [f"data.image_size={manifest.image_size}", *threads, *overrides])
@@ -165,7 +165,7 @@ def count_forward_macs(backbone: str, image_size: int) -> float:
     """
     import keras
 
-    from tfwhale.model import build_backbone
+    from tfwhale.nets.model import build_backbone
 
     model = build_backbone(backbone, image_size, weights=None)
     macs = 0.0
@@ -237,7 +237,7 @@ def main() -> None:
     load_before = _records.load_average()
     root = _records.bench_records(args.cache, args.size, args.individuals)
 
-    from tfwhale.records import load_manifest
+    from tfwhale.contracts.records import load_manifest
 
     manifest = load_manifest(root)
     jpeg_bytes = sum(shard["bytes"] for shard in manifest.shards("train")) / manifest.count("train")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tfwhale import knn
+from tfwhale.retrieval import knn
 
 # OpenBLAS's threads spin for ~0.1 s after a multi-threaded GEMM: without a pause, whatever runs
 # next shares the cores with them (measured: +30-80 ms on the --quick search right after the floor)

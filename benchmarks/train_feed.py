@@ -1,8 +1,8 @@
 """Benchmark of the train stage on CPU: is the input pipeline ever the bottleneck? (prints tables, not a test)
 
-The model is built and compiled the way the trainer builds it (tfwhale.fold.build_compiled, default CPU
+The model is built and compiled the way the trainer builds it (fold_trainer.build_compiled, default CPU
 runtime) and fit for the same number of steps on two feeds, alternately, in one process:
-  pipeline   tfwhale.data.train_dataset over records (decode + augment running beside the model)
+  pipeline   tfwhale.feed.data.train_dataset over records (decode + augment running beside the model)
   in memory  one batch taken from that pipeline, held as a tensor and repeated (no input work at all)
 images/s counts the timed steps only (the first --warmup steps of every fit, tracing and iterator start
 included, are left out). Target: pipeline / in-memory >= 0.9. The pipeline alone (no model) is timed too.
@@ -85,8 +85,8 @@ def time_pipeline_alone(dataset, batch: int, warmup: int, steps: int) -> Timing:
 
 def build(cfg, manifest):
     """(compiled model, training model, fold plan) exactly as the trainer makes them on this CPU."""
-    from tfwhale.distribute import get_runtime
-    from tfwhale.fold import build_compiled, plan_fold
+    from tfwhale.training.distribute import get_runtime
+    from tfwhale.training.fold_trainer import build_compiled, plan_fold
 
     runtime = get_runtime(None)
     plan = plan_fold(cfg, manifest, 0, "unused-run-dir", runtime)
@@ -98,8 +98,8 @@ def feeds(cfg, manifest, plan, output_names):
     """{"pipeline": train_dataset as the trainer maps it, "in memory": one of its batches, repeated}."""
     import tensorflow as tf
 
-    from tfwhale.data import train_dataset
-    from tfwhale.fold import to_targets
+    from tfwhale.feed.data import train_dataset
+    from tfwhale.training.fold_trainer import to_targets
 
     pipeline = train_dataset(manifest, plan.train_folds, cfg, plan.global_batch, cfg.train.seed)
     pipeline = pipeline.map(to_targets(output_names))
@@ -199,12 +199,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     load_before = _records.load_average()
 
-    from tfwhale.config import load_config
+    from tfwhale.core.config import load_config
 
     cfg = load_config(args.config, args.set)
     root = _records.bench_records(args.cache, cfg.data.image_size, args.individuals)
 
-    from tfwhale.records import load_manifest
+    from tfwhale.contracts.records import load_manifest
 
     manifest = load_manifest(root)
     model, train_model, plan = build(cfg, manifest)

@@ -7,14 +7,15 @@ channel level of label_color(label), so a model that averages pixels recovers th
 
 from __future__ import annotations
 
-import io as pyio
+import io
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tfwhale import io, records
+from tfwhale.contracts import records
+from tfwhale.core import files
 
 SPECIES = ("beluga", "orca")
 DEFAULT_PHOTOS = (4, 1, 3, 5, 2, 4)
@@ -27,7 +28,7 @@ def label_color(label: int) -> float:
 def _jpeg(rng: np.random.Generator, size: int, red: float) -> bytes:
     pixels = rng.uniform(0, 255, (size, size, 3))
     pixels[..., 0] = np.clip(red + rng.normal(0, 8, (size, size)), 0, 255)
-    buf = pyio.BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(pixels.astype(np.uint8)).save(buf, "JPEG", quality=95)
     return buf.getvalue()
 
@@ -36,13 +37,15 @@ def _write_shards(root: str, prefix_name, examples: list[bytes], shard_size: int
     entries = []
     for index, start in enumerate(range(0, len(examples), shard_size)):
         name = prefix_name(index)
-        path = io.join(root, name)
+        path = files.join(root, name)
         chunk = examples[start : start + shard_size]
         with tf.io.TFRecordWriter(path) as writer:
             for example in chunk:
                 writer.write(example)
-        entry = {"name": name, "split": split, "count": len(chunk), "sha256": io.sha256(path)}
-        entry.update({"bytes": io.size(path)} if fold is None else {"fold": fold, "bytes": io.size(path)})
+        entry = {"name": name, "split": split, "count": len(chunk), "sha256": files.sha256(path)}
+        entry.update(
+            {"bytes": files.size(path)} if fold is None else {"fold": fold, "bytes": files.size(path)}
+        )
         entries.append(entry)
     return entries
 
@@ -60,7 +63,7 @@ def make_records(
 ) -> str:
     """Write the build into tmp_path/records and return that folder (a str, as the stages take)."""
     root = str(tmp_path / "records")
-    io.makedirs(root)
+    files.makedirs(root)
     rng = np.random.default_rng(seed)
     counts = [photos] * n_individuals if isinstance(photos, int) else list(photos)
     counts = [counts[i % len(counts)] for i in range(n_individuals)]
@@ -97,5 +100,5 @@ def make_records(
         },
         "shards": shards,
     }
-    io.write_json(io.join(root, records.MANIFEST_NAME), manifest)
+    files.write_json(files.join(root, records.MANIFEST_NAME), manifest)
     return root

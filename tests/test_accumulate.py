@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfwhale.accumulate import AccumulatingModel, with_accumulation
+from tfwhale.nets.accumulate import AccumulatingModel, with_accumulation
 
 
 def _toy_model(seed: int = 0) -> keras.Model:
@@ -61,13 +61,13 @@ def test_accumulation_runs_under_mirrored_strategy_on_two_cpus(tmp_path):
     script = textwrap.dedent(
         """
         import numpy as np, keras, tensorflow as tf
-        from tfwhale.distribute import split_cpu
+        from tfwhale.training.distribute import split_cpu
         split_cpu(2)
         from tests.test_accumulate import _toy_model, _batch, _train_two_steps
         reference = _train_two_steps(_toy_model())
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
-            from tfwhale.accumulate import with_accumulation
+            from tfwhale.nets.accumulate import with_accumulation
             wrapped = with_accumulation(_toy_model(), 2)
             x, y = _batch()
             wrapped.compile(optimizer=keras.optimizers.Adam(0.05),

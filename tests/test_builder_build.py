@@ -12,7 +12,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tfrecords_builder import cli
-from tfwhale import records
+from tfwhale.contracts import records
+from tfwhale.core import files
 
 SPECIES = ("beluga", "kiler_whale", "humpback_whale")  # kiler_whale: a real Kaggle typo, fixed on reading
 N_TRAIN, N_TEST, N_INDIVIDUALS = 30, 7, 6
@@ -138,7 +139,7 @@ def test_manifest_records_how_it_was_built(kaggle, good_build):
     for shard in data["shards"]:
         path = good_build / shard["name"]
         assert shard["bytes"] == path.stat().st_size
-        assert shard["sha256"] == records.io.sha256(str(path))
+        assert shard["sha256"] == files.sha256(str(path))
 
 
 BAD_ROWS = [  # (csv line, image, box); the good rows come first at lines 2..N_TRAIN+1
@@ -313,7 +314,7 @@ def test_test_list_from_sample_submission_and_no_test(tmp_path):
 def test_gs_input_and_output_build_resume_and_verify(kaggle, good_build, gcs_bucket, caplog):
     """Test photos read from gs:// by the parent, shards staged locally and uploaded, checked, committed."""
     for path in sorted((kaggle / "test_images").iterdir()):
-        records.io.gfile.copy(str(path), f"{gcs_bucket}/in/test_images/{path.name}")
+        tf.io.gfile.copy(str(path), f"{gcs_bucket}/in/test_images/{path.name}")
     out = f"{gcs_bucket}/records"
     argv = [
         "--train-csv", str(kaggle / "train.csv"), "--train-images", str(kaggle / "train_images"),
@@ -321,12 +322,12 @@ def test_gs_input_and_output_build_resume_and_verify(kaggle, good_build, gcs_buc
         "--size", "48", "--images-per-shard", "4", "--workers", "1",
     ]  # fmt: skip
     assert cli.main(argv) == cli.EXIT_OK
-    remote = {name: records.io.read_bytes(f"{out}/{name}") for name in shard_bytes(good_build)}
+    remote = {name: files.read_bytes(f"{out}/{name}") for name in shard_bytes(good_build)}
     assert remote == shard_bytes(good_build)
-    records.io.remove(f"{out}/test-0001.tfrec")
-    records.io.remove(f"{out}/{records.MANIFEST_NAME}")
+    files.remove(f"{out}/test-0001.tfrec")
+    files.remove(f"{out}/{records.MANIFEST_NAME}")
     caplog.set_level(logging.INFO, logger="tfrecords_builder.writer")
     assert cli.main(argv) == cli.EXIT_OK
     assert "reusing 11 finished shard(s)" in caplog.text
-    assert not [name for name in records.io.listdir(out) if ".tmp-" in name]
+    assert not [name for name in files.listdir(out) if ".tmp-" in name]
     assert cli.main(["verify", out]) == cli.EXIT_OK

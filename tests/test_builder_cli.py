@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tfrecords_builder import cli
-from tfwhale import records
+from tfwhale.contracts import records
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("build-tfrecords")
 

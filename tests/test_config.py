@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import yaml
 
-from tfwhale import io
-from tfwhale.config import (
+from tfwhale.core import files
+from tfwhale.core.config import (
     CONFIGS_DIR,
     Config,
     ConfigError,
@@ -115,9 +115,9 @@ def test_save_then_load_round_trips(tmp_path):
         "tiny_cpu", ["augment.erasing_area=[0.1, 0.3]", "augment.rotation=12.5", "model.weights=null"]
     )
     path = str(tmp_path / "out" / "config.yaml")
-    io.makedirs(str(tmp_path / "out"))
+    files.makedirs(str(tmp_path / "out"))
     save_config(cfg, path)
-    saved = yaml.safe_load(io.read_text(path))
+    saved = yaml.safe_load(files.read_text(path))
     assert set(saved) == {"data", "augment", "model", "train", "predict"}
     assert saved["augment"]["erasing_area"] == [0.1, 0.3]
     assert len(saved["augment"]) == len(dataclasses.fields(cfg.augment))  # every key, not only changes
@@ -134,11 +134,11 @@ def test_bare_names_load_shipped_configs():
         load_config("effnet_b9")
 
 
-@pytest.mark.parametrize("name", sorted(n for n in io.listdir(CONFIGS_DIR) if n.endswith(".yaml")))
+@pytest.mark.parametrize("name", sorted(n for n in files.listdir(CONFIGS_DIR) if n.endswith(".yaml")))
 def test_shipped_configs_hold_only_changes(name):
-    changes = yaml.safe_load(io.read_text(io.join(CONFIGS_DIR, name)))
+    changes = yaml.safe_load(files.read_text(files.join(CONFIGS_DIR, name)))
     defaults = config_to_dict(Config())
-    cfg = config_to_dict(load_config(io.join(CONFIGS_DIR, name)))
+    cfg = config_to_dict(load_config(files.join(CONFIGS_DIR, name)))
     for section, values in changes.items():
         for key in values:
             assert cfg[section][key] != defaults[section][key], f"{name}: {section}.{key} repeats the default"

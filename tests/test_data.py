@@ -8,9 +8,11 @@ import pytest
 import tensorflow as tf
 
 from tests.records_fixture import label_color, make_records
-from tfwhale import augment, data, io, records
-from tfwhale.config import AugmentConfig, ConfigError, load_config
-from tfwhale.records import ManifestError
+from tfwhale.contracts import records
+from tfwhale.contracts.records import ManifestError
+from tfwhale.core import files
+from tfwhale.core.config import AugmentConfig, ConfigError, load_config
+from tfwhale.feed import augment, data
 
 SIZE = 32
 ALL_OFF = AugmentConfig(flip=False, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
@@ -107,7 +109,7 @@ def test_missing_shards_and_folds_are_named(tmp_path):
     manifest = records.load_manifest(make_records(tmp_path))
     with pytest.raises(ValueError, match=r"folds \[2\] do not exist: .* has folds 0\.\.1"):
         data.shard_paths(manifest, "train", [0, 2])
-    io.remove(io.join(manifest.root, records.train_shard_name(1, 1)))
+    files.remove(files.join(manifest.root, records.train_shard_name(1, 1)))
     with pytest.raises(ManifestError, match=r"1 shard\(s\) .* missing: .*train-fold1-0001\.tfrec"):
         data.train_dataset(manifest, [0, 1], _cfg(), 4, seed=0)
     data.shard_paths(manifest, "train", [0])  # the other fold is still readable

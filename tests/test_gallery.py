@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from tests.records_fixture import make_records
-from tfwhale import io
-from tfwhale.data import embed
-from tfwhale.gallery import cache_path, concat_runs, embed_runs
-from tfwhale.model import build_models, load_saved_model
-from tfwhale.records import Manifest, load_manifest
-from tfwhale.runs import RunError, load_run
+from tfwhale.contracts.records import Manifest, load_manifest
+from tfwhale.contracts.run_folder import RunError, load_run
+from tfwhale.core import files
+from tfwhale.feed.data import embed
+from tfwhale.inference.gallery import cache_path, concat_runs, embed_runs
+from tfwhale.nets.model import build_models, load_saved_model
 
 
 def make_run(
@@ -34,11 +34,11 @@ def make_run(
         if nan:
             kernel = train_model.get_layer("neck_dense").kernel
             kernel.assign(np.full(kernel.shape, np.nan, np.float32))
-        path = io.join(run_dir, name)
-        io.makedirs(path)
-        embedding_model.save(io.join(path, "embedding.keras"))
-        train_model.save(io.join(path, "model.keras"))
-        io.write_text(io.join(path, "config.yaml"), yaml.safe_dump({"model": {"embedding_dim": dim}}))
+        path = files.join(run_dir, name)
+        files.makedirs(path)
+        embedding_model.save(files.join(path, "embedding.keras"))
+        train_model.save(files.join(path, "model.keras"))
+        files.write_text(files.join(path, "config.yaml"), yaml.safe_dump({"model": {"embedding_dim": dim}}))
         val_fold = None if name == "full" else int(name.removeprefix("fold"))
         info = {
             "status": "finished", "fold": name, "val_fold": val_fold,
@@ -47,14 +47,14 @@ def make_run(
                         "labels_sha256": manifest.labels_sha256, "n_folds": manifest.n_folds,
                         "image_size": manifest.image_size},
         }  # fmt: skip
-        io.write_json(io.join(path, "run.json"), info)
+        files.write_json(files.join(path, "run.json"), info)
     return run_dir
 
 
 def build_synthetic_records(root, individuals: int = 16, size: int = 32, seed: int = 0) -> tuple[str, str]:
     """synthetic data set -> build-tfrecords (2 folds, detector boxes): (data folder, records folder)."""
     from tfrecords_builder.cli import main as build_main
-    from tfwhale.synthetic import generate
+    from tfwhale.synthetic.dataset import generate
 
     data, out = str(root / "synthetic"), str(root / "records")
     generate(data, individuals=individuals, seed=seed, image_size=64, progress=False)
@@ -114,7 +114,7 @@ def test_second_pass_reads_the_cache_and_loads_no_model(records, run_dir, tmp_pa
     run = load_run(run_dir, records)
     first = embed_runs([run], records, str(tmp_path), batch=4)
     assert len(first.computed) == 2 and not first.reused
-    assert io.exists(cache_path(str(tmp_path), run.folds[0], flip=False))
+    assert files.exists(cache_path(str(tmp_path), run.folds[0], flip=False))
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although the cache holds the embeddings")
@@ -131,11 +131,11 @@ def test_second_pass_reads_the_cache_and_loads_no_model(records, run_dir, tmp_pa
 def test_retrained_fold_invalidates_its_cache(records, tmp_path):
     run_dir = make_run(str(tmp_path / "run"), records, folds=("fold0",))
     embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
-    info = io.read_json(f"{run_dir}/fold0/run.json")
-    io.write_json(f"{run_dir}/fold0/run.json", {**info, "epochs": 99})
+    info = files.read_json(f"{run_dir}/fold0/run.json")
+    files.write_json(f"{run_dir}/fold0/run.json", {**info, "epochs": 99})
     again = embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
     assert again.computed == (f"{run_dir}/fold0",)
-    assert len(io.listdir(str(tmp_path / "out" / "cache" / "run"))) == 1  # the stale arrays are gone
+    assert len(files.listdir(str(tmp_path / "out" / "cache" / "run"))) == 1  # the stale arrays are gone
 
 
 def test_concat_runs_gives_the_weighted_mean_of_cosines():
@@ -149,9 +149,9 @@ def test_concat_runs_gives_the_weighted_mean_of_cosines():
 
 
 def _edit_run_json(path: str, **records_changes) -> None:
-    info = io.read_json(path)
+    info = files.read_json(path)
     info["records"].update(records_changes)
-    io.write_json(path, info)
+    files.write_json(path, info)
 
 
 def test_runs_from_other_records_are_refused(records, tmp_path):
@@ -172,14 +172,14 @@ def test_unfinished_or_incomplete_runs_are_refused(records, tmp_path):
     with pytest.raises(RunError, match="run folder not found"):
         load_run(str(tmp_path / "absent"), records)
     run_dir = make_run(str(tmp_path / "run"), records)
-    io.remove(f"{run_dir}/fold1/embedding.keras")
+    files.remove(f"{run_dir}/fold1/embedding.keras")
     with pytest.raises(RunError, match=r"fold1: embedding.keras is missing"):
         load_run(run_dir, records)
-    io.remove(f"{run_dir}/fold1/run.json")
+    files.remove(f"{run_dir}/fold1/run.json")
     with pytest.raises(RunError, match=r"fold1: not finished \(no run.json\)"):
         load_run(run_dir, records)
-    info = io.read_json(f"{run_dir}/fold0/run.json")
-    io.write_json(f"{run_dir}/fold0/run.json", {**info, "status": "running"})
+    info = files.read_json(f"{run_dir}/fold0/run.json")
+    files.write_json(f"{run_dir}/fold0/run.json", {**info, "status": "running"})
     with pytest.raises(RunError, match=r"fold0/run.json: status 'running'"):
         load_run(run_dir, records)
 
@@ -189,7 +189,7 @@ def test_folds_with_different_embedding_sizes_are_refused(records, tmp_path):
     make_run(run_dir, records, folds=("fold1",), dim=16)
     with pytest.raises(RunError, match=r"different embedding sizes \{'fold0': 8, 'fold1': 16\}"):
         load_run(run_dir, records)
-    io.remove(f"{run_dir}/fold1/config.yaml")  # found from the arrays when the config does not say
+    files.remove(f"{run_dir}/fold1/config.yaml")  # found from the arrays when the config does not say
     with pytest.raises(RunError, match=r"embed to different sizes \{'fold0': 8, 'fold1': 16\}"):
         embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
 
@@ -200,7 +200,7 @@ def test_nan_embeddings_name_the_model_and_image(records, tmp_path):
         RunError, match=r"fold0/embedding.keras: NaN or infinite embeddings for 19 image\(s\)"
     ):
         embed_runs([load_run(run_dir, records)], records, str(tmp_path / "out"), batch=4)
-    assert not io.exists(str(tmp_path / "out" / "cache"))  # nothing cached from a broken model
+    assert not files.exists(str(tmp_path / "out" / "cache"))  # nothing cached from a broken model
 
 
 def test_cache_file_holds_names_and_meta(records, run_dir, tmp_path):

@@ -17,7 +17,7 @@ from tests.gcs_emulator import (
     storage_client,
     write_test_certificates,
 )
-from tfwhale import io
+from tfwhale.core import files
 
 pytestmark = pytest.mark.gcs
 
@@ -73,7 +73,7 @@ def test_large_file_round_trip_and_ranged_reads(gcs_bucket: str) -> None:
     with gfile.GFile(path, "rb") as f:
         f.seek(8 * 2**20 - 5)
         assert f.read(10) == data[8 * 2**20 - 5 : 8 * 2**20 + 5]
-    assert io.sha256(path) == hashlib.sha256(data).hexdigest()
+    assert files.sha256(path) == hashlib.sha256(data).hexdigest()
 
 
 def test_rename_overwrites_and_remove_deletes(gcs_bucket: str) -> None:
@@ -134,14 +134,14 @@ def test_tfrecord_write_then_dataset_read(gcs_bucket: str, compression: str) -> 
 
 def test_tfwhale_io_json_and_sha256(gcs_bucket: str) -> None:
     manifest = {"schema_version": 1, "shards": ["train-fold0-0000.tfrec"], "sizes": [3, 4.5]}
-    path = io.join(gcs_bucket, "out", "manifest.json")
+    path = files.join(gcs_bucket, "out", "manifest.json")
 
-    io.write_json(path, manifest)
-    io.write_json(path, {**manifest, "schema_version": 2})  # an atomic overwrite of an existing file
+    files.write_json(path, manifest)
+    files.write_json(path, {**manifest, "schema_version": 2})  # an atomic overwrite of an existing file
 
-    assert io.read_json(path) == {**manifest, "schema_version": 2}
-    assert io.listdir(io.dirname(path)) == ["manifest.json"]  # no temp file left behind
-    assert io.sha256(path) == hashlib.sha256(io.read_bytes(path)).hexdigest()
+    assert files.read_json(path) == {**manifest, "schema_version": 2}
+    assert files.listdir(files.dirname(path)) == ["manifest.json"]  # no temp file left behind
+    assert files.sha256(path) == hashlib.sha256(files.read_bytes(path)).hexdigest()
 
 
 def test_both_clients_see_one_store(gcs_server: GcsEmulator, gcs_bucket: str) -> None:

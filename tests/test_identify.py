@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from tests.test_gallery import build_synthetic_records, make_run
-from tfwhale import identify, io, predict
-from tfwhale.records import load_manifest
-from tfwhale.threshold import NEW
+from tfwhale import identify, predict
+from tfwhale.contracts.records import load_manifest
+from tfwhale.core import files
+from tfwhale.retrieval.threshold import NEW
 
 
 def _rows(path: str) -> list[dict[str, str]]:
@@ -81,7 +82,7 @@ def test_blend_and_post_processing_carry_over_from_predict(gallery, tmp_path):
     data, run_dir, out = gallery
     blended = str(tmp_path / "blended")
     shutil.copytree(f"{out}/cache", f"{blended}/cache")
-    records = io.read_json(f"{out}/report.json")["records"]["root"]
+    records = files.read_json(f"{out}/report.json")["records"]["root"]
     argv = ["--runs", run_dir, "--records", records, "--out", blended, "--tta", "flip", "--examples", "0"]
     assert predict.main([*argv, "--blend", "0.5", "--whiten", "--dba", "2", "--qe", "2"]) == 0
     moved = str(tmp_path / "moved")
@@ -104,7 +105,7 @@ def test_whole_photos_without_box_and_json_output(gallery, capsys):
         assert len(set(labels)) == 5 and [p["rank"] for p in answer["predictions"]] == [1, 2, 3, 4, 5]
         for p in answer["predictions"]:
             assert (p["similarity"] is None) == (p["label"] == NEW)
-    threshold = io.read_json(f"{out}/report.json")["threshold"]["value"]
+    threshold = files.read_json(f"{out}/report.json")["threshold"]["value"]
     assert answers[0]["threshold"] == threshold
     assert identify.main([photos[0], "--gallery", out]) == 0  # runs default to the recorded ones
     table = capsys.readouterr().out
@@ -113,12 +114,12 @@ def test_whole_photos_without_box_and_json_output(gallery, capsys):
 
 def test_bad_identify_input_fails_clearly(gallery, tmp_path, caplog):
     data, _, out = gallery
-    photo = next(iter(io.glob(f"{data}/test_images/*.jpg")))
+    photo = next(iter(files.glob(f"{data}/test_images/*.jpg")))
     assert identify.main([photo, photo, "--gallery", out, "--box", "1 2 30 40"]) == 1
     assert "--box given 1 times for 2 photos" in caplog.text
     assert identify.main([photo, "--gallery", str(tmp_path)]) == 1
     assert "no finished predict output here" in caplog.text
-    records = load_manifest(io.read_json(f"{out}/report.json")["records"]["root"])
+    records = load_manifest(files.read_json(f"{out}/report.json")["records"]["root"])
     other = make_run(str(tmp_path / "other"), records, dim=16, seed=5)
     assert identify.main([photo, "--gallery", out, "--runs", other]) == 1
     assert "not the fold the gallery" in caplog.text

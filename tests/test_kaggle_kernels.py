@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tfwhale import kaggle, synthetic
+from tfwhale import kaggle
+from tfwhale.synthetic import dataset as synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(ROOT, "kaggle_kernels")

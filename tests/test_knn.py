@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfwhale import knn
+from tfwhale.retrieval import knn
 
 
 def at_angles(degrees) -> np.ndarray:

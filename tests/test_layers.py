@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfwhale.layers import ArcMarginProduct, GeMPooling, L2Normalize, dynamic_margins
+from tfwhale.nets.layers import ArcMarginProduct, GeMPooling, L2Normalize, dynamic_margins
 
 
 def arcface_reference(embedding, kernel, labels, s, margins, easy_margin=False, ls_eps=0.0, k=1):
@@ -226,7 +226,7 @@ def test_layers_give_the_same_values_on_the_jax_backend(tmp_path):
     config = {"n_classes": 5, "s": 30.0, "k": 2, "ls_eps": 0.1, "margins": [0.5, 0.4, 0.3, 0.2, 0.1]}
     script = f"""
 import json, keras, numpy as np
-from tfwhale.layers import ArcMarginProduct, GeMPooling
+from tfwhale.nets.layers import ArcMarginProduct, GeMPooling
 assert keras.backend.backend() == "jax"
 a = dict(np.load({str(tmp_path / "inputs.npz")!r}))
 head = ArcMarginProduct(**json.loads({json.dumps(config)!r}))

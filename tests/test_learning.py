@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from tfrecords_builder import cli as build_cli
-from tfwhale import records, synthetic, train
-from tfwhale.data import embed
-from tfwhale.model import load_saved_model
+from tfwhale import train
+from tfwhale.contracts import records
+from tfwhale.feed.data import embed
+from tfwhale.nets.model import load_saved_model
+from tfwhale.synthetic import dataset as synthetic
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfwhale.losses import BatchHardTripletLoss, batch_hard_triplet_loss, classification_loss, losses_for
+from tfwhale.nets.losses import BatchHardTripletLoss, batch_hard_triplet_loss, classification_loss, losses_for
 
 
 def triplet_reference(labels, embeddings, margin, squared=False):

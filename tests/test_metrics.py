@@ -2,7 +2,7 @@
 
 import pytest
 
-from tfwhale.metrics import average_precision_at_k, map_at_k
+from tfwhale.core.metrics import average_precision_at_k, map_at_k
 
 
 @pytest.mark.parametrize(

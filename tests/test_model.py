@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfwhale.losses import BatchHardTripletLoss, losses_for
-from tfwhale.model import (
+from tfwhale.nets.losses import BatchHardTripletLoss, losses_for
+from tfwhale.nets.model import (
     BACKBONES,
     build_backbone,
     build_models,

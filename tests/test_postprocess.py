@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfwhale import knn, postprocess
+from tfwhale.retrieval import knn, postprocess
 
 
 def at_angles(degrees) -> np.ndarray:

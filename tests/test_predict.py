@@ -12,10 +12,11 @@ import pytest
 
 from tests.records_fixture import make_records
 from tests.test_gallery import build_synthetic_records, make_run
-from tfwhale import io, predict, train
-from tfwhale.metrics import map_at_k
-from tfwhale.records import load_manifest
-from tfwhale.threshold import NEW
+from tfwhale import predict, train
+from tfwhale.contracts.records import load_manifest
+from tfwhale.core import files
+from tfwhale.core.metrics import map_at_k
+from tfwhale.retrieval.threshold import NEW
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_submission_answers_every_test_image_once_with_five_distinct_labels(trai
 
 def test_report_scores_the_solution_and_tunes_the_threshold(trained, first_predict):
     data, _, run_dir = trained
-    report = io.read_json(f"{first_predict}/report.json")
+    report = files.read_json(f"{first_predict}/report.json")
     assert report["status"] == "finished"
     submission = read_submission(f"{first_predict}/submission.csv")
     solution = dict(
@@ -105,7 +106,7 @@ def test_report_scores_the_solution_and_tunes_the_threshold(trained, first_predi
     assert report["cache"]["computed"] == [f"{run_dir}/fold0", f"{run_dir}/fold1"]
     assert report["embedding_dim"] == 32 and report["records"]["crop"]["resize_mode"] == "square"
     for name in ("threshold_curve.png", "examples.png"):
-        assert io.read_bytes(f"{first_predict}/{name}")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert files.read_bytes(f"{first_predict}/{name}")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rerun_with_fixed_threshold_uses_the_cache_and_the_threshold(
@@ -120,7 +121,7 @@ def test_rerun_with_fixed_threshold_uses_the_cache_and_the_threshold(
     monkeypatch.setattr(keras.models, "load_model", refuse)
     argv = ["--runs", run_dir, "--records", records, "--out", out, "--threshold", "0.5", "--examples", "0"]
     assert predict.main(argv) == 0
-    report = io.read_json(f"{out}/report.json")
+    report = files.read_json(f"{out}/report.json")
     assert report["cache"] == {"reused": [f"{run_dir}/fold0", f"{run_dir}/fold1"], "computed": []}
     assert report["threshold"]["value"] == 0.5 and report["threshold"]["source"] == "fixed"
     # new_individual comes first exactly where even the best gallery similarity is <= 0.5
@@ -151,7 +152,7 @@ def test_two_runs_are_concatenated(trained, tmp_path):
         "0",
     ]
     assert predict.main(argv) == 0
-    report = io.read_json(f"{out}/report.json")
+    report = files.read_json(f"{out}/report.json")
     assert [r["embedding_dim"] for r in report["runs"]] == [32, 8] and report["embedding_dim"] == 40
     assert [r["weight"] for r in report["runs"]] == [1.0, 0.5]
     saved = np.load(f"{out}/embeddings.npz")
@@ -167,7 +168,7 @@ def test_post_processing_and_blend_are_measured_on_oof(trained, first_predict, t
     argv = ["--runs", run_dir, "--records", records, "--out", out, "--examples", "0"]
     argv += ["--blend", "0.5", "--dba", "2", "--qe", "2", "--whiten", "--new-share", "0.1"]
     assert predict.main(argv) == 0
-    report = io.read_json(f"{out}/report.json")
+    report = files.read_json(f"{out}/report.json")
     names = [v["name"] for v in report["oof_variants"]]
     assert names == [
         "knn",
@@ -199,7 +200,7 @@ def test_bad_inputs_fail_clearly_and_leave_no_finished_report(trained, tmp_path,
     no_test = make_records(tmp_path / "no_test", with_test=False)
     assert predict.main(["--runs", run_dir, "--records", no_test, "--out", out]) == 1
     assert "no test records (built with --no-test?)" in caplog.text
-    assert not io.exists(f"{out}/report.json")
+    assert not files.exists(f"{out}/report.json")
 
 
 def test_records_with_other_folds_are_refused(trained, tmp_path, caplog):
@@ -222,7 +223,7 @@ def test_knn_backends_give_the_same_submission(trained, first_predict, tmp_path,
         pytest.importorskip("faiss")
     _, records, run_dir = trained
     out = reuse_cache(first_predict, tmp_path)
-    threshold = str(io.read_json(f"{first_predict}/report.json")["threshold"]["value"])
+    threshold = str(files.read_json(f"{first_predict}/report.json")["threshold"]["value"])
     argv = [
         "--runs",
         run_dir,
@@ -236,7 +237,7 @@ def test_knn_backends_give_the_same_submission(trained, first_predict, tmp_path,
         threshold,
     ]
     assert predict.main([*argv, "--knn", backend]) == 0
-    assert io.read_json(f"{out}/report.json")["options"]["knn"] == backend
+    assert files.read_json(f"{out}/report.json")["options"]["knn"] == backend
     assert read_submission(f"{out}/submission.csv") == read_submission(f"{first_predict}/submission.csv")
 
 
@@ -247,18 +248,18 @@ def test_a_run_without_fold_models_needs_a_fixed_threshold(trained, tmp_path, ca
     assert predict.main(argv) == 1
     assert "the threshold cannot be tuned; pass --threshold VALUE" in caplog.text
     assert predict.main([*argv, "--threshold", "0.3"]) == 0
-    report = io.read_json(f"{tmp_path}/out/report.json")
+    report = files.read_json(f"{tmp_path}/out/report.json")
     assert report["oof"] is None and report["oof_variants"] == [] and report["threshold"]["value"] == 0.3
 
 
 def _upload(local_dir: str, remote_dir: str) -> None:
-    for folder, _, files in os.walk(local_dir):
+    for folder, _, names in os.walk(local_dir):
         if "tensorboard" in folder or "ckpt" in folder:
             continue
-        for name in files:
+        for name in names:
             path = os.path.join(folder, name)
             with open(path, "rb") as f:
-                io.write_bytes(f"{remote_dir}/{os.path.relpath(path, local_dir)}", f.read())
+                files.write_bytes(f"{remote_dir}/{os.path.relpath(path, local_dir)}", f.read())
 
 
 @pytest.mark.gcs
@@ -270,7 +271,7 @@ def test_predict_and_identify_on_gcs(trained, first_predict, gcs_bucket):
     _upload(records, f"{gcs_bucket}/records")
     _upload(run_dir, f"{gcs_bucket}/run")
     out = f"{gcs_bucket}/predict"
-    threshold = str(io.read_json(f"{first_predict}/report.json")["threshold"]["value"])
+    threshold = str(files.read_json(f"{first_predict}/report.json")["threshold"]["value"])
     argv = [
         "--runs",
         f"{gcs_bucket}/run",
@@ -282,12 +283,12 @@ def test_predict_and_identify_on_gcs(trained, first_predict, gcs_bucket):
         "2",
     ]
     assert predict.main(argv) == 0
-    report = io.read_json(f"{out}/report.json")
+    report = files.read_json(f"{out}/report.json")
     assert report["threshold"]["value"] == float(threshold)
     local = read_submission(f"{first_predict}/submission.csv")
     remote = {
         row[0]: row[1].split(" ")
-        for row in csv.reader(io.read_text(f"{out}/submission.csv").splitlines()[1:])
+        for row in csv.reader(files.read_text(f"{out}/submission.csv").splitlines()[1:])
     }
     assert remote == local
     image = next(iter(local))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfwhale.gallery import FoldEmbeddings
-from tfwhale.ranking import (
+from tfwhale.contracts.run_folder import FoldModel
+from tfwhale.inference.gallery import FoldEmbeddings
+from tfwhale.retrieval.ranking import (
     PreparedGallery,
     Ranked,
     RankOptions,
@@ -15,8 +16,7 @@ from tfwhale.ranking import (
     predictions_with_new,
     rank,
 )
-from tfwhale.runs import FoldModel
-from tfwhale.threshold import NEW, ThresholdResult
+from tfwhale.retrieval.threshold import NEW, ThresholdResult
 
 QUERY = np.array([[5, 4, 3, 2, 1, 0, 0, 0]], np.float32) / np.sqrt(55)  # sims 5..0 / sqrt(55) with e0..e5
 IDS = ["A", "B", "C", "D", "E", "F"]

@@ -1,17 +1,18 @@
 """The record schema: encode -> TFRecord file -> parse round-trips, shard names, manifest checks."""
 
-import io as pyio
+import io
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfwhale import io, records
+from tfwhale.contracts import records
+from tfwhale.core import files
 
 
 def _jpeg(size: int = 16, color=(200, 10, 10)) -> bytes:
-    buf = pyio.BytesIO()
+    buf = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buf, "JPEG", quality=95)
     return buf.getvalue()
 
@@ -55,6 +56,6 @@ def test_shard_names_carry_the_fold():
 def test_manifest_missing_and_foreign_schema(tmp_path):
     with pytest.raises(records.ManifestError, match="unfinished"):
         records.load_manifest(str(tmp_path))
-    io.write_json(str(tmp_path / records.MANIFEST_NAME), {"schema_version": 99})
+    files.write_json(str(tmp_path / records.MANIFEST_NAME), {"schema_version": 99})
     with pytest.raises(records.ManifestError, match="schema version 99"):
         records.load_manifest(str(tmp_path))

@@ -3,8 +3,8 @@
 import keras
 import pytest
 
-from tfwhale.config import TrainConfig
-from tfwhale.schedules import (
+from tfwhale.core.config import TrainConfig
+from tfwhale.training.schedules import (
     EpochCurveSchedule,
     learning_rate_schedule,
     lr_at_epoch,

@@ -1,17 +1,18 @@
 """The synthetic data set: Happywhale layout, determinism, long tail, and identity in shape, not colour."""
 
-import io as pyio
+import io
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from tfwhale import io, synthetic
-from tfwhale import synthetic_identity as identities
-from tfwhale.metrics import map_at_k
-from tfwhale.records import NEW_INDIVIDUAL
-from tfwhale.synthetic_render import render_photo
+from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core import files
+from tfwhale.core.metrics import map_at_k
+from tfwhale.synthetic import dataset as synthetic
+from tfwhale.synthetic import identity as identities
+from tfwhale.synthetic.render import render_photo
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +25,12 @@ def _csv(path: str) -> pd.DataFrame:
 
 
 def _image_path(summary: synthetic.SyntheticSummary, name: str) -> str:
-    train_path = io.join(summary.train_images_dir, name)
-    return train_path if io.exists(train_path) else io.join(summary.test_images_dir, name)
+    train_path = files.join(summary.train_images_dir, name)
+    return train_path if files.exists(train_path) else files.join(summary.test_images_dir, name)
 
 
 def _open(path: str) -> Image.Image:
-    image = Image.open(pyio.BytesIO(io.read_bytes(path)))
+    image = Image.open(io.BytesIO(files.read_bytes(path)))
     image.load()
     return image
 
@@ -71,8 +72,8 @@ def test_layout_columns_and_counts(dataset):
     assert list(full.columns) == ["image", "species", "individual_id"]
     assert list(submission.columns) == ["image", "predictions"]
     assert len(train) == dataset.train_images and len(solution) == dataset.test_images
-    assert sorted(io.listdir(dataset.train_images_dir)) == sorted(train.image)
-    assert sorted(io.listdir(dataset.test_images_dir)) == sorted(solution.image)
+    assert sorted(files.listdir(dataset.train_images_dir)) == sorted(train.image)
+    assert sorted(files.listdir(dataset.test_images_dir)) == sorted(solution.image)
     assert list(submission.image) == list(solution.image) == list(full.image)
     assert submission.image.is_unique and (submission.predictions == NEW_INDIVIDUAL).all()
     assert sorted(boxes.image) == sorted([*train.image, *solution.image])
@@ -124,8 +125,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     def snapshot(folder: str, seed: int) -> dict[str, bytes]:
         out = str(tmp_path / folder)
         synthetic.generate(out, individuals=8, seed=seed, image_size=128, progress=False)
-        files = io.glob(f"{out}/*.csv") + io.glob(f"{out}/*/*.jpg")
-        return {path[len(out) :]: io.read_bytes(path) for path in files}
+        paths = files.glob(f"{out}/*.csv") + files.glob(f"{out}/*/*.jpg")
+        return {path[len(out) :]: files.read_bytes(path) for path in paths}
 
     first, again, other = snapshot("a", 3), snapshot("b", 3), snapshot("c", 4)
     assert len(first) > 10 and first == again
@@ -212,7 +213,7 @@ def test_cli_help_and_run(tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = [out, "--individuals", "5", "--image-size", "96", "--seed", "2", "--no-progress"]
     assert synthetic.main(args) == 0
-    assert len(_csv(io.join(out, "train.csv"))) > 0
+    assert len(_csv(files.join(out, "train.csv"))) > 0
     assert synthetic.main(args) == 2  # refuses to mix with the set already there
     assert synthetic.main([*args, "--overwrite"]) == 0
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tfwhale import threshold as th
-from tfwhale.metrics import map_at_k
+from tfwhale.core.metrics import map_at_k
+from tfwhale.retrieval import threshold as th
 
 NEW = th.NEW
 LABELS = ["a", "b", "c", "d", "e"]

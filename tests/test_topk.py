@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfwhale import topk
+from tfwhale.retrieval import topk
 
 
 def by_full_sort(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

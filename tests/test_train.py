@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from tests.records_fixture import make_records
-from tfwhale import io, records, train
-from tfwhale.checkpoint import STATE_NAME
-from tfwhale.distribute import reset_runtime_for_tests
+from tfwhale import train
+from tfwhale.contracts import records
+from tfwhale.core import files
+from tfwhale.training.checkpoint import STATE_NAME
+from tfwhale.training.distribute import reset_runtime_for_tests
 
 TINY = [
     "--config", "tiny_cpu", "--set", "data.image_size=32", "--set", "model.backbone=TinyConvNet",
@@ -103,7 +105,7 @@ def test_interrupted_run_resumes_from_last_finished_epoch(rec, tmp_path, monkeyp
         if epoch == 0:
             raise _Interrupt  # as if the TPU VM was preempted right after the checkpoint
 
-    monkeypatch.setattr("tfwhale.fold.FoldMonitor.on_epoch_end", stop_after_first_epoch)
+    monkeypatch.setattr("tfwhale.training.fold_trainer.FoldMonitor.on_epoch_end", stop_after_first_epoch)
     with pytest.raises(_Interrupt):
         _train(rec, out, "--fold", "0", "--set", "train.epochs=3")
     state = _json(os.path.join(out, "fold0", "ckpt", STATE_NAME))
@@ -130,7 +132,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(rec, tmp_path, monkeypatc
     out = str(tmp_path / "run")
     assert _train(rec, out, "--fold", "0", "--set", "train.epochs=1") == 0
     os.remove(os.path.join(out, "fold0", "run.json"))  # pretend the run still has epochs to go
-    from tfwhale import fold as fold_module
+    from tfwhale.training import fold_trainer as fold_module
 
     real_losses = fold_module.losses_for
 
@@ -176,7 +178,7 @@ def test_missing_shard_and_foreign_schema_are_clear_errors(tmp_path, caplog):
     assert _train(root, str(tmp_path / "run"), "--fold", "0") == 1
     assert "missing" in caplog.text.lower()
     data = dict(manifest.data, schema_version=99)
-    io.write_json(os.path.join(root, records.MANIFEST_NAME), data)
+    files.write_json(os.path.join(root, records.MANIFEST_NAME), data)
     assert _train(root, str(tmp_path / "run2")) == 1
     assert "schema version 99" in caplog.text
 

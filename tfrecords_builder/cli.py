@@ -154,27 +154,27 @@ class Inputs:
 def resolve_inputs(args: argparse.Namespace) -> Inputs:
     """Explicit flags win over the Kaggle layout under --data."""
     from tfrecords_builder.errors import BuildInputError
-    from tfwhale import io
+    from tfwhale.core import files
 
     def pick(explicit: str | None, layout_name: str, flag: str) -> str:
         if explicit:
             return explicit
         if not args.data:
             raise BuildInputError(f"pass --data DIR (Kaggle layout) or {flag}")
-        return io.join(args.data, layout_name)
+        return files.join(args.data, layout_name)
 
     train_csv = pick(args.train_csv, "train.csv", "--train-csv")
     train_images = pick(args.train_images, "train_images", "--train-images")
     if args.no_test:
         return Inputs(train_csv, train_images, None, None)
     test_images = pick(args.test_images, "test_images", "--test-images (or --no-test)")
-    if not io.isdir(test_images):
+    if not files.isdir(test_images):
         raise BuildInputError(
             f"{test_images}: test images folder not found; pass --test-images, or --no-test"
         )
     test_csv = args.test_csv
-    if test_csv is None and args.data and io.exists(io.join(args.data, "sample_submission.csv")):
-        test_csv = io.join(args.data, "sample_submission.csv")
+    if test_csv is None and args.data and files.exists(files.join(args.data, "sample_submission.csv")):
+        test_csv = files.join(args.data, "sample_submission.csv")
     return Inputs(train_csv, train_images, test_images, test_csv)
 
 
@@ -189,11 +189,11 @@ def _table_boxes(table) -> dict[str, Any]:
 def resolve_boxes(args: argparse.Namespace, train, test) -> tuple[dict, dict, str]:
     """Boxes per image for train and test, and where they came from: --boxes, else the CSVs' own column."""
     from tfrecords_builder.boxes import read_boxes_csv
-    from tfwhale import io
+    from tfwhale.core import files
 
     if args.boxes:
         boxes = read_boxes_csv(args.boxes, args.min_conf)
-        return boxes, boxes, f"--boxes {io.basename(args.boxes)}"
+        return boxes, boxes, f"--boxes {files.basename(args.boxes)}"
     if args.min_conf:
         logger.warning("--min-conf applies to --boxes only; ignored")
     train_boxes = _table_boxes(train)
@@ -205,7 +205,7 @@ def resolve_boxes(args: argparse.Namespace, train, test) -> tuple[dict, dict, st
 def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
     """Everything that decides the output; a resumed build must match these exactly."""
     from tfrecords_builder.imaging import IMAGING_VERSION
-    from tfwhale import records
+    from tfwhale.contracts import records
 
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -224,11 +224,11 @@ def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
 
 
 def _sources(inputs: Inputs, args: argparse.Namespace) -> dict[str, Any]:
-    from tfwhale import io
+    from tfwhale.core import files
 
-    files = {"train_csv": inputs.train_csv, "test_csv": inputs.test_csv, "boxes": args.boxes}
+    inputs_by_key = {"train_csv": inputs.train_csv, "test_csv": inputs.test_csv, "boxes": args.boxes}
     sources: dict[str, Any] = {
-        key: {"path": path, "sha256": io.sha256(path)} for key, path in files.items() if path
+        key: {"path": path, "sha256": files.sha256(path)} for key, path in inputs_by_key.items() if path
     }
     sources["train_images"] = {"path": inputs.train_images}
     if inputs.test_images:
@@ -303,7 +303,7 @@ def verify_main(argv: list[str]) -> int:
     args = verify_parser().parse_args(argv)
     _setup_logging(args.quiet)
     from tfrecords_builder.verify import verify_build
-    from tfwhale import records
+    from tfwhale.contracts import records
 
     problems = verify_build(args.out)
     if problems:

@@ -13,7 +13,8 @@ from typing import Any
 import tfwhale
 from tfrecords_builder.errors import REJECT_COLUMNS, Reject
 from tfrecords_builder.resume import ShardRecord
-from tfwhale import io, records
+from tfwhale.contracts import records
+from tfwhale.core import files
 
 _CATEGORY_END = re.compile(r"[:(]")
 
@@ -36,8 +37,8 @@ def write_rejects(out: str, rejects: Sequence[Reject]) -> str:
     writer.writerow(REJECT_COLUMNS)
     ordered = sorted(rejects, key=lambda r: (r.row is None, r.row or 0, r.image))
     writer.writerows((r.image, "" if r.row is None else r.row, r.field, r.reason) for r in ordered)
-    path = io.join(out, records.REJECTS_NAME)
-    io.write_text(path, buffer.getvalue())
+    path = files.join(out, records.REJECTS_NAME)
+    files.write_text(path, buffer.getvalue())
     return path
 
 
@@ -65,7 +66,7 @@ def manifest_data(
     rejects: Sequence[Reject],
     sources: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Everything tfwhale.records.Manifest reads, plus how the build was made and what it left out."""
+    """Everything records.Manifest reads, plus how the build was made and what it left out."""
     n_folds = int(settings["n_folds"])
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -100,8 +101,8 @@ def manifest_data(
 
 def write_manifest(out: str, data: Mapping[str, Any]) -> str:
     """Atomic, and the last file a build writes: its presence means every listed shard is complete."""
-    path = io.join(out, records.MANIFEST_NAME)
-    io.write_json(path, data)
+    path = files.join(out, records.MANIFEST_NAME)
+    files.write_json(path, data)
     return path
 
 
@@ -109,7 +110,7 @@ def summary(data: Mapping[str, Any], n_reused: int, manifest_path: str) -> str:
     """The table a person reads at the end of a build: images per split and fold, rejects, fallbacks."""
     crop, shards, rejected = data["crop"], data["shards"], data["rejects"]
     lines = [
-        f"\nbuilt {io.dirname(manifest_path)}  ({data['image_size']} px, {crop['resize_mode']}, "
+        f"\nbuilt {files.dirname(manifest_path)}  ({data['image_size']} px, {crop['resize_mode']}, "
         f"boxes: {crop['box_source']})",
         f"  {'split':<6}{'fold':>5}{'images':>9}{'shards':>8}",
     ]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tfrecords_builder.boxes import Box
-from tfwhale import records
+from tfwhale.contracts import records
 
 
 @dataclass(frozen=True)

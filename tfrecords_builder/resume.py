@@ -9,11 +9,12 @@ from typing import Any
 
 from tfrecords_builder.errors import BuildInputError, Reject
 from tfrecords_builder.plan import PlannedShard
-from tfwhale import io, records
+from tfwhale.contracts import records
+from tfwhale.core import files
 
 PARTS_DIR = ".parts"
 BUILD_STATE = "build.json"
-_TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # tfwhale.io.temp_name's suffix
+_TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")  # tfwhale.core.files.temp_name's suffix
 
 
 @dataclass(frozen=True)
@@ -49,32 +50,32 @@ class ShardRecord:
 
 
 def parts_path(out: str, name: str = "") -> str:
-    return io.join(out, PARTS_DIR, name) if name else io.join(out, PARTS_DIR)
+    return files.join(out, PARTS_DIR, name) if name else files.join(out, PARTS_DIR)
 
 
 def _shard_files(out: str) -> list[str]:
-    return [name for name in io.listdir(out) if name.endswith(records.SHARD_SUFFIX)]
+    return [name for name in files.listdir(out) if name.endswith(records.SHARD_SUFFIX)]
 
 
 def _previous_settings(out: str) -> dict[str, Any] | None:
     """The settings of the build already in `out`: from an unfinished run's state, else from its manifest."""
     state = parts_path(out, BUILD_STATE)
-    if io.exists(state):
-        return io.read_json(state)["settings"]
-    manifest = io.join(out, records.MANIFEST_NAME)
-    if io.exists(manifest):
-        return io.read_json(manifest).get("build", {}).get("settings")
+    if files.exists(state):
+        return files.read_json(state)["settings"]
+    manifest = files.join(out, records.MANIFEST_NAME)
+    if files.exists(manifest):
+        return files.read_json(manifest).get("build", {}).get("settings")
     return None
 
 
 def _clear_build(out: str) -> None:
     """--overwrite: remove only what a build writes (shards, temp files, manifest, rejects, sidecars)."""
-    for name in io.listdir(out):
+    for name in files.listdir(out):
         if name.endswith(records.SHARD_SUFFIX) or _TEMP_NAME.search(name):
-            io.remove(io.join(out, name))
+            files.remove(files.join(out, name))
     for name in (records.MANIFEST_NAME, records.REJECTS_NAME):
-        io.remove(io.join(out, name))
-    io.rmtree(parts_path(out))
+        files.remove(files.join(out, name))
+    files.rmtree(parts_path(out))
 
 
 def _check_same_settings(out: str, settings: dict[str, Any]) -> None:
@@ -104,15 +105,15 @@ def find_reusable(plan: Sequence[PlannedShard], out: str) -> dict[str, ShardReco
     planned = {shard.name: shard for shard in plan}
     reusable: dict[str, ShardRecord] = {}
     stale: list[str] = []
-    for sidecar in io.listdir(parts_path(out)):
+    for sidecar in files.listdir(parts_path(out)):
         name = sidecar.removesuffix(".json")
         if not name.endswith(records.SHARD_SUFFIX):
             continue
-        record = ShardRecord.from_json(io.read_json(parts_path(out, sidecar)))
-        shard_path = io.join(out, name)
+        record = ShardRecord.from_json(files.read_json(parts_path(out, sidecar)))
+        shard_path = files.join(out, name)
         if name not in planned or record.fingerprint != planned[name].fingerprint:
             stale.append(name)
-        elif io.exists(shard_path) and io.size(shard_path) == record.bytes:
+        elif files.exists(shard_path) and files.size(shard_path) == record.bytes:
             reusable[name] = record
     if stale:
         raise BuildInputError(
@@ -126,9 +127,9 @@ def find_reusable(plan: Sequence[PlannedShard], out: str) -> dict[str, ShardReco
 def _remove_temp_files(out: str) -> None:
     """Temp files of an interrupted run: never counted as shards, and removed before writing again."""
     for folder in (out, parts_path(out)):
-        for name in io.listdir(folder):
+        for name in files.listdir(folder):
             if _TEMP_NAME.search(name):
-                io.remove(io.join(folder, name))
+                files.remove(files.join(folder, name))
 
 
 def prepare_output(
@@ -140,14 +141,14 @@ def prepare_output(
     (BuildInputError before anything is touched). Then the old manifest goes, so that the folder never
     looks finished while shards are being written.
     """
-    io.makedirs(out)
+    files.makedirs(out)
     if overwrite:
         _clear_build(out)
     else:
         _check_same_settings(out, settings)
-    io.makedirs(parts_path(out))
+    files.makedirs(parts_path(out))
     reusable = find_reusable(plan, out)
-    io.remove(io.join(out, records.MANIFEST_NAME))
+    files.remove(files.join(out, records.MANIFEST_NAME))
     _remove_temp_files(out)
-    io.write_json(parts_path(out, BUILD_STATE), {"settings": settings})
+    files.write_json(parts_path(out, BUILD_STATE), {"settings": settings})
     return reusable

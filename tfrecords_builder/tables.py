@@ -10,7 +10,7 @@ import pandas as pd
 
 from tfrecords_builder.boxes import box_column_text
 from tfrecords_builder.errors import BuildInputError, Reject
-from tfwhale import io
+from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,10 @@ def read_csv_table(csv_path: str, required: Sequence[str]) -> pd.DataFrame:
     Fatal BuildInputError when the file is missing, has no data rows, or lacks a required column.
     Row numbers assume one line per record (no quoted line breaks).
     """
-    if not io.exists(csv_path):
+    if not files.exists(csv_path):
         raise BuildInputError(f"{csv_path}: file not found")
     try:
-        with io.open(csv_path, "r") as f:
+        with files.open(csv_path, "r") as f:
             # Blank lines are read (as all-empty rows, dropped below) so that row numbers stay line numbers.
             table = pd.read_csv(f, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
@@ -89,7 +89,7 @@ def load_train_table(
         table, missing = _drop_missing_files(table, images_dir)
         rejects += missing
     _require_rows(csv_path, table, rejects)
-    table["path"] = [io.join(images_dir, image) for image in table["image"].tolist()]
+    table["path"] = [files.join(images_dir, image) for image in table["image"].tolist()]
     logger.info("%s: %d training images, %d rejected", csv_path, len(table), len(rejects))
     return table[list(TRAIN_COLUMNS)].reset_index(drop=True), rejects
 
@@ -110,15 +110,15 @@ def load_test_table(
         table, missing = _drop_missing_files(table, images_dir)
         rejects += missing
     _require_rows(source, table, rejects)
-    table["path"] = [io.join(images_dir, image) for image in table["image"].tolist()]
+    table["path"] = [files.join(images_dir, image) for image in table["image"].tolist()]
     logger.info("%s: %d test images, %d rejected", source, len(table), len(rejects))
     return table[list(TEST_COLUMNS)].reset_index(drop=True), rejects
 
 
 def _list_images(images_dir: str) -> pd.DataFrame:
-    if not io.isdir(images_dir):
+    if not files.isdir(images_dir):
         raise BuildInputError(f"{images_dir}: images folder not found")
-    names = [name for name in io.listdir(images_dir) if name.lower().endswith(IMAGE_EXTENSIONS)]
+    names = [name for name in files.listdir(images_dir) if name.lower().endswith(IMAGE_EXTENSIONS)]
     if not names:
         raise BuildInputError(f"{images_dir}: no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return pd.DataFrame({"image": names, "row": [None] * len(names), "box_text": ""})
@@ -185,10 +185,10 @@ def _drop_duplicates(table: pd.DataFrame, label: str | None) -> tuple[pd.DataFra
 
 
 def _drop_missing_files(table: pd.DataFrame, images_dir: str) -> tuple[pd.DataFrame, list[Reject]]:
-    if not io.isdir(images_dir):
+    if not files.isdir(images_dir):
         raise BuildInputError(f"{images_dir}: images folder not found")
     # One listing instead of one exists() call per image: 50k stat calls take minutes on gs://.
-    listed = set(io.listdir(images_dir))
+    listed = set(files.listdir(images_dir))
     found = [_is_listed(name, listed, images_dir) for name in table["image"].tolist()]
     present = pd.Series(found, index=table.index, dtype=bool)
     reason = f"file not found in {images_dir}"
@@ -198,7 +198,7 @@ def _drop_missing_files(table: pd.DataFrame, images_dir: str) -> tuple[pd.DataFr
 
 def _is_listed(name: str, listed: set[str], images_dir: str) -> bool:
     # Names with subfolders are not in the top-level listing; those few are asked for one by one.
-    return name in listed if "/" not in name else io.exists(io.join(images_dir, name))
+    return name in listed if "/" not in name else files.exists(files.join(images_dir, name))
 
 
 def _require_rows(source: str, table: pd.DataFrame, rejects: list[Reject]) -> None:

@@ -7,16 +7,17 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfwhale import io, records
+from tfwhale.contracts import records
+from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
 
 
 def _check_bytes(path: str, entry: dict[str, Any]) -> list[str]:
     name = entry["name"]
-    if io.size(path) != int(entry["bytes"]):
-        return [f"{name}: {io.size(path)} bytes on disk, manifest says {entry['bytes']}"]
-    if io.sha256(path) != entry["sha256"]:
+    if files.size(path) != int(entry["bytes"]):
+        return [f"{name}: {files.size(path)} bytes on disk, manifest says {entry['bytes']}"]
+    if files.sha256(path) != entry["sha256"]:
         return [f"{name}: sha256 differs from the manifest (the file changed or is corrupt)"]
     return []
 
@@ -71,7 +72,7 @@ def _check_records(
 
 def _check_listing(out: str, manifest: records.Manifest) -> list[str]:
     listed = {shard["name"] for shard in manifest.data["shards"]}
-    on_disk = {name for name in io.listdir(out) if name.endswith(records.SHARD_SUFFIX)}
+    on_disk = {name for name in files.listdir(out) if name.endswith(records.SHARD_SUFFIX)}
     problems = [f"{name}: listed in the manifest but missing" for name in sorted(listed - on_disk)]
     problems += [f"{name}: shard file not listed in the manifest" for name in sorted(on_disk - listed)]
     return problems
@@ -96,8 +97,8 @@ def verify_build(out: str) -> list[str]:
     problems = _check_listing(out, manifest) + _check_totals(manifest)
     names: set[str] = set()
     for entry in manifest.data["shards"]:
-        path = io.join(out, entry["name"])
-        if not io.exists(path):
+        path = files.join(out, entry["name"])
+        if not files.exists(path):
             continue
         logger.info("checking %s", entry["name"])
         problems += _check_bytes(path, entry)

@@ -21,7 +21,8 @@ from tfrecords_builder.errors import Reject
 from tfrecords_builder.imaging import ImageResult, ImageSettings, ImageTask, process_chunk, process_task
 from tfrecords_builder.plan import PlanItem, PlannedShard
 from tfrecords_builder.resume import ShardRecord, parts_path
-from tfwhale import io, records
+from tfwhale.contracts import records
+from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +60,10 @@ def _bounded_map(pool: Executor, function: Callable, items: Iterable, window: in
 
 def _task(item: PlanItem) -> ImageTask:
     """Local files are read by the worker; gs:// files are read here, since workers never load TensorFlow."""
-    if not io.is_remote(item.path):
+    if not files.is_remote(item.path):
         return ImageTask(item.image, item.path, item.box)
     try:
-        return ImageTask(item.image, io.read_bytes(item.path), item.box)
+        return ImageTask(item.image, files.read_bytes(item.path), item.box)
     except (tf.errors.OpError, OSError) as error:
         return ImageTask(item.image, b"", item.box, error=f"cannot read image file: {error}")
 
@@ -135,33 +136,33 @@ def _write_records(
 
 def _publish(staging: str, final: str, digest: str, n_bytes: int) -> None:
     """Rename a complete shard into place; for gs:// upload to a temp name and re-check it first."""
-    if not io.is_remote(final):
-        io.commit(staging, final)
+    if not files.is_remote(final):
+        files.commit(staging, final)
         return
-    remote_temp = io.temp_name(final)
-    io.gfile.copy(staging, remote_temp, overwrite=True)
-    if io.size(remote_temp) != n_bytes or io.sha256(remote_temp) != digest:
-        io.remove(remote_temp)
+    remote_temp = files.temp_name(final)
+    files.gfile.copy(staging, remote_temp, overwrite=True)
+    if files.size(remote_temp) != n_bytes or files.sha256(remote_temp) != digest:
+        files.remove(remote_temp)
         raise OSError(f"{final}: the uploaded shard does not match what was written (size or sha256 differ)")
-    io.commit(remote_temp, final)
+    files.commit(remote_temp, final)
 
 
 def _write_shard(
     shard: PlannedShard, results: Iterator[ImageResult], out: str, advance: Callable[[int], Any]
 ) -> ShardRecord:
     """Write one shard under a temp name, then make it visible, then record its sidecar."""
-    final = io.join(out, shard.name)
-    if io.is_remote(final):
+    final = files.join(out, shard.name)
+    if files.is_remote(final):
         handle, staging = tempfile.mkstemp(suffix=records.SHARD_SUFFIX)
         os.close(handle)
     else:
-        staging = io.temp_name(final)
+        staging = files.temp_name(final)
     try:
         count, rejects, fallbacks, no_box = _write_records(shard, results, staging, advance)
-        digest, n_bytes = io.sha256(staging), io.size(staging)
+        digest, n_bytes = files.sha256(staging), files.size(staging)
         _publish(staging, final, digest, n_bytes)
     finally:
-        io.remove(staging)
+        files.remove(staging)
     record = ShardRecord(
         shard.name,
         shard.split,
@@ -174,7 +175,7 @@ def _write_shard(
         dict(sorted(fallbacks.items())),
         no_box,
     )
-    io.write_json(parts_path(out, f"{shard.name}.json"), record.to_json())
+    files.write_json(parts_path(out, f"{shard.name}.json"), record.to_json())
     return record
 
 

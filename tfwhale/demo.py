@@ -15,8 +15,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from tfwhale import io
-from tfwhale.records import MANIFEST_NAME
+from tfwhale.contracts.records import MANIFEST_NAME
+from tfwhale.core import files
 
 
 @dataclass(frozen=True)
@@ -31,21 +31,21 @@ class Step:
 def plan_steps(
     out: str, individuals: int, folds: str, size: int, epochs: int | None, sets: list[str]
 ) -> list[Step]:
-    data, rec, run, pred = (io.join(out, name) for name in ("data", "records", "runs/tiny", "predict"))
+    data, rec, run, pred = (files.join(out, name) for name in ("data", "records", "runs/tiny", "predict"))
     train_extra = ["--set", f"train.epochs={epochs}"] if epochs else []
     for item in sets:
         train_extra += ["--set", item]
-    build = ["--data", data, "--out", rec, "--size", str(size), "--boxes", io.join(data, "boxes.csv")]
+    build = ["--data", data, "--out", rec, "--size", str(size), "--boxes", files.join(data, "boxes.csv")]
     train = ["--config", "tiny_cpu", "--records", rec, "--out", run, "--folds", folds, *train_extra]
     predict = ["--runs", run, "--records", rec, "--out", pred,
-               "--solution", io.join(data, "test_solution.csv"),
-               "--sample-submission", io.join(data, "sample_submission.csv")]  # fmt: skip
+               "--solution", files.join(data, "test_solution.csv"),
+               "--sample-submission", files.join(data, "sample_submission.csv")]  # fmt: skip
     synth = [data, "--individuals", str(individuals), "--min-photos", "8"]
     return [
         Step("1/4 synthetic photos", ["python", "-m", "tfwhale.synthetic", *synth], "tfwhale.synthetic",
-             synth, io.join(data, "train.csv")),
+             synth, files.join(data, "train.csv")),
         Step("2/4 TFRecords", ["build-tfrecords", *build], "tfrecords_builder", build,
-             io.join(rec, MANIFEST_NAME)),
+             files.join(rec, MANIFEST_NAME)),
         Step("3/4 training", ["python", "-m", "tfwhale.train", *train], "tfwhale.train", train),
         Step("4/4 prediction", ["python", "-m", "tfwhale.predict", *predict], "tfwhale.predict", predict),
     ]  # fmt: skip
@@ -53,7 +53,7 @@ def plan_steps(
 
 def run_step(step: Step) -> float:
     print(f"\n=== {step.title}\n$ {shlex.join(step.shown)}", flush=True)
-    if step.done_marker and io.exists(step.done_marker):
+    if step.done_marker and files.exists(step.done_marker):
         print(f"(already done: {step.done_marker} exists)", flush=True)
         return 0.0
     started = time.time()
@@ -64,8 +64,8 @@ def run_step(step: Step) -> float:
 
 
 def summarize(out: str, steps: list[Step], seconds: list[float]) -> None:
-    pred = io.join(out, "predict")
-    report = io.read_json(io.join(pred, "report.json"))
+    pred = files.join(out, "predict")
+    report = files.read_json(files.join(pred, "report.json"))
     test = report.get("test", {})
     print("\n=== done in {:.0f} s ({})".format(sum(seconds), ", ".join(f"{s:.0f} s" for s in seconds)))
     if "map5" in test:
@@ -74,10 +74,10 @@ def summarize(out: str, steps: list[Step], seconds: list[float]) -> None:
     if "map5" in oof:
         threshold = report.get("threshold", {}).get("value")
         print(f"out-of-fold MAP@5: {oof['map5']:.3f} at new_individual threshold {threshold}")
-    print(f"submission: {io.join(pred, 'submission.csv')}")
-    print(f"report:     {io.join(pred, 'report.json')}")
-    pictures = [n for n in io.listdir(pred) if n.endswith(".png")]
-    print("pictures:   " + ", ".join(io.join(pred, n) for n in pictures))
+    print(f"submission: {files.join(pred, 'submission.csv')}")
+    print(f"report:     {files.join(pred, 'report.json')}")
+    pictures = [n for n in files.listdir(pred) if n.endswith(".png")]
+    print("pictures:   " + ", ".join(files.join(pred, n) for n in pictures))
     print("\nThe commands it ran (repeat any of them by hand):")
     for step in steps:
         print("  " + shlex.join(step.shown))

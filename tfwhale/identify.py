@@ -10,7 +10,7 @@ and run weights, and ranked against the cached gallery with the same options and
 from __future__ import annotations
 
 import argparse
-import io as pyio
+import io
 import json
 import logging
 import re
@@ -20,13 +20,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tfwhale import io, ranking, records, report
-from tfwhale.gallery import FoldEmbeddings, average_folds, cache_path, check_finite, concat_runs
-from tfwhale.model import load_saved_model
-from tfwhale.postprocess import Whitening, l2_normalise
-from tfwhale.runs import FoldModel, RunError
-from tfwhale.submission import EMBEDDINGS_NAME
-from tfwhale.threshold import insert_new_individual
+from tfwhale.contracts import records
+from tfwhale.contracts.run_folder import FoldModel, RunError
+from tfwhale.core import files
+from tfwhale.inference import report
+from tfwhale.inference.gallery import FoldEmbeddings, average_folds, cache_path, check_finite, concat_runs
+from tfwhale.inference.submission import EMBEDDINGS_NAME
+from tfwhale.nets.model import load_saved_model
+from tfwhale.retrieval import ranking
+from tfwhale.retrieval.postprocess import Whitening, l2_normalise
+from tfwhale.retrieval.threshold import insert_new_individual
 
 logger = logging.getLogger("tfwhale.identify")
 
@@ -70,11 +73,11 @@ class Gallery:
 
 
 def load_gallery(out_dir: str) -> Gallery:
-    path = io.join(out_dir, report.REPORT_NAME)
-    if not io.exists(path) or io.read_json(path).get("status") != "finished":
+    path = files.join(out_dir, report.REPORT_NAME)
+    if not files.exists(path) or files.read_json(path).get("status") != "finished":
         raise IdentifyError(f"{out_dir}: no finished predict output here ({path} missing); run predict first")
-    body = io.read_json(path)
-    data = np.load(pyio.BytesIO(io.read_bytes(io.join(out_dir, EMBEDDINGS_NAME))), allow_pickle=False)
+    body = files.read_json(path)
+    data = np.load(io.BytesIO(files.read_bytes(files.join(out_dir, EMBEDDINGS_NAME))), allow_pickle=False)
     whitening = None
     if "whiten_mean" in data.files:
         whitening = Whitening(data["whiten_mean"], data["whiten_projection"], data["whiten_eigenvalues"])
@@ -103,8 +106,8 @@ def recorded_runs(gallery: Gallery, run_dirs: Sequence[str] | None) -> list[list
     for run_dir, entry in zip(run_dirs, recorded, strict=True):
         folds = []
         for name, sha in entry["folds"].items():
-            run_json = io.join(run_dir, name, "run.json")
-            if not io.exists(run_json) or _sha256(io.read_text(run_json)) != sha:
+            run_json = files.join(run_dir, name, "run.json")
+            if not files.exists(run_json) or _sha256(files.read_text(run_json)) != sha:
                 raise IdentifyError(
                     f"{run_json}: not the fold the gallery in {gallery.out_dir} was made with "
                     f"({entry['run_dir']}/{name}); pass the same --runs, or run predict again"
@@ -152,10 +155,10 @@ def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery
     settings = ImageSettings(size, float(crop["enlarge"]), crop["resize_mode"], int(crop["jpeg_quality"]))
     images = []
     for photo, box in zip(photos, boxes, strict=True):
-        if not io.exists(photo):
+        if not files.exists(photo):
             raise IdentifyError(f"{photo}: file not found")
         try:
-            jpeg, _ = process_image(io.read_bytes(photo), box, settings)
+            jpeg, _ = process_image(files.read_bytes(photo), box, settings)
         except ImageError as err:
             raise IdentifyError(f"{photo}: {err}") from None
         images.append(records.decode_image(jpeg, size).numpy())
@@ -203,7 +206,7 @@ def heads_for(per_run, runs, gallery: Gallery) -> ranking.ClassHeads:
         for fold, embeddings in zip(fold_models, fold_embeddings, strict=True):
             # the cache is named after the run folder predict was given
             path = cache_path(gallery.out_dir, replace(fold, run_dir=run_dir), flip)
-            data = np.load(pyio.BytesIO(io.read_bytes(path))) if io.exists(path) else {}
+            data = np.load(io.BytesIO(files.read_bytes(path))) if files.exists(path) else {}
             if "centres" not in data:
                 raise IdentifyError(f"{path}: no class centres cached; run predict --blend again")
             empty = np.zeros((0, 0), np.float32)

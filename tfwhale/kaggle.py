@@ -98,7 +98,7 @@ def choose_backend(tpu: bool) -> str:
 
 def install_imagenet_weights(root: str) -> list[str]:
     """Copy attached EfficientNet *_notop.h5 files into the Keras cache (inference kernels are offline)."""
-    from tfwhale.model import keras_cache_dir
+    from tfwhale.nets.model import keras_cache_dir
 
     cache = keras_cache_dir()
     copied = []
@@ -155,7 +155,8 @@ def train_kernel() -> str:
     paths = kaggle_paths()
     tpu = tpu_present()
     os.environ["KERAS_BACKEND"] = choose_backend(tpu)
-    from tfwhale import config, train
+    from tfwhale import train
+    from tfwhale.core import config
 
     cfg_name = os.environ.get("TFWHALE_CONFIG", "effnet_b6_768")
     sets = _env_list("TFWHALE_SET")
@@ -172,12 +173,12 @@ def train_kernel() -> str:
 
 
 def _trained_image_size(run_dir: str) -> int:
-    from tfwhale import io
+    from tfwhale.core import files
 
     for name in sorted(os.listdir(run_dir)):
         info = os.path.join(run_dir, name, "run.json")
         if os.path.exists(info):
-            return int(io.read_json(info)["records"]["image_size"])
+            return int(files.read_json(info)["records"]["image_size"])
     raise SystemExit(f"{run_dir}: no finished fold (run.json)")
 
 

@@ -11,10 +11,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tfwhale import io, oof, report
-from tfwhale.config import ConfigError, PredictConfig, load_config
-from tfwhale.gallery import PredictEmbeddings, check_oof_files, embed_runs
-from tfwhale.ranking import (
+from tfwhale.contracts.records import Manifest, ManifestError, load_manifest
+from tfwhale.contracts.run_folder import Run, RunError, load_run
+from tfwhale.core import files
+from tfwhale.core.config import ConfigError, PredictConfig, load_config
+from tfwhale.inference import oof, report
+from tfwhale.inference.gallery import PredictEmbeddings, check_oof_files, embed_runs
+from tfwhale.inference.submission import (
+    EMBEDDINGS_NAME,
+    SUBMISSION_NAME,
+    PredictError,
+    read_solution,
+    submission_order,
+    write_embeddings,
+    write_submission,
+)
+from tfwhale.retrieval.ranking import (
     PreparedGallery,
     Ranked,
     RankOptions,
@@ -24,18 +36,7 @@ from tfwhale.ranking import (
     prepare_gallery,
     rank,
 )
-from tfwhale.records import Manifest, ManifestError, load_manifest
-from tfwhale.runs import Run, RunError, load_run
-from tfwhale.submission import (
-    EMBEDDINGS_NAME,
-    SUBMISSION_NAME,
-    PredictError,
-    read_solution,
-    submission_order,
-    write_embeddings,
-    write_submission,
-)
-from tfwhale.threshold import ThresholdResult, plot_threshold_curve
+from tfwhale.retrieval.threshold import ThresholdResult, plot_threshold_curve
 
 logger = logging.getLogger("tfwhale.predict")
 
@@ -124,8 +125,8 @@ def _threshold(text: str) -> float | None:
 
 
 def _run_predict_config(run_dir: str) -> PredictConfig:
-    path = io.join(run_dir, "config.yaml")
-    if not io.exists(path):
+    path = files.join(run_dir, "config.yaml")
+    if not files.exists(path):
         return PredictConfig()
     try:
         return load_config(path).predict
@@ -211,8 +212,10 @@ def run(args: argparse.Namespace) -> dict:
     check_records(manifest)
     runs = load_runs(args, manifest)
     settings = resolve_settings(args, runs)
-    io.makedirs(args.out)
-    io.remove(io.join(args.out, report.REPORT_NAME))  # until it is rewritten, the outputs are unfinished
+    files.makedirs(args.out)
+    files.remove(
+        files.join(args.out, report.REPORT_NAME)
+    )  # until it is rewritten, the outputs are unfinished
     need_centres = settings.options.blend > 0
     emb = embed_runs(runs, manifest, args.out, settings.batch, settings.flip, need_centres, args.recompute)
     check_oof_files(emb)
@@ -229,20 +232,20 @@ def run(args: argparse.Namespace) -> dict:
 
 def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -> dict:
     """Every output, each written atomically; report.json last."""
-    write_submission(io.join(args.out, SUBMISSION_NAME), p.order, p.answers)
+    write_submission(files.join(args.out, SUBMISSION_NAME), p.order, p.answers)
     write_embeddings(args.out, p.emb, p.gallery, manifest.individuals)
     if p.outcome is not None:
-        plot_threshold_curve(p.outcome.tuned, io.join(args.out, CURVE_NAME))
+        plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME))
     rows = report.example_rows(p, manifest, args.examples)
     if rows:
-        report.plot_examples(io.join(args.out, EXAMPLES_NAME), rows)
-    files = {
+        report.plot_examples(files.join(args.out, EXAMPLES_NAME), rows)
+    outputs = {
         "submission": SUBMISSION_NAME,
         "embeddings": EMBEDDINGS_NAME,
         "threshold_curve": CURVE_NAME if p.outcome else None,
         "examples": EXAMPLES_NAME if rows else None,
     }
-    body = report.build_report(args.out, args.solution, manifest, p, measure_variants(p, manifest), files)
+    body = report.build_report(args.out, args.solution, manifest, p, measure_variants(p, manifest), outputs)
     report.write_report(args.out, body)
     return body
 

@@ -11,13 +11,13 @@ import sys
 
 import keras
 
-from tfwhale import io
-from tfwhale.config import ConfigError, load_config, save_config
-from tfwhale.data import check_image_size
-from tfwhale.distribute import DeviceError, get_runtime, split_cpu
-from tfwhale.fold import TrainingError, plan_fold, train_fold
-from tfwhale.model import BACKBONES
-from tfwhale.records import ManifestError, load_manifest
+from tfwhale.contracts.records import ManifestError, load_manifest
+from tfwhale.core import files
+from tfwhale.core.config import ConfigError, load_config, save_config
+from tfwhale.feed.data import check_image_size
+from tfwhale.nets.model import BACKBONES
+from tfwhale.training.distribute import DeviceError, get_runtime, split_cpu
+from tfwhale.training.fold_trainer import TrainingError, plan_fold, train_fold
 
 logger = logging.getLogger("tfwhale.train")
 
@@ -88,19 +88,19 @@ def run(args: argparse.Namespace) -> list[dict]:
     runtime = get_runtime(args.tpu, mirrored_cpu=args.cpu_devices > 1)
     if runtime.kind == "tpu" and runtime.backend == "tensorflow":
         for path in (args.records, args.out):
-            if not io.is_remote(path):
+            if not files.is_remote(path):
                 raise DeviceError(f"{path}: TPU workers read and write only gs:// paths; copy it to a bucket")
     precision = cfg.train.mixed_precision
     keras.mixed_precision.set_global_policy(runtime.precision_policy if precision == "auto" else precision)
-    io.makedirs(args.out)
-    save_config(cfg, io.join(args.out, "config.yaml"))
+    files.makedirs(args.out)
+    save_config(cfg, files.join(args.out, "config.yaml"))
     results = []
     for val_fold in selected_folds(args, manifest.n_folds):
         plan = plan_fold(cfg, manifest, val_fold, args.out, runtime)
-        done = io.join(plan.out_dir, "run.json")
-        if io.exists(done) and io.read_json(done).get("status") == "finished":
+        done = files.join(plan.out_dir, "run.json")
+        if files.exists(done) and files.read_json(done).get("status") == "finished":
             logger.info("%s already finished (%s); skipping", plan.name, done)
-            results.append(io.read_json(done))
+            results.append(files.read_json(done))
             continue
         logger.info("%s: %d steps/epoch, global batch %d", plan.name, plan.steps_per_epoch, plan.global_batch)
         results.append(train_fold(cfg, manifest, plan, runtime))

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfwhale.config import TrainConfig
+from tfwhale.core.config import TrainConfig
 
 
 def _number_or_tensor(epoch: Any, lr: Any) -> Any:

@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfwhale import io, records
-from tfwhale.augment import augment_image
-from tfwhale.config import Config, ConfigError, uses_pk_sampler
-from tfwhale.records import Manifest, ManifestError
+from tfwhale.contracts import records
+from tfwhale.contracts.records import Manifest, ManifestError
+from tfwhale.core import files
+from tfwhale.core.config import Config, ConfigError, uses_pk_sampler
+from tfwhale.feed.augment import augment_image
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def shard_paths(manifest: Manifest, split: str, folds: list[int] | None) -> list
     paths = manifest.shard_paths(split, folds)
     if not paths:
         raise ManifestError(f"{manifest.root}: manifest lists no {split} shards")
-    absent = [p for p in paths if not io.exists(p)]
+    absent = [p for p in paths if not files.exists(p)]
     if absent:
         shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
         raise ManifestError(f"{len(absent)} shard(s) listed in the manifest are missing: {shown}")

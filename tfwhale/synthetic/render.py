@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tfwhale.synthetic_identity import LOOKS, Identity, Template
+from tfwhale.synthetic.identity import LOOKS, Identity, Template
 
 MAX_ROTATION = 0.2  # radians; the camera is rarely far off level
 MAX_SHEAR = 0.1  # a cheap stand-in for perspective

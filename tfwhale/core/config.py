@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import yaml
 
-from tfwhale import io
+from tfwhale.core import files
 
 # Configs shipped with the package; a bare name like "tiny_cpu" means CONFIGS_DIR/tiny_cpu.yaml.
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tfwhale/
 # Installed from a wheel they sit in tfwhale/configs; in a checkout, in the repo's top-level configs/.
 _INSTALLED_CONFIGS = os.path.join(_PACKAGE_DIR, "configs")
 _CHECKOUT_CONFIGS = os.path.join(os.path.dirname(_PACKAGE_DIR), "configs")
@@ -68,7 +68,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Mirrors tfwhale.model.build_models; n_classes / n_species / image_size come from the manifest."""
+    """Mirrors tfwhale.nets.model.build_models; n_classes / n_species / image_size come from the manifest."""
 
     backbone: str = "EfficientNetB0"
     weights: str | None = "imagenet"
@@ -159,19 +159,19 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
 
 def resolve_config_path(path: str) -> str:
     """A file path (local or gs://) as given, or a bare name like "tiny_cpu" from the shipped configs."""
-    if io.exists(path):
+    if files.exists(path):
         return path
     is_bare_name = "/" not in path and not path.endswith((".yaml", ".yml"))
     shipped = os.path.join(CONFIGS_DIR, f"{path}.yaml")
-    if is_bare_name and io.exists(shipped):
+    if is_bare_name and files.exists(shipped):
         return shipped
-    names = sorted(n.removesuffix(".yaml") for n in io.listdir(CONFIGS_DIR) if n.endswith(".yaml"))
+    names = sorted(n.removesuffix(".yaml") for n in files.listdir(CONFIGS_DIR) if n.endswith(".yaml"))
     raise ConfigError(f"config {path!r} not found: not a file, nor one of the shipped configs {names}")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(io.read_text(path))
+        data = yaml.safe_load(files.read_text(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if data is None:
@@ -331,4 +331,4 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def save_config(cfg: Config, path: str) -> None:
     """The resolved config, every key, written atomically (load_config(path) gives `cfg` back)."""
-    io.write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    files.write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -11,7 +11,7 @@ import math
 
 import tensorflow as tf
 
-from tfwhale.config import AugmentConfig
+from tfwhale.core.config import AugmentConfig
 
 _FILL_MODES = {"reflect": "REFLECT", "nearest": "NEAREST", "constant": "CONSTANT"}
 

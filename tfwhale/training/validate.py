@@ -7,10 +7,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfwhale import knn, threshold
-from tfwhale.data import embed
-from tfwhale.metrics import map_at_k
-from tfwhale.records import NEW_INDIVIDUAL, Manifest
+from tfwhale.contracts.records import NEW_INDIVIDUAL, Manifest
+from tfwhale.core.metrics import map_at_k
+from tfwhale.feed.data import embed
+from tfwhale.retrieval import knn, threshold
 
 
 def oof_truths(query_ids: list[str], gallery_ids: list[str]) -> list[str]:

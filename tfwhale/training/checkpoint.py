@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from tfwhale import io
+from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
 
@@ -16,37 +16,39 @@ STATE_NAME = "state.json"
 
 def save_weights(model: keras.Model, path: str) -> str:
     """Save weights (with optimizer state, Keras 3) to a local or gs:// path, atomically; returns sha256."""
-    with io.written_via_local(path) as local:
+    with files.written_via_local(path) as local:
         model.save_weights(local)
-    return io.sha256(path)
+    return files.sha256(path)
 
 
 def load_weights(model: keras.Model, path: str) -> None:
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    with io.local_copy(path) as local:
+    with files.local_copy(path) as local:
         model.load_weights(local)
 
 
 def save_checkpoint(model: keras.Model, ckpt_dir: str, epoch: int, state: dict[str, Any]) -> None:
     """Checkpoint after `epoch` finished epochs; state.json is written last and marks it whole."""
-    io.makedirs(ckpt_dir)
+    files.makedirs(ckpt_dir)
     name = f"epoch-{epoch:04d}.weights.h5"
-    digest = save_weights(model, io.join(ckpt_dir, name))
-    io.write_json(io.join(ckpt_dir, STATE_NAME), {**state, "epoch": epoch, "weights": name, "sha256": digest})
-    for old in io.listdir(ckpt_dir):
+    digest = save_weights(model, files.join(ckpt_dir, name))
+    files.write_json(
+        files.join(ckpt_dir, STATE_NAME), {**state, "epoch": epoch, "weights": name, "sha256": digest}
+    )
+    for old in files.listdir(ckpt_dir):
         if old.startswith("epoch-") and old != name:
-            io.remove(io.join(ckpt_dir, old))
+            files.remove(files.join(ckpt_dir, old))
 
 
 def load_checkpoint(model: keras.Model, ckpt_dir: str) -> dict[str, Any] | None:
     """Restore the last whole checkpoint into a compiled model; None when there is none."""
-    state_path = io.join(ckpt_dir, STATE_NAME)
-    if not io.exists(state_path):
+    state_path = files.join(ckpt_dir, STATE_NAME)
+    if not files.exists(state_path):
         return None
-    state = io.read_json(state_path)
-    weights = io.join(ckpt_dir, state["weights"])
-    if not io.exists(weights) or io.sha256(weights) != state["sha256"]:
+    state = files.read_json(state_path)
+    weights = files.join(ckpt_dir, state["weights"])
+    if not files.exists(weights) or files.sha256(weights) != state["sha256"]:
         raise RuntimeError(
             f"checkpoint {weights} is missing or does not match {state_path}; "
             "delete the ckpt folder to restart this fold"

@@ -144,7 +144,7 @@ class _BlockSearcher:
         self.offset, self.k, self.n_cols = offset, k, len(gallery_block)
 
     def top_k(self, q_rows: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from tfwhale.topk import top_k_rows  # imports numba: only exact searches pay for it
+        from tfwhale.retrieval.topk import top_k_rows  # imports numba: only exact searches pay for it
 
         sims = buffer[: len(q_rows) * self.n_cols].reshape(len(q_rows), self.n_cols)
         np.matmul(q_rows, self.gallery_t, out=sims)

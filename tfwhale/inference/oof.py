@@ -2,7 +2,7 @@
 
 Fold k's model embeds fold k's records (the queries) and the other folds' (their gallery), exactly as
 the trainer validated; an individual absent from the other folds counts as new_individual there. The
-queries are ranked by tfwhale.ranking, the same path the test queries take.
+queries are ranked by tfwhale.retrieval.ranking, the same path the test queries take.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tfwhale.gallery import PredictEmbeddings, concat_runs
-from tfwhale.ranking import ClassHeads, Ranked, RankOptions, class_heads, prepare_gallery, rank
-from tfwhale.threshold import ThresholdResult, tune_threshold
-from tfwhale.validate import oof_truths
+from tfwhale.inference.gallery import PredictEmbeddings, concat_runs
+from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions, class_heads, prepare_gallery, rank
+from tfwhale.retrieval.threshold import ThresholdResult, tune_threshold
+from tfwhale.training.validate import oof_truths
 
 logger = logging.getLogger(__name__)
 

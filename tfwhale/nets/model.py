@@ -13,7 +13,7 @@
     species_head=True adds  {"species": logits [B, n_species]}   (plain Dense classifier)
   All outputs are float32, also under mixed_bfloat16. The "label" input is always present (unused by
   the softmax/triplet heads) so one tf.data pipeline feeds every head. Compile with
-  `loss=tfwhale.losses.losses_for(model.output_names)` and `loss_weights={name: weight}`; the targets
+  `loss=tfwhale.nets.losses.losses_for(model.output_names)` and `loss_weights={name: weight}`; the targets
   are a dict with the same keys: individual id for arcface/softmax/embedding, species id for species.
 """
 
@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 
 import keras
 
-from tfwhale import io
-from tfwhale.layers import ArcMarginProduct, GeMPooling, L2Normalize
+from tfwhale.core import files
+from tfwhale.nets.layers import ArcMarginProduct, GeMPooling, L2Normalize
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ def build_backbone(name: str, image_size: int, weights: str | None = None) -> ke
 
 def _imagenet_weights_error(name: str, filename: str, error: Exception) -> Exception:
     cache_dir = keras_cache_dir()
-    path = io.join(cache_dir, filename)
-    if io.exists(path):
+    path = files.join(cache_dir, filename)
+    if files.exists(path):
         return RuntimeError(
             f"ImageNet weights for {name}: {path} is there but did not load ({error}). It may be incomplete "
             f"or not the file Keras expects (it checks the md5); replace it with a fresh copy of {filename}."
@@ -188,7 +188,7 @@ def build_models(
 ) -> tuple[keras.Model, keras.Model]:
     """(training_model, embedding_model) sharing all layers; see the module docstring for inputs/outputs.
 
-    `dynamic_margins` (one margin per class, see tfwhale.layers.dynamic_margins) overrides `arc_m`.
+    `dynamic_margins` (one margin per class, see tfwhale.nets.layers.dynamic_margins) overrides `arc_m`.
     Build under `keras.mixed_precision.set_global_policy("mixed_bfloat16")` for bf16 compute; heads and
     embedding stay float32.
     """
@@ -254,7 +254,7 @@ def _check_choices(head: str, pooling: str, n_classes: int, n_species: int, spec
 
 def load_saved_model(path: str, compile: bool = False) -> keras.Model:  # noqa: A002 - keras' own name
     """Load a `.keras` file the trainer wrote (local or gs://), with tfwhale's custom objects registered."""
-    from tfwhale import accumulate, losses, schedules  # noqa: F401 - importing registers their classes
+    from tfwhale.training import schedules  # noqa: F401 - importing registers their classes
 
-    with io.local_copy(path) as local:
+    with files.local_copy(path) as local:
         return keras.models.load_model(local, compile=compile)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import keras
 from keras import ops
 
-from tfwhale.layers import l2_normalize
+from tfwhale.nets.layers import l2_normalize
 
 # Added under the sqrt where a distance is exactly 0: the value stays 0, the gradient stays finite.
 _SQRT_EPS = 1e-16

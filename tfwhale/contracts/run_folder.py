@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from tfwhale import io
-from tfwhale.records import Manifest
+from tfwhale.contracts.records import Manifest
+from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ class FoldModel:
 
     @property
     def path(self) -> str:
-        return io.join(self.run_dir, self.name)
+        return files.join(self.run_dir, self.name)
 
     def file(self, name: str) -> str:
-        return io.join(self.path, name)
+        return files.join(self.path, name)
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,10 @@ class Run:
 
 def load_run(run_dir: str, manifest: Manifest, weight: float = 1.0) -> Run:
     """The finished fold folders of a run, checked against the records; RunError naming the file."""
-    if not io.isdir(run_dir):
+    if not files.isdir(run_dir):
         raise RunError(f"{run_dir}: run folder not found")
-    names = [n for n in io.listdir(run_dir) if _FOLD_DIR.match(n) or n == FULL]
-    names = [n for n in names if io.isdir(io.join(run_dir, n))]
+    names = [n for n in files.listdir(run_dir) if _FOLD_DIR.match(n) or n == FULL]
+    names = [n for n in names if files.isdir(files.join(run_dir, n))]
     if not names:
         raise RunError(
             f"{run_dir}: no fold folders (fold0/, fold1/, ... or full/); is it a tfwhale.train run?"
@@ -75,15 +75,15 @@ def load_run(run_dir: str, manifest: Manifest, weight: float = 1.0) -> Run:
 
 
 def _load_fold(run_dir: str, name: str, manifest: Manifest) -> FoldModel:
-    path = io.join(run_dir, name)
-    run_json = io.join(path, "run.json")
-    if not io.exists(run_json):
+    path = files.join(run_dir, name)
+    run_json = files.join(path, "run.json")
+    if not files.exists(run_json):
         raise RunError(f"{path}: not finished (no run.json); finish training it or remove the folder")
-    text = io.read_text(run_json)
+    text = files.read_text(run_json)
     info = json.loads(text)
     if info.get("status") != "finished":
         raise RunError(f"{run_json}: status {info.get('status')!r}, not 'finished'")
-    if not io.exists(io.join(path, "embedding.keras")):
+    if not files.exists(files.join(path, "embedding.keras")):
         raise RunError(f"{path}: embedding.keras is missing; the fold cannot embed images")
     _check_records(run_json, info.get("records") or {}, manifest)
     match = _FOLD_DIR.match(name)
@@ -91,7 +91,7 @@ def _load_fold(run_dir: str, name: str, manifest: Manifest) -> FoldModel:
     if val_fold is not None and info.get("val_fold") != val_fold:
         raise RunError(f"{run_json}: val_fold {info.get('val_fold')!r} but the folder is {name}")
     sha = hashlib.sha256(text.encode()).hexdigest()
-    return FoldModel(run_dir, name, val_fold, sha, _config_embedding_dim(io.join(path, "config.yaml")))
+    return FoldModel(run_dir, name, val_fold, sha, _config_embedding_dim(files.join(path, "config.yaml")))
 
 
 def _check_records(run_json: str, records: dict, manifest: Manifest) -> None:
@@ -118,8 +118,8 @@ def _check_records(run_json: str, records: dict, manifest: Manifest) -> None:
 
 
 def _config_embedding_dim(path: str) -> int | None:
-    if not io.exists(path):
+    if not files.exists(path):
         return None
-    data = yaml.safe_load(io.read_text(path)) or {}
+    data = yaml.safe_load(files.read_text(path)) or {}
     dim = (data.get("model") or {}).get("embedding_dim")
     return int(dim) if dim is not None else None

@@ -1,7 +1,7 @@
 """Optional embedding post-processing for the predict stage: DBA, query expansion, PCA whitening.
 
 Each is a switch to measure on OOF MAP@5, not a known gain. All run in row chunks and find
-neighbours through tfwhale.knn, so they stay memory-bounded at gallery sizes in the millions.
+neighbours through tfwhale.retrieval.knn, so they stay memory-bounded at gallery sizes in the millions.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfwhale import knn
+from tfwhale.retrieval import knn
 
 _ROWS_PER_CHUNK = 16384
 

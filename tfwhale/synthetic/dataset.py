@@ -11,9 +11,8 @@ true species and individual_id, for checks) and sample_submission.csv (image,pre
 from __future__ import annotations
 
 import argparse
-import io as pyio
+import io
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,10 +21,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from tfwhale import io
-from tfwhale.records import NEW_INDIVIDUAL
-from tfwhale.synthetic_identity import SPECIES, draw_template, make_identity
-from tfwhale.synthetic_render import render_photo
+from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core import files
+from tfwhale.synthetic.identity import SPECIES, draw_template, make_identity
+from tfwhale.synthetic.render import render_photo
 
 logger = logging.getLogger(__name__)
 
@@ -121,27 +120,27 @@ def _detector_box(rng: np.random.Generator, box: tuple[int, ...], size: tuple[in
 
 
 def _jpeg(image: Image.Image, rng: np.random.Generator) -> bytes:
-    buffer = pyio.BytesIO()
+    buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=int(rng.integers(80, 96)))
     return buffer.getvalue()
 
 
 def _write_csv(path: str, frame: pd.DataFrame) -> None:
-    io.write_text(path, frame.sort_values("image").to_csv(index=False, lineterminator="\n"))
+    files.write_text(path, frame.sort_values("image").to_csv(index=False, lineterminator="\n"))
 
 
 def _prepare(out_dir: str, overwrite: bool) -> None:
     """Refuse to mix with an earlier set unless told to replace it; only our own files are removed."""
-    ours = [io.join(out_dir, name) for name in CSV_NAMES]
-    image_dirs = [io.join(out_dir, "train_images"), io.join(out_dir, "test_images")]
-    found = [path for path in ours + image_dirs if io.exists(path)]
+    ours = [files.join(out_dir, name) for name in CSV_NAMES]
+    image_dirs = [files.join(out_dir, "train_images"), files.join(out_dir, "test_images")]
+    found = [path for path in ours + image_dirs if files.exists(path)]
     if found and not overwrite:
         raise FileExistsError(f"{found[0]} already exists; pass overwrite=True (--overwrite) to replace it")
     for path in ours:  # train.csv first, so a half-rewritten set never looks finished
-        io.remove(path)
+        files.remove(path)
     for path in image_dirs:
-        io.rmtree(path)
-        io.makedirs(path)
+        files.rmtree(path)
+        files.makedirs(path)
 
 
 def _check_args(individuals: int, image_size: int, fractions: dict[str, float]) -> None:
@@ -229,7 +228,7 @@ def _render_all(out_dir, photos, species, seed, image_size, missing_box_fraction
                 rng = np.random.default_rng([seed, 3, index])
                 image, box = render_photo(identity, template, rng, image_size)
                 folder = "train_images" if photo.split == "train" else "test_images"
-                io.write_bytes(io.join(out_dir, folder, photo.image), _jpeg(image, rng))
+                files.write_bytes(files.join(out_dir, folder, photo.image), _jpeg(image, rng))
                 boxes[index] = _detector_box(rng, box, image.size, missing_box_fraction)
                 bar.update()
     return boxes
@@ -238,7 +237,7 @@ def _render_all(out_dir, photos, species, seed, image_size, missing_box_fraction
 def _write_tables(out_dir: str, rows: pd.DataFrame) -> SyntheticSummary:
     """All CSVs from one row per photo (image, species, individual_id, test, new, box)."""
     train, test = rows[~rows.test], rows[rows.test]
-    paths = {name: io.join(out_dir, name) for name in CSV_NAMES}
+    paths = {name: files.join(out_dir, name) for name in CSV_NAMES}
     solution = test.assign(individual_id=np.where(test.new, NEW_INDIVIDUAL, test.individual_id))
     _write_csv(paths["boxes.csv"], rows[["image", "box"]])
     _write_csv(paths["test_solution.csv"], solution[["image", "individual_id"]])
@@ -252,8 +251,8 @@ def _write_tables(out_dir: str, rows: pd.DataFrame) -> SyntheticSummary:
         test_solution_csv=paths["test_solution.csv"],
         test_full_csv=paths["test_full.csv"],
         sample_submission_csv=paths["sample_submission.csv"],
-        train_images_dir=io.join(out_dir, "train_images"),
-        test_images_dir=io.join(out_dir, "test_images"),
+        train_images_dir=files.join(out_dir, "train_images"),
+        test_images_dir=files.join(out_dir, "test_images"),
         individuals=rows.individual_id.nunique(),
         train_individuals=train.individual_id.nunique(),
         new_individuals=rows.individual_id[rows.new].nunique(),
@@ -310,7 +309,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io as pyio
+import io
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tfwhale import io
+from tfwhale.core import files
 
 if TYPE_CHECKING:
-    from tfwhale.gallery import PredictEmbeddings
-    from tfwhale.ranking import PreparedGallery
+    from tfwhale.inference.gallery import PredictEmbeddings
+    from tfwhale.retrieval.ranking import PreparedGallery
 
 logger = logging.getLogger("tfwhale.predict")
 
@@ -45,9 +45,9 @@ def submission_order(test_names: Sequence[str], sample_path: str | None) -> list
 
 
 def read_csv(path: str, columns: Sequence[str]) -> pd.DataFrame:
-    if not io.exists(path):
+    if not files.exists(path):
         raise PredictError(f"{path}: file not found")
-    table = pd.read_csv(pyio.StringIO(io.read_text(path)), dtype=str, keep_default_na=False)
+    table = pd.read_csv(io.StringIO(files.read_text(path)), dtype=str, keep_default_na=False)
     absent = [c for c in columns if c not in table.columns]
     if absent:
         raise PredictError(f"{path}: missing column(s) {absent}; found {list(table.columns)}")
@@ -71,7 +71,7 @@ def write_submission(path: str, names: Sequence[str], answers: dict[str, list[st
             "%d queries have fewer than 5 labels (the gallery has too few individuals)", len(short)
         )
     lines = ["image,predictions"] + [f"{name},{' '.join(answers[name])}" for name in names]
-    io.write_text(path, "\n".join(lines) + "\n")
+    files.write_text(path, "\n".join(lines) + "\n")
 
 
 def write_embeddings(
@@ -95,6 +95,6 @@ def write_embeddings(
     if gallery.whitening is not None:
         arrays.update(whiten_mean=gallery.whitening.mean, whiten_projection=gallery.whitening.projection)
         arrays.update(whiten_eigenvalues=gallery.whitening.eigenvalues)
-    buffer = pyio.BytesIO()
+    buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    io.write_bytes(io.join(out_dir, EMBEDDINGS_NAME), buffer.getvalue())
+    files.write_bytes(files.join(out_dir, EMBEDDINGS_NAME), buffer.getvalue())

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import io as pyio
+import io
 import platform
 from typing import Any
 
-from tfwhale import io
+from tfwhale.core import files
 
 HISTORY_NAME = "history.csv"
 RUN_JSON = "run.json"
@@ -39,11 +39,11 @@ def library_versions() -> dict[str, str]:
 def write_history(path: str, history: list[dict[str, Any]]) -> None:
     """One row per finished epoch; columns are the union of the logged keys, epoch first."""
     columns = ["epoch", *sorted({key for row in history for key in row} - {"epoch"})]
-    buffer = pyio.StringIO()
+    buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    io.write_text(path, buffer.getvalue())
+    files.write_text(path, buffer.getvalue())
 
 
 def plot_curve(path: str, history: list[dict[str, Any]], title: str) -> None:
@@ -71,7 +71,7 @@ def plot_curve(path: str, history: list[dict[str, Any]], title: str) -> None:
     loss_ax.legend(loc="upper left")
     loss_ax.set_title(title)
     fig.tight_layout()
-    buffer = pyio.BytesIO()
+    buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    io.write_bytes(path, buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import io as pyio
+import io
 import logging
 import math
 import time
@@ -13,17 +13,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfwhale import checkpoint, io, runinfo
-from tfwhale.accumulate import with_accumulation
-from tfwhale.config import Config, save_config
-from tfwhale.data import train_dataset, val_loss_dataset
-from tfwhale.distribute import Runtime
-from tfwhale.layers import dynamic_margins
-from tfwhale.losses import losses_for
-from tfwhale.model import build_models
-from tfwhale.records import Manifest
-from tfwhale.schedules import learning_rate_schedule
-from tfwhale.validate import validate_fold
+from tfwhale.contracts.records import Manifest
+from tfwhale.core import files
+from tfwhale.core.config import Config, save_config
+from tfwhale.feed.data import train_dataset, val_loss_dataset
+from tfwhale.nets.accumulate import with_accumulation
+from tfwhale.nets.layers import dynamic_margins
+from tfwhale.nets.losses import losses_for
+from tfwhale.nets.model import build_models
+from tfwhale.training import checkpoint, run_record
+from tfwhale.training.distribute import Runtime
+from tfwhale.training.schedules import learning_rate_schedule
+from tfwhale.training.validate import validate_fold
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def plan_fold(
     else:  # TF splits each full batch into micro-batches inside the train step
         data_batch, fit_steps = global_batch, steps
     return FoldPlan(
-        name, val_fold, train_folds, io.join(run_dir, name), global_batch, steps, data_batch, fit_steps
+        name, val_fold, train_folds, files.join(run_dir, name), global_batch, steps, data_batch, fit_steps
     )
 
 
@@ -169,9 +170,9 @@ class FoldMonitor(keras.callbacks.Callback):
                     self._keep_best(epoch + 1, metrics, oof)
         row["seconds"] = round(time.time() - self._epoch_start, 2)
         self.history.append(row)
-        runinfo.write_history(io.join(self.plan.out_dir, runinfo.HISTORY_NAME), self.history)
+        run_record.write_history(files.join(self.plan.out_dir, run_record.HISTORY_NAME), self.history)
         state = {"history": self.history, "best": self.best}
-        checkpoint.save_checkpoint(self.model, io.join(self.plan.out_dir, "ckpt"), epoch + 1, state)
+        checkpoint.save_checkpoint(self.model, files.join(self.plan.out_dir, "ckpt"), epoch + 1, state)
         logger.info("%s epoch %d: %s", self.plan.name, epoch + 1, _brief(row))
 
     @contextlib.contextmanager
@@ -192,10 +193,10 @@ class FoldMonitor(keras.callbacks.Callback):
 
     def _keep_best(self, epoch: int, metrics: dict[str, Any], oof: dict[str, Any]) -> None:
         out = self.plan.out_dir
-        checkpoint.save_weights(self.train_model, io.join(out, "best.weights.h5"))
-        buffer = pyio.BytesIO()
+        checkpoint.save_weights(self.train_model, files.join(out, "best.weights.h5"))
+        buffer = io.BytesIO()
         np.savez(buffer, epoch=epoch, **oof)
-        io.write_bytes(io.join(out, "oof.npz"), buffer.getvalue())
+        files.write_bytes(files.join(out, "oof.npz"), buffer.getvalue())
         self.best = {"epoch": epoch, **metrics}
 
 
@@ -206,10 +207,10 @@ def _brief(row: dict[str, Any]) -> str:
 
 def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime) -> dict[str, Any]:
     """Train (or resume) one fold and write its artefacts; returns its run.json content."""
-    io.makedirs(plan.out_dir)
-    save_config(cfg, io.join(plan.out_dir, "config.yaml"))
+    files.makedirs(plan.out_dir)
+    save_config(cfg, files.join(plan.out_dir, "config.yaml"))
     model, train_model, embedding_model = build_compiled(cfg, manifest, plan, runtime)
-    state = checkpoint.load_checkpoint(model, io.join(plan.out_dir, "ckpt")) or {}
+    state = checkpoint.load_checkpoint(model, files.join(plan.out_dir, "ckpt")) or {}
     ema_swap = keras.callbacks.SwapEMAWeights() if cfg.train.ema_momentum else None
     monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state, ema_swap)
     started = time.time()
@@ -219,7 +220,7 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
     if plan.val_fold is not None:
         validation = val_loss_dataset(manifest, [plan.val_fold], cfg, plan.data_batch)
         validation = validation.map(to_targets(train_model.output.keys()))
-    callbacks = [monitor, keras.callbacks.TensorBoard(io.join(plan.out_dir, "tensorboard"))]
+    callbacks = [monitor, keras.callbacks.TensorBoard(files.join(plan.out_dir, "tensorboard"))]
     if ema_swap is not None:
         callbacks.insert(0, ema_swap)
     model.fit(
@@ -232,7 +233,7 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
         last = monitor.history[-1]["epoch"] if monitor.history else 0
         raise TrainingError(
             f"{plan.name}: loss became NaN in epoch {monitor.nan_at}; the last good checkpoint "
-            f"(epoch {last}) is kept in {io.join(plan.out_dir, 'ckpt')}. Lower train.lr_max_per_sample "
+            f"(epoch {last}) is kept in {files.join(plan.out_dir, 'ckpt')}. Lower train.lr_max_per_sample "
             "or set train.clipnorm, then run the same command again to resume."
         )
     return finish_fold(cfg, manifest, plan, runtime, monitor, time.time() - started)
@@ -240,13 +241,13 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
 
 def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: float) -> dict[str, Any]:
     out = plan.out_dir
-    checkpoint.save_weights(monitor.train_model, io.join(out, "last.weights.h5"))
+    checkpoint.save_weights(monitor.train_model, files.join(out, "last.weights.h5"))
     if monitor.best:
-        checkpoint.load_weights(monitor.train_model, io.join(out, "best.weights.h5"))
+        checkpoint.load_weights(monitor.train_model, files.join(out, "best.weights.h5"))
     else:  # no validation (--full): the last weights are the ones to keep
-        checkpoint.save_weights(monitor.train_model, io.join(out, "best.weights.h5"))
-    _save_model(monitor.train_model, io.join(out, "model.keras"))
-    _save_model(monitor.embedding_model, io.join(out, "embedding.keras"))
+        checkpoint.save_weights(monitor.train_model, files.join(out, "best.weights.h5"))
+    _save_model(monitor.train_model, files.join(out, "model.keras"))
+    _save_model(monitor.embedding_model, files.join(out, "embedding.keras"))
     info = {
         "status": "finished",
         "fold": plan.name, "val_fold": plan.val_fold, "train_folds": plan.train_folds,
@@ -259,13 +260,13 @@ def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: flo
         "records": {"root": manifest.root, "manifest_sha256": manifest.sha256,
                     "labels_sha256": manifest.labels_sha256, "n_folds": manifest.n_folds,
                     "image_size": manifest.image_size},
-        "versions": runinfo.library_versions(),
+        "versions": run_record.library_versions(),
     }  # fmt: skip
-    runinfo.plot_curve(io.join(out, runinfo.CURVE_NAME), monitor.history, f"{plan.name}")
-    io.write_json(io.join(out, runinfo.RUN_JSON), info)
+    run_record.plot_curve(files.join(out, run_record.CURVE_NAME), monitor.history, f"{plan.name}")
+    files.write_json(files.join(out, run_record.RUN_JSON), info)
     return info
 
 
 def _save_model(model: keras.Model, path: str) -> None:
-    with io.written_via_local(path) as local:
+    with files.written_via_local(path) as local:
         model.save(local)

@@ -1,7 +1,7 @@
 """Individuals for the synthetic data set (stage 0): what each animal is, drawn once as a fixed template.
 
 Identity lives only in shape and pattern (outline, notches, marks). Colour is not part of it: the photo
-renderer (tfwhale.synthetic_render) picks colour and light afresh for every photo.
+renderer (tfwhale.synthetic.render) picks colour and light afresh for every photo.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfwhale.metrics import map_at_k
-from tfwhale.records import NEW_INDIVIDUAL as NEW
+from tfwhale.contracts.records import NEW_INDIVIDUAL as NEW
+from tfwhale.core.metrics import map_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _best_index(curve: np.ndarray) -> int:
 def _weighted_map(
     labels, scores, truths, is_new: np.ndarray, new_share: float | None, threshold: float, n: int, max_rank
 ) -> float:
-    """MAP@n of the inserted predictions as tfwhale.metrics scores them, weighted as in _query_weights."""
+    """MAP@n of the inserted predictions as core.metrics scores them, weighted as in _query_weights."""
     predictions = insert_new_individual(labels, scores, threshold, n, max_rank)
     truths = list(truths)
     if new_share is None or is_new.all() or not is_new.any():
@@ -257,7 +257,7 @@ def plot_threshold_curve(result: ThresholdResult, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from tfwhale import io  # imported here so tuning needs no TensorFlow
+    from tfwhale.core import files  # imported here so tuning needs no TensorFlow
 
     figure = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(figure)
@@ -271,4 +271,4 @@ def plot_threshold_curve(result: ThresholdResult, path: str) -> None:
     axes.grid(alpha=0.3)
     buffer = stdio.BytesIO()
     figure.savefig(buffer, format="png")
-    io.write_bytes(path, buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue())

@@ -8,7 +8,7 @@ threshold or k loads no model.
 
 from __future__ import annotations
 
-import io as pyio
+import io
 import json
 import logging
 import re
@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from tfwhale import io
-from tfwhale.model import load_saved_model
-from tfwhale.postprocess import l2_normalise
-from tfwhale.records import Manifest
-from tfwhale.runs import FoldModel, Run, RunError
+from tfwhale.contracts.records import Manifest
+from tfwhale.contracts.run_folder import FoldModel, Run, RunError
+from tfwhale.core import files
+from tfwhale.nets.model import load_saved_model
+from tfwhale.retrieval.postprocess import l2_normalise
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = "cache"
 CACHE_VERSION = 1
-ARCFACE_LAYER = "arcface"  # tfwhale.model names the ArcMarginProduct head after itself
+ARCFACE_LAYER = "arcface"  # tfwhale.nets.model names the ArcMarginProduct head after itself
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def embed_fold(
     fold: FoldModel, manifest: Manifest, batch: int, flip: bool, need_centres: bool
 ) -> tuple[FoldEmbeddings, RecordsIndex]:
     """Embed the train records (fold by fold) and the test records with one fold's model."""
-    from tfwhale.data import embed
+    from tfwhale.feed.data import embed
 
     logger.info("embedding the records with %s%s", fold.path, " (+ flip TTA)" if flip else "")
     model = load_saved_model(fold.file("embedding.keras"))
@@ -196,7 +196,7 @@ def check_finite(embeddings: np.ndarray, names: Sequence[str], source: str) -> N
 def load_centres(fold: FoldModel, n_classes: int) -> tuple[np.ndarray, int]:
     """The ArcFace class centres of a fold's training model, L2-normalised: ([D, C * k], k)."""
     path = fold.file("model.keras")
-    if not io.exists(path):
+    if not files.exists(path):
         raise RunError(f"{fold.path}: model.keras is missing; the logits blend needs the training model")
     model = load_saved_model(path)
     try:
@@ -211,9 +211,9 @@ def load_centres(fold: FoldModel, n_classes: int) -> tuple[np.ndarray, int]:
 
 def cache_path(out_dir: str, fold: FoldModel, flip: bool) -> str:
     """Keyed by the fold's run.json, not its path: a moved run folder still finds its cache."""
-    run_name = re.sub(r"[^A-Za-z0-9_.-]", "_", io.basename(fold.run_dir)) or "run"
+    run_name = re.sub(r"[^A-Za-z0-9_.-]", "_", files.basename(fold.run_dir)) or "run"
     name = f"{fold.name}-{fold.run_json_sha256[:12]}{'-flip' if flip else ''}.npz"
-    return io.join(out_dir, CACHE_DIR, run_name, name)
+    return files.join(out_dir, CACHE_DIR, run_name, name)
 
 
 def _cache_key(fold: FoldModel, manifest: Manifest, flip: bool) -> dict:
@@ -244,15 +244,15 @@ def write_cache(
     }
     if fold_embeddings.centres is not None:
         arrays["centres"] = fold_embeddings.centres
-    buffer = pyio.BytesIO()
+    buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = cache_path(out_dir, fold, flip)
-    io.makedirs(io.dirname(path))
-    io.write_bytes(path, buffer.getvalue())
-    for name in io.listdir(io.dirname(path)):  # the same fold's arrays from before it was retrained
+    files.makedirs(files.dirname(path))
+    files.write_bytes(path, buffer.getvalue())
+    for name in files.listdir(files.dirname(path)):  # the same fold's arrays from before it was retrained
         stale = name.startswith(f"{fold.name}-") and name.endswith("-flip.npz") == flip
-        if stale and name != io.basename(path):
-            io.remove(io.join(io.dirname(path), name))
+        if stale and name != files.basename(path):
+            files.remove(files.join(files.dirname(path), name))
 
 
 def read_cache(
@@ -260,9 +260,9 @@ def read_cache(
 ) -> tuple[FoldEmbeddings, RecordsIndex] | None:
     """The cached arrays of a fold when they were made by this fold, records and TTA; else None."""
     path = cache_path(out_dir, fold, flip)
-    if not io.exists(path):
+    if not files.exists(path):
         return None
-    data = np.load(pyio.BytesIO(io.read_bytes(path)), allow_pickle=False)
+    data = np.load(io.BytesIO(files.read_bytes(path)), allow_pickle=False)
     meta, expected = json.loads(str(data["meta"])), _cache_key(fold, manifest, flip)
     if {key: meta.get(key) for key in expected} != expected:
         logger.info("%s: made by another model, records or TTA; embedding again", path)
@@ -291,9 +291,9 @@ def check_oof_files(emb: PredictEmbeddings) -> None:
     for run in emb.runs:
         for fold in run.folds:
             path = fold.model.file("oof.npz")
-            if fold.model.val_fold is None or not io.exists(path):
+            if fold.model.val_fold is None or not files.exists(path):
                 continue
-            saved = set(np.load(pyio.BytesIO(io.read_bytes(path)))["image_names"].tolist())
+            saved = set(np.load(io.BytesIO(files.read_bytes(path)))["image_names"].tolist())
             rows = index.train_folds == fold.model.val_fold
             here = {n for n, is_val in zip(index.train_names, rows, strict=True) if is_val}
             if saved != here:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfwhale import knn, postprocess
-from tfwhale.gallery import FoldEmbeddings
-from tfwhale.runs import RunError
-from tfwhale.threshold import ThresholdResult, insert_new_individual
+from tfwhale.contracts.run_folder import RunError
+from tfwhale.inference.gallery import FoldEmbeddings
+from tfwhale.retrieval import knn, postprocess
+from tfwhale.retrieval.threshold import ThresholdResult, insert_new_individual
 
 logger = logging.getLogger(__name__)
 

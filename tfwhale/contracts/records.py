@@ -10,7 +10,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfwhale import io
+from tfwhale.core import files
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -95,12 +95,12 @@ def test_shard_name(index: int) -> str:
 
 def shard_fold(name: str) -> int | None:
     """The fold a training shard holds, read from its name; None for test shards."""
-    match = _TRAIN_SHARD.match(io.basename(name))
+    match = _TRAIN_SHARD.match(files.basename(name))
     return int(match.group(1)) if match else None
 
 
 def is_test_shard(name: str) -> bool:
-    return bool(_TEST_SHARD.match(io.basename(name)))
+    return bool(_TEST_SHARD.match(files.basename(name)))
 
 
 class ManifestError(ValueError):
@@ -153,7 +153,7 @@ class Manifest:
         ]
 
     def shard_paths(self, split: str, folds: list[int] | None = None) -> list[str]:
-        return [io.join(self.root, s["name"]) for s in self.shards(split, folds)]
+        return [files.join(self.root, s["name"]) for s in self.shards(split, folds)]
 
     def count(self, split: str, folds: list[int] | None = None) -> int:
         return sum(int(s["count"]) for s in self.shards(split, folds))
@@ -161,11 +161,11 @@ class Manifest:
 
 def load_manifest(root: str) -> Manifest:
     """Read and check a finished build; clear errors for unfinished or foreign builds."""
-    path = io.join(root, MANIFEST_NAME)
-    if not io.exists(path):
+    path = files.join(root, MANIFEST_NAME)
+    if not files.exists(path):
         hint = " (the build is unfinished: run build-tfrecords again to complete it)"
-        raise ManifestError(f"{path} not found{hint if io.exists(root) else ''}")
-    text = io.read_text(path)
+        raise ManifestError(f"{path} not found{hint if files.exists(root) else ''}")
+    text = files.read_text(path)
     data = json.loads(text)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io as pyio
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfwhale import io, records
-from tfwhale.metrics import average_precision_at_k, map_at_k
-from tfwhale.records import Manifest
-from tfwhale.threshold import NEW
+from tfwhale.contracts import records
+from tfwhale.contracts.records import Manifest
+from tfwhale.core import files
+from tfwhale.core.metrics import average_precision_at_k, map_at_k
+from tfwhale.retrieval.threshold import NEW
 
 if TYPE_CHECKING:  # predict imports this module
-    from tfwhale.gallery import PredictEmbeddings, RunEmbeddings
+    from tfwhale.inference.gallery import PredictEmbeddings, RunEmbeddings
     from tfwhale.predict import OOFOutcome, Prediction, Settings
 
 logger = logging.getLogger(__name__)
@@ -169,8 +170,8 @@ def _threshold_section(settings: Settings, outcome: OOFOutcome | None) -> dict:
 
 def write_report(out_dir: str, report: dict) -> str:
     """report.json, written last by predict: its presence says every other output is complete."""
-    path = io.join(out_dir, REPORT_NAME)
-    io.write_json(path, {"status": "finished", **report})
+    path = files.join(out_dir, REPORT_NAME)
+    files.write_json(path, {"status": "finished", **report})
     return path
 
 
@@ -292,9 +293,9 @@ def plot_examples(path: str, rows: Sequence[ExampleRow]) -> None:
             score_text = "" if score is None else f"\n{score:.3f}"
             _tile(axes, image, f"{c + 1}. {label[:16]}{score_text}", correct)
     figure.tight_layout()
-    buffer = pyio.BytesIO()
+    buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    io.write_bytes(path, buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue())
 
 
 def _tile(axes, image: np.ndarray | None, title: str, correct: bool | None) -> None:

@@ -1,0 +1,1 @@
+"""The hand-offs between stages, owned here, imported by both sides."""

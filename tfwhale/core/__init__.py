@@ -1,0 +1,1 @@
+"""Shared foundations for every stage: file I/O (local and gs://), configuration, metrics."""

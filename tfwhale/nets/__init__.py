@@ -1,0 +1,1 @@
+"""Everything a saved model is made of: backbones, pooling, ArcFace heads, losses."""

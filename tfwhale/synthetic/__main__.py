@@ -1,0 +1,8 @@
+"""`python -m tfwhale.synthetic OUT_DIR`: write a synthetic photo-ID data set (see dataset.py)."""
+
+import sys
+
+from tfwhale.synthetic.dataset import main
+
+if __name__ == "__main__":
+    sys.exit(main())

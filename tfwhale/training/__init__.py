@@ -1,0 +1,1 @@
+"""Stage 2 (train): the fold loop, distribution, schedules, checkpoints, validation, run records."""
