@@ -100,8 +100,8 @@ def naive_build(csv_path: Path, out: Path, size: int) -> int:
     import pandas as pd
     import tensorflow as tf
 
-    from tfrecords_builder.boxes import crop_region, parse_box_text
     from tfwhale.contracts import records
+    from tfwhale.contracts.crop_box import crop_region, parse_box_text
 
     table = pd.read_csv(csv_path, keep_default_na=False)
     with tf.io.TFRecordWriter(str(out / "naive.tfrec")) as writer:

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tfrecords_builder.boxes import (
-    choose_box,
+from tfrecords_builder.boxes import choose_box
+from tfrecords_builder.errors import BuildInputError
+from tfrecords_builder.tables import read_boxes_csv
+from tfwhale.contracts.crop_box import (
     crop_region,
     format_box,
     parse_box_list,
     parse_box_text,
     parse_conf_list,
-    read_boxes_csv,
 )
-from tfrecords_builder.errors import BuildInputError
 
 # Heads of /work/shared/data/happywhale/test2.csv and fullbody/backfin_test_charm.csv.
 DETIC_CSV = """image,predictions,box

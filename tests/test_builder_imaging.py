@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfrecords_builder.imaging import (
+from tfrecords_builder.imaging import ImageTask, process_task
+from tfwhale.contracts.photo_crop import (
     NEUTRAL_GREY,
     ImageError,
     ImageSettings,
-    ImageTask,
     choose_draft_scale,
     process_image,
-    process_task,
 )
 
 SQUARE_64 = ImageSettings(size=64, enlarge=1.0)

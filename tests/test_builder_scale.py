@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfrecords_builder.boxes import parse_box_text, read_boxes_csv
 from tfrecords_builder.folds import assign_folds
 from tfrecords_builder.tables import (
     label_maps,
     load_test_table,
     load_train_table,
     photo_counts,
+    read_boxes_csv,
     read_csv_table,
 )
+from tfwhale.contracts.crop_box import parse_box_text
 
 
 def happywhale_dir() -> Path:

@@ -127,7 +127,9 @@ def test_save_then_load_round_trips(tmp_path):
 
 def test_bare_names_load_shipped_configs():
     tiny = load_config("tiny_cpu")
-    assert tiny.data.image_size == 96 and tiny.model.weights is None and tiny.model.backbone == "TinyConvNet"
+    assert (
+        tiny.data.image_size is None and tiny.model.weights is None and tiny.model.backbone == "TinyConvNet"
+    )
     b7 = load_config("effnet_b7_768")
     assert (b7.model.backbone, b7.data.image_size, b7.data.batch_size) == ("EfficientNetB7", 768, 4)
     with pytest.raises(ConfigError, match=r"'effnet_b9' not found.*'effnet_b6_768'"):

@@ -238,3 +238,11 @@ def test_probability_zero_ops_and_flip_geometry():
     np.testing.assert_array_equal(augment.blur(IMAGE, SEED, 0.0, (1.0, 2.0)).numpy(), IMAGE.numpy())
     gray = augment.grayscale(IMAGE, SEED, 1.0).numpy()
     np.testing.assert_allclose(gray[..., 0], gray[..., 2])
+
+
+def test_image_size_left_unset_is_the_records_size(manifest):
+    cfg = load_config(None, ["data.shuffle_buffer=32"])
+    assert cfg.data.image_size is None
+    assert data.with_records_image_size(cfg, manifest).data.image_size == manifest.image_size == SIZE
+    batch = next(iter(data.train_dataset(manifest, [0], cfg, 4, seed=0)))
+    assert batch[0]["image"].shape == (4, SIZE, SIZE, 3)

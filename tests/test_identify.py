@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.test_gallery import build_synthetic_records, make_run
+from tests.run_fixture import build_synthetic_records, make_run
 from tfwhale import identify, predict
 from tfwhale.contracts.records import load_manifest
 from tfwhale.core import files

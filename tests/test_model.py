@@ -15,7 +15,10 @@ from tfwhale.nets.model import (
 )
 
 SIZE = 32
-TINY = {"backbone": "TinyConvNet", "image_size": SIZE, "n_classes": 6, "embedding_dim": 8}
+TINY = {
+    "backbone": "TinyConvNet", "weights": None, "image_size": SIZE, "n_classes": 6, "embedding_dim": 8,
+    "pooling": "gem", "gem_trainable": False, "dropout": 0.2,
+}  # fmt: skip
 
 
 def _batch(n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
@@ -110,12 +113,14 @@ def test_output_names_and_shapes_per_head(head, species_head):
 
 def test_options_reach_the_layers():
     margins = [0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
-    model, _ = build_models(**TINY, subcenters=2, dynamic_margins=margins, arc_s=20.0, gem_trainable=True)
+    model, _ = build_models(
+        **{**TINY, "gem_trainable": True}, subcenters=2, dynamic_margins=margins, arc_s=20.0
+    )
     arcface = model.get_layer("arcface")
     assert (arcface.k, arcface.margins, arcface.s) == (2, margins, 20.0)
     gem_p = model.get_layer("gem_pool").p
     assert any(weight is gem_p for weight in model.trainable_weights)
-    avg_model, _ = build_models(**TINY, pooling="avg", dropout=0.0)
+    avg_model, _ = build_models(**{**TINY, "pooling": "avg", "dropout": 0.0})
     assert avg_model.get_layer("avg_pool") is not None
     assert not any(isinstance(layer, keras.layers.Dropout) for layer in avg_model.layers)
 
@@ -124,7 +129,7 @@ def test_bad_choices_are_refused():
     with pytest.raises(ValueError, match="Unknown head 'cosface'"):
         build_models(**TINY, head="cosface")
     with pytest.raises(ValueError, match="Unknown pooling 'max'"):
-        build_models(**TINY, pooling="max")
+        build_models(**{**TINY, "pooling": "max"})
     with pytest.raises(ValueError, match="needs n_species >= 1"):
         build_models(**TINY, species_head=True)
 
@@ -142,7 +147,7 @@ def test_training_and_embedding_models_share_layers():
 @pytest.mark.parametrize("head", ["arcface", "triplet_softmax"])
 def test_a_few_steps_lower_the_loss(head):
     keras.utils.set_random_seed(0)
-    model, _ = build_models(**TINY, head=head, n_species=3, species_head=True, dropout=0.0)
+    model, _ = build_models(**{**TINY, "dropout": 0.0}, head=head, n_species=3, species_head=True)
     model.compile(keras.optimizers.Adam(1e-2), loss=losses_for(model.output_names))
     batch = _batch()
     losses = [float(model.train_on_batch(batch, _targets(model, batch))[0]) for _ in range(8)]

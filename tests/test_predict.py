@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.records_fixture import make_records
-from tests.test_gallery import build_synthetic_records, make_run
+from tests.run_fixture import build_synthetic_records, make_run
 from tfwhale import predict, train
 from tfwhale.contracts.records import load_manifest
 from tfwhale.core import files

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from tfwhale.contracts.run_folder import FoldModel
+from tfwhale.inference.class_heads import class_heads
 from tfwhale.inference.gallery import FoldEmbeddings
 from tfwhale.retrieval.ranking import (
     PreparedGallery,
     Ranked,
     RankOptions,
-    class_heads,
     predicted_species,
     predictions_with_new,
     rank,

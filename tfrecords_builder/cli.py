@@ -179,7 +179,7 @@ def resolve_inputs(args: argparse.Namespace) -> Inputs:
 
 
 def _table_boxes(table) -> dict[str, Any]:
-    from tfrecords_builder.boxes import parse_box_text
+    from tfwhale.contracts.crop_box import parse_box_text
 
     return {
         image: parse_box_text(text) for image, text in zip(table["image"], table["box_text"], strict=True)
@@ -188,7 +188,7 @@ def _table_boxes(table) -> dict[str, Any]:
 
 def resolve_boxes(args: argparse.Namespace, train, test) -> tuple[dict, dict, str]:
     """Boxes per image for train and test, and where they came from: --boxes, else the CSVs' own column."""
-    from tfrecords_builder.boxes import read_boxes_csv
+    from tfrecords_builder.tables import read_boxes_csv
     from tfwhale.core import files
 
     if args.boxes:
@@ -204,8 +204,8 @@ def resolve_boxes(args: argparse.Namespace, train, test) -> tuple[dict, dict, st
 
 def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
     """Everything that decides the output; a resumed build must match these exactly."""
-    from tfrecords_builder.imaging import IMAGING_VERSION
     from tfwhale.contracts import records
+    from tfwhale.contracts.photo_crop import IMAGING_VERSION
 
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -266,8 +266,8 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 def run_build(args: argparse.Namespace) -> int:
     """The whole build; returns the exit code (BuildInputError propagates for main to report)."""
     from tfrecords_builder import manifest, resume, writer
-    from tfrecords_builder.imaging import ImageSettings
     from tfrecords_builder.tables import photo_counts
+    from tfwhale.contracts.photo_crop import ImageSettings
 
     inputs = resolve_inputs(args)
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)

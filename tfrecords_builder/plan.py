@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tfrecords_builder.boxes import Box
 from tfwhale.contracts import records
+from tfwhale.contracts.crop_box import Box
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from tfrecords_builder.boxes import box_column_text
+from tfrecords_builder.boxes import (
+    ACCEPTED_FORMATS,
+    Box,
+    Candidate,
+    box_column_text,
+    box_format,
+    choose_box,
+    table_candidates,
+)
 from tfrecords_builder.errors import BuildInputError, Reject
 from tfwhale.core import files
 
@@ -217,3 +225,21 @@ def photo_counts(train: pd.DataFrame) -> dict[str, int]:
     """Photos per individual id, keyed in sorted id order."""
     counts = train["individual_id"].value_counts()
     return {individual: int(counts[individual]) for individual in sorted(counts.index)}
+
+
+def read_boxes_csv(csv_path: str, min_conf: float = 0.0) -> dict[str, Box | None]:
+    """image -> box from a detector CSV in any accepted format; rows of the same image pool their boxes."""
+    table = read_csv_table(csv_path, ("image",))
+    if box_format(list(table.columns)) is None:
+        formats = "; ".join(ACCEPTED_FORMATS)
+        found = [name for name in table.columns if name != "row"]
+        raise BuildInputError(f"{csv_path}: no box columns; found {found}. Accepted formats: {formats}")
+    candidates = table_candidates(table, csv_path, min_conf)
+    pooled: dict[str, list[Candidate]] = {}
+    for image, cands in zip(table["image"].tolist(), candidates, strict=True):
+        if image:
+            pooled.setdefault(image, []).extend(cands)
+    boxes = {image: choose_box(cands, min_conf) for image, cands in pooled.items()}
+    with_box = sum(box is not None for box in boxes.values())
+    logger.info("%s: boxes for %d of %d images (min_conf=%g)", csv_path, with_box, len(boxes), min_conf)
+    return boxes

@@ -18,10 +18,11 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfrecords_builder.errors import Reject
-from tfrecords_builder.imaging import ImageResult, ImageSettings, ImageTask, process_chunk, process_task
+from tfrecords_builder.imaging import ImageResult, ImageTask, process_chunk, process_task
 from tfrecords_builder.plan import PlanItem, PlannedShard
 from tfrecords_builder.resume import ShardRecord, parts_path
 from tfwhale.contracts import records
+from tfwhale.contracts.photo_crop import ImageSettings
 from tfwhale.core import files
 
 logger = logging.getLogger(__name__)

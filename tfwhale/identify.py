@@ -3,7 +3,7 @@
 python -m tfwhale.identify PHOTO [PHOTO ...] --runs RUN_DIR --gallery OUT_DIR [--box "x1 y1 x2 y2"] [--json]
 
 Each photo is cropped and resized exactly as build-tfrecords did (the crop settings come from the
-manifest the gallery was built from, saved in report.json), embedded with the same fold models, TTA
+manifest the gallery was built from, named in gallery.json), embedded with the same fold models, TTA
 and run weights, and ranked against the cached gallery with the same options and threshold.
 """
 
@@ -13,7 +13,6 @@ import argparse
 import io
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -21,12 +20,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tfwhale.contracts import records
-from tfwhale.contracts.run_folder import FoldModel, RunError
+from tfwhale.contracts.gallery_manifest import GalleryError, GalleryManifest, load_gallery_manifest
+from tfwhale.contracts.run_folder import FoldModel, RunError, load_embedding_model, recorded_fold
 from tfwhale.core import files
-from tfwhale.inference import report
+from tfwhale.inference.class_heads import class_heads
 from tfwhale.inference.gallery import FoldEmbeddings, average_folds, cache_path, check_finite, concat_runs
 from tfwhale.inference.submission import EMBEDDINGS_NAME
-from tfwhale.nets.model import load_saved_model
 from tfwhale.retrieval import ranking
 from tfwhale.retrieval.postprocess import Whitening, l2_normalise
 from tfwhale.retrieval.threshold import insert_new_individual
@@ -63,7 +62,7 @@ class Gallery:
     """What identify reuses from a predict output folder."""
 
     out_dir: str
-    report: dict
+    manifest: GalleryManifest
     embeddings: np.ndarray  # the gallery as ranked (post-processed when predict was asked to)
     ids: list[str]
     species: list[str]
@@ -73,17 +72,17 @@ class Gallery:
 
 
 def load_gallery(out_dir: str) -> Gallery:
-    path = files.join(out_dir, report.REPORT_NAME)
-    if not files.exists(path) or files.read_json(path).get("status") != "finished":
-        raise IdentifyError(f"{out_dir}: no finished predict output here ({path} missing); run predict first")
-    body = files.read_json(path)
+    try:
+        manifest = load_gallery_manifest(out_dir)
+    except GalleryError as err:
+        raise IdentifyError(str(err)) from None
     data = np.load(io.BytesIO(files.read_bytes(files.join(out_dir, EMBEDDINGS_NAME))), allow_pickle=False)
     whitening = None
     if "whiten_mean" in data.files:
         whitening = Whitening(data["whiten_mean"], data["whiten_projection"], data["whiten_eigenvalues"])
     return Gallery(
         out_dir=out_dir,
-        report=body,
+        manifest=manifest,
         embeddings=data["gallery"] if "gallery" in data.files else data["train"],
         ids=data["train_ids"].tolist(),
         species=data["train_species"].tolist(),
@@ -95,38 +94,28 @@ def load_gallery(out_dir: str) -> Gallery:
 
 def recorded_runs(gallery: Gallery, run_dirs: Sequence[str] | None) -> list[list[FoldModel]]:
     """The fold models the gallery was made with; given run folders must hold those very folds."""
-    recorded = gallery.report["runs"]
-    run_dirs = list(run_dirs) if run_dirs else [r["run_dir"] for r in recorded]
+    recorded = gallery.manifest.runs
+    run_dirs = list(run_dirs) if run_dirs else [r.run_dir for r in recorded]
     if len(run_dirs) != len(recorded):
-        made_with = [r["run_dir"] for r in recorded]
+        made_with = [r.run_dir for r in recorded]
         raise IdentifyError(
             f"{gallery.out_dir} was made with {len(recorded)} run(s) {made_with}, not {run_dirs}"
         )
     runs = []
     for run_dir, entry in zip(run_dirs, recorded, strict=True):
-        folds = []
-        for name, sha in entry["folds"].items():
-            run_json = files.join(run_dir, name, "run.json")
-            if not files.exists(run_json) or _sha256(files.read_text(run_json)) != sha:
-                raise IdentifyError(
-                    f"{run_json}: not the fold the gallery in {gallery.out_dir} was made with "
-                    f"({entry['run_dir']}/{name}); pass the same --runs, or run predict again"
-                )
-            match = re.match(r"^fold(\d+)$", name)
-            val_fold = int(match.group(1)) if match else None  # "full" has none
-            folds.append(FoldModel(run_dir, name, val_fold, sha, entry["embedding_dim"]))
-        runs.append(folds)
+        try:
+            runs.append(
+                [recorded_fold(run_dir, n, sha, entry.embedding_dim) for n, sha in entry.folds.items()]
+            )
+        except RunError as err:
+            raise IdentifyError(
+                f"{err} in {gallery.out_dir} ({entry.run_dir}); pass the same --runs, or run predict again"
+            ) from None
     return runs
 
 
-def _sha256(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None]:
-    from tfrecords_builder.boxes import parse_box_text
+    from tfwhale.contracts.crop_box import parse_box_text
 
     if not boxes:
         return [None] * n_photos
@@ -145,9 +134,9 @@ def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None
 
 def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
     """uint8 [n, S, S, 3]: each photo cropped, resized and JPEG-encoded as the builder did, then decoded."""
-    from tfrecords_builder.imaging import ImageError, ImageSettings, process_image
+    from tfwhale.contracts.photo_crop import ImageError, ImageSettings, process_image
 
-    crop, size = gallery.report["records"].get("crop"), int(gallery.report["records"]["image_size"])
+    crop, size = gallery.manifest.crop, gallery.manifest.image_size
     if not crop:
         raise IdentifyError(
             f"{gallery.out_dir}: the records' manifest has no crop settings (not made by build-tfrecords?)"
@@ -173,7 +162,7 @@ def embed_photos(
     for folds in runs:
         per_fold = []
         for fold in folds:
-            model = load_saved_model(fold.file("embedding.keras"))
+            model = load_embedding_model(fold)
             embeddings = np.asarray(model.predict(images, batch_size=batch, verbose=0))
             if flip:
                 embeddings = embeddings + np.asarray(
@@ -186,22 +175,19 @@ def embed_photos(
 
 def combine(per_run: list[list[np.ndarray]], gallery: Gallery) -> np.ndarray:
     """Fold average per run, runs concatenated with predict's weights: the space of the gallery."""
-    weights = [r["weight"] for r in gallery.report["runs"]]
+    weights = [r.weight for r in gallery.manifest.runs]
     return concat_runs([average_folds(folds) for folds in per_run], weights)
 
 
 def options_of(gallery: Gallery) -> ranking.RankOptions:
-    o = gallery.report["options"]
-    return ranking.RankOptions(
-        k=o["k"], backend=o["knn"], dba=o["dba"], qe=o["qe"], whiten=o["whiten"], blend=o["blend"]
-    )
+    return ranking.RankOptions(**gallery.manifest.options)
 
 
 def heads_for(per_run, runs, gallery: Gallery) -> ranking.ClassHeads:
     """The blend's classifier heads: class centres from predict's cache, the photos' per-fold embeddings."""
-    flip = gallery.report["tta"] == "flip"
+    flip = gallery.manifest.flip_tta
     folds, query_embeddings = [], []
-    recorded = [entry["run_dir"] for entry in gallery.report["runs"]]
+    recorded = [entry.run_dir for entry in gallery.manifest.runs]
     for run_dir, fold_models, fold_embeddings in zip(recorded, runs, per_run, strict=True):
         for fold, embeddings in zip(fold_models, fold_embeddings, strict=True):
             # the cache is named after the run folder predict was given
@@ -212,7 +198,7 @@ def heads_for(per_run, runs, gallery: Gallery) -> ranking.ClassHeads:
             empty = np.zeros((0, 0), np.float32)
             folds.append(FoldEmbeddings(fold, empty, empty, data["centres"], int(data["subcenters"])))
             query_embeddings.append(embeddings)
-    return ranking.class_heads(query_embeddings, folds, gallery.class_names, gallery.ids, gallery.train_folds)
+    return class_heads(query_embeddings, folds, gallery.class_names, gallery.ids, gallery.train_folds)
 
 
 @dataclass(frozen=True)
@@ -230,7 +216,7 @@ def identify(args: argparse.Namespace) -> list[Answer]:
     runs = recorded_runs(gallery, args.runs)
     boxes = parse_boxes(args.box, len(args.photos))
     images = prepare_photos(args.photos, boxes, gallery)
-    per_run = embed_photos(images, runs, gallery.report["tta"] == "flip", args.batch_size)
+    per_run = embed_photos(images, runs, gallery.manifest.flip_tta, args.batch_size)
     queries = combine(per_run, gallery)
     check_finite(queries, args.photos, "the fold models")
     options = options_of(gallery)
@@ -242,9 +228,8 @@ def identify(args: argparse.Namespace) -> list[Answer]:
 
 def answers(args, gallery: Gallery, boxes, ranked: ranking.Ranked) -> list[Answer]:
     species_of = dict(zip(gallery.ids, gallery.species, strict=True))
-    threshold = gallery.report["threshold"]
-    per_species = {} if args.threshold is not None else threshold.get("per_species") or {}
-    default = args.threshold if args.threshold is not None else float(threshold["value"])
+    per_species = {} if args.threshold is not None else gallery.manifest.per_species_thresholds
+    default = args.threshold if args.threshold is not None else gallery.manifest.threshold
     results = []
     for photo, box, labels, scores in zip(args.photos, boxes, ranked.labels, ranked.scores, strict=True):
         used = per_species.get(species_of.get(labels[0]) if labels else None, default)

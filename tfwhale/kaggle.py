@@ -12,11 +12,13 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
+BUILD_SIZE = 512  # records built on Kaggle when the config leaves data.image_size to the records
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ def _walk(root: str, max_depth: int = 4):
 
 def find_records(root: str) -> str | None:
     """The first attached folder holding a finished build (manifest.json)."""
-    return next((folder for folder, files in _walk(root) if MANIFEST in files), None)
+    from tfwhale.contracts.records import MANIFEST_NAME
+
+    return next((folder for folder, names in _walk(root) if MANIFEST_NAME in names), None)
 
 
 def find_competition_data(root: str) -> str | None:
@@ -57,8 +61,11 @@ def find_competition_data(root: str) -> str | None:
 def find_runs(root: str) -> list[str]:
     """Attached tfwhale.train run folders (they hold fold*/run.json or full/run.json)."""
     found = []
-    for folder, files in _walk(root, max_depth=5):
-        if "run.json" in files and os.path.basename(folder).startswith(("fold", "full")):
+    from tfwhale.contracts.run_folder import FULL, RUN_JSON, val_fold_of
+
+    for folder, names in _walk(root, max_depth=5):
+        name = os.path.basename(folder)
+        if RUN_JSON in names and (name == FULL or val_fold_of(name) is not None):
             parent = os.path.dirname(folder)
             if parent not in found:
                 found.append(parent)
@@ -120,14 +127,17 @@ def _run(module_main, args: list[str], shown: str) -> None:
         raise SystemExit(f"{shown} failed with exit code {code}")
 
 
-def _build_records(data: str, out: str, size: int, extra: list[str]) -> str:
-    from tfrecords_builder import cli
+def _builder_main(args: list[str]) -> int:
+    """build-tfrecords as its own process: the builder imports tfwhale, so tfwhale does not import it."""
+    return subprocess.call([sys.executable, "-m", "tfrecords_builder", *args])
 
+
+def _build_records(data: str, out: str, size: int, extra: list[str]) -> str:
     boxes = os.path.join(data, "boxes.csv")
     args = ["--data", data, "--out", out, "--size", str(size), *extra]
     if os.path.exists(boxes) and "--boxes" not in extra:
         args += ["--boxes", boxes]
-    _run(cli.main, args, "build-tfrecords")
+    _run(_builder_main, args, "build-tfrecords")
     return out
 
 
@@ -160,7 +170,9 @@ def train_kernel() -> str:
 
     cfg_name = os.environ.get("TFWHALE_CONFIG", "effnet_b6_768")
     sets = _env_list("TFWHALE_SET")
-    records = attached_or_built_records(paths, lambda: config.load_config(cfg_name, sets).data.image_size)
+    records = attached_or_built_records(
+        paths, lambda: config.load_config(cfg_name, sets).data.image_size or BUILD_SIZE
+    )
     if tpu and os.environ["KERAS_BACKEND"] == "tensorflow" and records.startswith(paths.input):
         records = gcs_path(records)  # TPUStrategy workers read only gs://
     run_dir = os.path.join(paths.working, "runs", cfg_name)
@@ -173,10 +185,11 @@ def train_kernel() -> str:
 
 
 def _trained_image_size(run_dir: str) -> int:
+    from tfwhale.contracts.run_folder import RUN_JSON
     from tfwhale.core import files
 
     for name in sorted(os.listdir(run_dir)):
-        info = os.path.join(run_dir, name, "run.json")
+        info = os.path.join(run_dir, name, RUN_JSON)
         if os.path.exists(info):
             return int(files.read_json(info)["records"]["image_size"])
     raise SystemExit(f"{run_dir}: no finished fold (run.json)")

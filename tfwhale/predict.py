@@ -6,17 +6,30 @@ python -m tfwhale.predict --runs runs/b6 [runs/b7 ...] --records records/ --out 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from tfwhale.contracts.gallery_manifest import (
+    GalleryManifest,
+    GalleryRun,
+    remove_gallery_manifest,
+    write_gallery_manifest,
+)
 from tfwhale.contracts.records import Manifest, ManifestError, load_manifest
-from tfwhale.contracts.run_folder import Run, RunError, load_run
+from tfwhale.contracts.run_folder import CONFIG_NAME, Run, RunError, load_run
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, PredictConfig, load_config
 from tfwhale.inference import oof, report
-from tfwhale.inference.gallery import PredictEmbeddings, check_oof_files, embed_runs
+from tfwhale.inference.gallery import check_oof_files, embed_runs
+from tfwhale.inference.prediction import (
+    Prediction,
+    Settings,
+    out_of_fold,
+    rank_test,
+    species_by_individual,
+)
 from tfwhale.inference.submission import (
     EMBEDDINGS_NAME,
     SUBMISSION_NAME,
@@ -26,17 +39,8 @@ from tfwhale.inference.submission import (
     write_embeddings,
     write_submission,
 )
-from tfwhale.retrieval.ranking import (
-    PreparedGallery,
-    Ranked,
-    RankOptions,
-    class_heads,
-    predicted_species,
-    predictions_with_new,
-    prepare_gallery,
-    rank,
-)
-from tfwhale.retrieval.threshold import ThresholdResult, plot_threshold_curve
+from tfwhale.retrieval.ranking import RankOptions, predicted_species, predictions_with_new
+from tfwhale.retrieval.threshold import plot_threshold_curve
 
 logger = logging.getLogger("tfwhale.predict")
 
@@ -85,18 +89,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The flags, with defaults filled in from the first run's config (predict section)."""
-
-    flip: bool
-    batch: int
-    threshold: float | None  # None: tuned on OOF
-    options: RankOptions
-    new_share: float | None
-    per_species: bool
-
-
 def resolve_settings(args: argparse.Namespace, runs: Sequence[Run]) -> Settings:
     cfg = _run_predict_config(runs[0].run_dir)
     threshold = cfg.new_individual_threshold if args.threshold is None else _threshold(args.threshold)
@@ -125,7 +117,7 @@ def _threshold(text: str) -> float | None:
 
 
 def _run_predict_config(run_dir: str) -> PredictConfig:
-    path = files.join(run_dir, "config.yaml")
+    path = files.join(run_dir, CONFIG_NAME)
     if not files.exists(path):
         return PredictConfig()
     try:
@@ -149,73 +141,15 @@ def check_records(manifest: Manifest) -> None:
         raise ManifestError(f"{manifest.root}: no test records (built with --no-test?); predict needs them")
 
 
-@dataclass(frozen=True)
-class OOFOutcome:
-    predictions: oof.OOFPredictions
-    tuned: ThresholdResult
-    answers: list[list[str]]  # with new_individual, at the threshold(s) used for the test set
-
-
-def out_of_fold(emb: PredictEmbeddings, settings: Settings, class_names: list[str]) -> OOFOutcome | None:
-    """OOF predictions with the chosen options, the tuned threshold, the OOF answers at the threshold used."""
-    predictions = oof.oof_predictions(emb, settings.options, class_names)
-    if predictions is None:
-        if settings.threshold is None:
-            raise RunError(
-                "no out-of-fold queries (the runs share no fold{k} folder: only full/?), so the threshold "
-                "cannot be tuned; pass --threshold VALUE"
-            )
-        return None
-    common = {f"fold{k}" for k in oof.oof_folds(emb)}
-    for run in emb.runs:
-        left_out = sorted({f.model.name for f in run.folds if f.model.val_fold is not None} - common)
-        if left_out:
-            logger.warning("%s: %s give no OOF queries (not every run has them)", run.run.run_dir, left_out)
-    tuned = oof.tune(predictions, settings.new_share, settings.per_species)
-    used = tuned if settings.threshold is None else settings.threshold
-    species = predicted_species(predictions.ranked, species_by_individual(emb))
-    answers = predictions_with_new(predictions.ranked, used, species)
-    return OOFOutcome(predictions, tuned, answers)
-
-
-def species_by_individual(emb: PredictEmbeddings) -> dict[str, str]:
-    return dict(zip(emb.index.train_ids, emb.index.train_species, strict=True))
-
-
-def rank_test(emb: PredictEmbeddings, options: RankOptions, class_names: list[str]):
-    """(prepared gallery, ranked test queries): every fold model of every run takes part."""
-    gallery = prepare_gallery(emb.combined("train"), options)
-    heads = None
-    if options.blend:
-        folds = [f for r in emb.runs for f in r.folds]
-        index = emb.index
-        heads = class_heads([f.test for f in folds], folds, class_names, index.train_ids, index.train_folds)
-    return gallery, rank(emb.combined("test"), gallery, emb.index.train_ids, options, heads)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Everything predict worked out, before it is written."""
-
-    emb: PredictEmbeddings
-    settings: Settings
-    outcome: OOFOutcome | None
-    gallery: PreparedGallery
-    ranked: Ranked  # test queries, in emb.index.test_names order
-    answers: dict[str, list[str]]  # test image -> its 5 labels with new_individual
-    order: list[str]  # submission row order
-    solution: dict[str, str] | None
-
-
 def run(args: argparse.Namespace) -> dict:
     manifest = load_manifest(args.records)
     check_records(manifest)
     runs = load_runs(args, manifest)
     settings = resolve_settings(args, runs)
     files.makedirs(args.out)
-    files.remove(
-        files.join(args.out, report.REPORT_NAME)
-    )  # until it is rewritten, the outputs are unfinished
+    # until they are rewritten, the outputs are unfinished: identify and serve refuse the folder
+    remove_gallery_manifest(args.out)
+    files.remove(files.join(args.out, report.REPORT_NAME))
     need_centres = settings.options.blend > 0
     emb = embed_runs(runs, manifest, args.out, settings.batch, settings.flip, need_centres, args.recompute)
     check_oof_files(emb)
@@ -247,7 +181,35 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
     }
     body = report.build_report(args.out, args.solution, manifest, p, measure_variants(p, manifest), outputs)
     report.write_report(args.out, body)
+    write_gallery_manifest(args.out, gallery_manifest(args.out, manifest, p))
     return body
+
+
+def gallery_manifest(out_dir: str, manifest: Manifest, p: Prediction) -> GalleryManifest:
+    """What identify and the catalogue app need to answer new photos as predict answered the test set."""
+    threshold = p.settings.threshold
+    per_species = {}
+    if threshold is None:
+        threshold, per_species = p.outcome.tuned.threshold, dict(p.outcome.tuned.per_species)
+    runs = tuple(
+        GalleryRun(
+            r.run.run_dir, r.run.weight, r.dim, {f.model.name: f.model.run_json_sha256 for f in r.folds}
+        )
+        for r in p.emb.runs
+    )
+    return GalleryManifest(
+        runs=runs,
+        flip_tta=p.settings.flip,
+        options=dataclasses.asdict(p.settings.options),
+        threshold=float(threshold),
+        per_species_thresholds=per_species,
+        image_size=manifest.image_size,
+        crop=manifest.data.get("crop"),
+        records_root=manifest.root,
+        records_manifest_sha256=manifest.sha256,
+        embeddings_file=EMBEDDINGS_NAME,
+        embeddings_sha256=files.sha256(files.join(out_dir, EMBEDDINGS_NAME)),
+    )
 
 
 def measure_variants(p: Prediction, manifest: Manifest) -> list[dict]:

@@ -11,10 +11,11 @@ import sys
 
 import keras
 
+from tfwhale.contracts import run_folder
 from tfwhale.contracts.records import ManifestError, load_manifest
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, load_config, save_config
-from tfwhale.feed.data import check_image_size
+from tfwhale.feed.data import with_records_image_size
 from tfwhale.nets.model import BACKBONES
 from tfwhale.training.distribute import DeviceError, get_runtime, split_cpu
 from tfwhale.training.fold_trainer import TrainingError, plan_fold, train_fold
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             f"model.backbone={cfg.model.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}"
         )
     manifest = load_manifest(args.records)
-    check_image_size(manifest, cfg)  # before any device is set up
+    cfg = with_records_image_size(cfg, manifest)  # before any device is set up
     if args.cpu_devices > 1:
         split_cpu(args.cpu_devices)
     runtime = get_runtime(args.tpu, mirrored_cpu=args.cpu_devices > 1)
@@ -93,14 +94,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     precision = cfg.train.mixed_precision
     keras.mixed_precision.set_global_policy(runtime.precision_policy if precision == "auto" else precision)
     files.makedirs(args.out)
-    save_config(cfg, files.join(args.out, "config.yaml"))
+    save_config(cfg, files.join(args.out, run_folder.CONFIG_NAME))
     results = []
     for val_fold in selected_folds(args, manifest.n_folds):
         plan = plan_fold(cfg, manifest, val_fold, args.out, runtime)
-        done = files.join(plan.out_dir, "run.json")
-        if files.exists(done) and files.read_json(done).get("status") == "finished":
-            logger.info("%s already finished (%s); skipping", plan.name, done)
-            results.append(files.read_json(done))
+        if run_folder.is_finished(plan.out_dir):
+            logger.info("%s already finished (%s); skipping", plan.name, plan.out_dir)
+            results.append(files.read_json(files.join(plan.out_dir, run_folder.RUN_JSON)))
             continue
         logger.info("%s: %d steps/epoch, global batch %d", plan.name, plan.steps_per_epoch, plan.global_batch)
         results.append(train_fold(cfg, manifest, plan, runtime))

@@ -1,7 +1,7 @@
-"""Stage 3 (predict, identify): the trainer's run folders, found, checked against the records, loaded.
+"""The run-folder hand-off (train -> predict, identify): file names, fold naming, finished check, loading.
 
 A run folder (tfwhale.train) holds fold{k}/ and/or full/ sub-folders; a finished one has run.json
-(status "finished", the records it was trained on) and embedding.keras.
+(status "finished", the records it was trained on), written last, and embedding.keras.
 """
 
 from __future__ import annotations
@@ -21,6 +21,31 @@ logger = logging.getLogger(__name__)
 
 FULL = "full"
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
+
+# What a fold folder holds; the trainer writes these names and every reader takes them from here.
+RUN_JSON = "run.json"  # written last: its status "finished" says the folder is whole
+CONFIG_NAME = "config.yaml"
+EMBEDDING_MODEL = "embedding.keras"
+TRAIN_MODEL = "model.keras"
+OOF_NAME = "oof.npz"
+HISTORY_NAME = "history.csv"
+CURVE_NAME = "training_curve.png"
+
+
+def fold_dir_name(val_fold: int | None) -> str:
+    """fold{k} for the model that held fold k out, full for one trained on every fold."""
+    return FULL if val_fold is None else f"fold{val_fold}"
+
+
+def val_fold_of(name: str) -> int | None:
+    match = _FOLD_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def is_finished(fold_path: str) -> bool:
+    """True when the fold folder's run.json says it finished (it is written after every other file)."""
+    path = files.join(fold_path, RUN_JSON)
+    return files.exists(path) and files.read_json(path).get("status") == "finished"
 
 
 class RunError(ValueError):
@@ -76,22 +101,21 @@ def load_run(run_dir: str, manifest: Manifest, weight: float = 1.0) -> Run:
 
 def _load_fold(run_dir: str, name: str, manifest: Manifest) -> FoldModel:
     path = files.join(run_dir, name)
-    run_json = files.join(path, "run.json")
+    run_json = files.join(path, RUN_JSON)
     if not files.exists(run_json):
         raise RunError(f"{path}: not finished (no run.json); finish training it or remove the folder")
     text = files.read_text(run_json)
     info = json.loads(text)
     if info.get("status") != "finished":
         raise RunError(f"{run_json}: status {info.get('status')!r}, not 'finished'")
-    if not files.exists(files.join(path, "embedding.keras")):
+    if not files.exists(files.join(path, EMBEDDING_MODEL)):
         raise RunError(f"{path}: embedding.keras is missing; the fold cannot embed images")
     _check_records(run_json, info.get("records") or {}, manifest)
-    match = _FOLD_DIR.match(name)
-    val_fold = int(match.group(1)) if match else None
+    val_fold = val_fold_of(name)
     if val_fold is not None and info.get("val_fold") != val_fold:
         raise RunError(f"{run_json}: val_fold {info.get('val_fold')!r} but the folder is {name}")
-    sha = hashlib.sha256(text.encode()).hexdigest()
-    return FoldModel(run_dir, name, val_fold, sha, _config_embedding_dim(files.join(path, "config.yaml")))
+    sha = _sha256_text(text)
+    return FoldModel(run_dir, name, val_fold, sha, _config_embedding_dim(files.join(path, CONFIG_NAME)))
 
 
 def _check_records(run_json: str, records: dict, manifest: Manifest) -> None:
@@ -123,3 +147,22 @@ def _config_embedding_dim(path: str) -> int | None:
     data = yaml.safe_load(files.read_text(path)) or {}
     dim = (data.get("model") or {}).get("embedding_dim")
     return int(dim) if dim is not None else None
+
+
+def recorded_fold(run_dir: str, name: str, run_json_sha256: str, embedding_dim: int | None) -> FoldModel:
+    """The fold a gallery was made with, found again in run_dir: RunError unless run.json is the same."""
+    run_json = files.join(run_dir, name, RUN_JSON)
+    if not files.exists(run_json) or _sha256_text(files.read_text(run_json)) != run_json_sha256:
+        raise RunError(f"{run_json}: not the fold the gallery was made with")
+    return FoldModel(run_dir, name, val_fold_of(name), run_json_sha256, embedding_dim)
+
+
+def load_embedding_model(fold: FoldModel):
+    """The fold's embedding model (0-255 pixels -> L2-normalised embedding), custom objects registered."""
+    from tfwhale.nets.model import load_saved_model  # Keras loads only when a model is wanted
+
+    return load_saved_model(fold.file(EMBEDDING_MODEL))
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    image_size: int = 512  # must equal the records' image size (manifest.json)
+    image_size: int | None = None  # None: the records' size (manifest.json); set, it must equal it
     batch_size: int = 32  # per replica; global batch = batch_size x replicas
     shuffle_buffer: int = 2048
     cache: bool = False  # keep the encoded records of the training folds in memory after the first pass
@@ -68,7 +68,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Mirrors tfwhale.nets.model.build_models; n_classes / n_species / image_size come from the manifest."""
+    """The model settings, and the one source of their defaults (nets.model.build_models takes this)."""
 
     backbone: str = "EfficientNetB0"
     weights: str | None = "imagenet"
@@ -295,10 +295,13 @@ def validate(cfg: Config) -> None:
         problems.append("augment.crop_scale and augment.erasing_area are area fractions, at most 1")
     if not 0 <= a.hue <= 0.5:
         problems.append(f"augment.hue={a.hue} must be in [0, 0.5]")
-    counts = ("image_size", "batch_size", "ids_per_batch", "photos_per_id", "pk_min_photos")
-    for name, value in [(f"data.{k}", getattr(d, k)) for k in counts] + [
-        (f"train.{k}", getattr(cfg.train, k)) for k in ("epochs", "accumulate_steps", "val_every")
-    ]:
+    counts = ("batch_size", "ids_per_batch", "photos_per_id", "pk_min_photos")
+    sizes = [("data.image_size", d.image_size)] if d.image_size is not None else []
+    for name, value in (
+        sizes
+        + [(f"data.{k}", getattr(d, k)) for k in counts]
+        + [(f"train.{k}", getattr(cfg.train, k)) for k in ("epochs", "accumulate_steps", "val_every")]
+    ):
         if value < 1:
             problems.append(f"{name}={value} must be at least 1")
     if uses_pk_sampler(cfg) and d.batch_size != d.ids_per_batch * d.photos_per_id:

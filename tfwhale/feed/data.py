@@ -5,8 +5,9 @@ Training (and validation-loss) batches have static shapes and no strings, so the
     (inputs, labels) = ({"image": uint8 [B, S, S, 3] (0..255), "label": int32 [B]},
                         {"label": int32 [B], "species_label": int32 [B]})
 
-The trainer maps `labels` onto its model's output names (fold.to_targets); B is the global batch
-(all replicas, all accumulated micro-batches).
+The trainer maps `labels` onto its model's output names (fold_trainer.to_targets). B is the batch each step
+receives: the global batch (all replicas, all micro-batches, which the train step splits) or, under
+JAX accumulation, one micro-batch of it.
 
 Evaluation passes are ordered, unaugmented and keep every example: the last batch is padded to a
 full static batch and callers keep the first `count` rows (`embed` does this for you).
@@ -14,6 +15,7 @@ full static batch and callers keep the first `count` rows (`embed` does this for
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, NamedTuple
 
@@ -36,12 +38,21 @@ _TRAIN_CYCLE = 16
 _PK_STREAM, _AUGMENT_STREAM = 0, 1
 
 
-def check_image_size(manifest: Manifest, cfg: Config) -> None:
+def with_records_image_size(cfg: Config, manifest: Manifest) -> Config:
+    """cfg with data.image_size taken from the records when unset; ConfigError when set to another size."""
+    if cfg.data.image_size is None:
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=manifest.image_size))
     if cfg.data.image_size != manifest.image_size:
         raise ConfigError(
             f"config data.image_size={cfg.data.image_size} but the records in {manifest.root} are "
-            f"{manifest.image_size} px; set data.image_size={manifest.image_size} or rebuild the records"
+            f"{manifest.image_size} px; drop data.image_size (the records' size is used), set it to "
+            f"{manifest.image_size}, or rebuild the records"
         )
+    return cfg
+
+
+def _image_size(cfg: Config, manifest: Manifest) -> int:
+    return with_records_image_size(cfg, manifest).data.image_size
 
 
 def shard_paths(manifest: Manifest, split: str, folds: list[int] | None) -> list[str]:
@@ -164,9 +175,8 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """Endless augmented training batches of `global_batch` examples from the shards of `folds`
     (see the module doc for their structure)."""
-    check_image_size(manifest, cfg)
     paths = shard_paths(manifest, "train", folds)
-    size, augment = cfg.data.image_size, cfg.augment
+    size, augment = _image_size(cfg, manifest), cfg.augment
     if uses_pk_sampler(cfg):
         group = cfg.data.ids_per_batch * cfg.data.photos_per_id
         if global_batch % group:
@@ -193,9 +203,8 @@ def train_dataset(
 def val_loss_dataset(manifest: Manifest, folds: list[int], cfg: Config, global_batch: int) -> tf.data.Dataset:
     """Unaugmented batches shaped like train_dataset's, for Keras' validation loss: a fixed order,
     full batches only (at least one: a fold smaller than a batch is repeated to fill it)."""
-    check_image_size(manifest, cfg)
     paths = shard_paths(manifest, "train", folds)
-    size = cfg.data.image_size
+    size = _image_size(cfg, manifest)
 
     def prepare(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         example = _training_fields(serialized)

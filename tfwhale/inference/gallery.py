@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from tfwhale.contracts import run_folder
 from tfwhale.contracts.records import Manifest
 from tfwhale.contracts.run_folder import FoldModel, Run, RunError
 from tfwhale.core import files
@@ -143,7 +144,7 @@ def embed_fold(
     from tfwhale.feed.data import embed
 
     logger.info("embedding the records with %s%s", fold.path, " (+ flip TTA)" if flip else "")
-    model = load_saved_model(fold.file("embedding.keras"))
+    model = load_saved_model(fold.file(run_folder.EMBEDDING_MODEL))
     parts = [_embed_tta(embed, model, manifest, "train", [f], batch, flip) for f in range(manifest.n_folds)]
     test = _embed_tta(embed, model, manifest, "test", None, batch, flip)
     index = RecordsIndex(
@@ -156,8 +157,8 @@ def embed_fold(
     train = np.concatenate([p[0] for p in parts])
     del model
     keras.backend.clear_session(free_memory=True)  # one fold model at a time in memory, however many runs
-    check_finite(train, index.train_names, fold.file("embedding.keras"))
-    check_finite(test[0], index.test_names, fold.file("embedding.keras"))
+    check_finite(train, index.train_names, fold.file(run_folder.EMBEDDING_MODEL))
+    check_finite(test[0], index.test_names, fold.file(run_folder.EMBEDDING_MODEL))
     centres, subcenters = load_centres(fold, len(manifest.individuals)) if need_centres else (None, 1)
     return FoldEmbeddings(fold, train, test[0], centres, subcenters), index
 
@@ -195,7 +196,7 @@ def check_finite(embeddings: np.ndarray, names: Sequence[str], source: str) -> N
 
 def load_centres(fold: FoldModel, n_classes: int) -> tuple[np.ndarray, int]:
     """The ArcFace class centres of a fold's training model, L2-normalised: ([D, C * k], k)."""
-    path = fold.file("model.keras")
+    path = fold.file(run_folder.TRAIN_MODEL)
     if not files.exists(path):
         raise RunError(f"{fold.path}: model.keras is missing; the logits blend needs the training model")
     model = load_saved_model(path)
@@ -290,7 +291,7 @@ def check_oof_files(emb: PredictEmbeddings) -> None:
     index = emb.index
     for run in emb.runs:
         for fold in run.folds:
-            path = fold.model.file("oof.npz")
+            path = fold.model.file(run_folder.OOF_NAME)
             if fold.model.val_fold is None or not files.exists(path):
                 continue
             saved = set(np.load(io.BytesIO(files.read_bytes(path)))["image_names"].tolist())

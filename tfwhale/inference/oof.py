@@ -1,8 +1,8 @@
 """Stage 3 (predict): out-of-fold predictions, to tune the new_individual threshold and measure options.
 
 Fold k's model embeds fold k's records (the queries) and the other folds' (their gallery), exactly as
-the trainer validated; an individual absent from the other folds counts as new_individual there. The
-queries are ranked by tfwhale.retrieval.ranking, the same path the test queries take.
+the trainer validated (both through retrieval.scoring); an individual absent from the other folds counts
+as new_individual there. Test queries are ranked by the same retrieval.ranking.rank.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tfwhale.contracts.run_folder import fold_dir_name
+from tfwhale.inference.class_heads import class_heads
 from tfwhale.inference.gallery import PredictEmbeddings, concat_runs
-from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions, class_heads, prepare_gallery, rank
+from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions
+from tfwhale.retrieval.scoring import rank_out_of_fold
 from tfwhale.retrieval.threshold import ThresholdResult, tune_threshold
-from tfwhale.training.validate import oof_truths
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def oof_predictions(
     index = emb.index
     labels, scores, truths, species, names, val_folds = [], [], [], [], [], []
     for k in oof_folds(emb):
-        folds = [r.fold(f"fold{k}") for r in emb.runs]
+        folds = [r.fold(fold_dir_name(k)) for r in emb.runs]
         combined = concat_runs([f.train for f in folds], emb.weights)
         is_query = index.train_folds == k
         if is_query.all() or not is_query.any():
@@ -57,12 +59,13 @@ def oof_predictions(
         heads = None
         if options.blend:
             heads = _heads([f.train[is_query] for f in folds], folds, emb, class_names)
-        gallery = prepare_gallery(combined[~is_query], options)
-        ranked = rank(combined[is_query], gallery, gallery_ids, options, heads)
         query_ids = [i for i, q in zip(index.train_ids, is_query, strict=True) if q]
+        ranked, fold_truths = rank_out_of_fold(
+            combined[is_query], query_ids, combined[~is_query], gallery_ids.tolist(), options, heads
+        )
         labels += ranked.labels
         scores += ranked.scores
-        truths += oof_truths(query_ids, gallery_ids.tolist())
+        truths += fold_truths
         species += [s for s, q in zip(index.train_species, is_query, strict=True) if q]
         names += [n for n, q in zip(index.train_names, is_query, strict=True) if q]
         val_folds += [k] * len(query_ids)

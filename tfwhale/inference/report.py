@@ -6,7 +6,6 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,11 +13,9 @@ from tfwhale.contracts import records
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
 from tfwhale.core.metrics import average_precision_at_k, map_at_k
+from tfwhale.inference.gallery import PredictEmbeddings, RunEmbeddings
+from tfwhale.inference.prediction import OOFOutcome, Prediction, Settings
 from tfwhale.retrieval.threshold import NEW
-
-if TYPE_CHECKING:  # predict imports this module
-    from tfwhale.inference.gallery import PredictEmbeddings, RunEmbeddings
-    from tfwhale.predict import OOFOutcome, Prediction, Settings
 
 logger = logging.getLogger(__name__)
 

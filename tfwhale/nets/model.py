@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 import keras
 
 from tfwhale.core import files
+from tfwhale.core.config import ModelConfig
 from tfwhale.nets.layers import ArcMarginProduct, GeMPooling, L2Normalize
 
 logger = logging.getLogger(__name__)
@@ -166,44 +168,42 @@ def embedding_model_from(training_model: keras.Model) -> keras.Model:
 
 
 def build_models(
+    config: ModelConfig | None = None,
     *,
-    backbone: str = "EfficientNetB0",
-    image_size: int = 256,
-    weights: str | None = None,
+    image_size: int,
     n_classes: int,
     n_species: int = 0,
-    embedding_dim: int = 512,
-    pooling: str = "gem",
-    gem_p: float = 3.0,
-    gem_trainable: bool = False,
-    dropout: float = 0.2,
-    head: str = "arcface",
-    arc_s: float = 30.0,
-    arc_m: float = 0.3,
-    easy_margin: bool = False,
-    ls_eps: float = 0.0,
-    subcenters: int = 1,
     dynamic_margins: Sequence[float] | None = None,
-    species_head: bool = False,
+    **changes,
 ) -> tuple[keras.Model, keras.Model]:
     """(training_model, embedding_model) sharing all layers; see the module docstring for inputs/outputs.
 
     `dynamic_margins` (one margin per class, see tfwhale.nets.layers.dynamic_margins) overrides `arc_m`.
     Build under `keras.mixed_precision.set_global_policy("mixed_bfloat16")` for bf16 compute; heads and
-    embedding stay float32.
+    embedding stay float32. Settings come from `config` (ModelConfig: the one source of defaults), with
+    `changes` (ModelConfig field names) applied on top.
     """
-    _check_choices(head, pooling, n_classes, n_species, species_head)
+    try:
+        m = dataclasses.replace(config or ModelConfig(), **changes)
+    except TypeError as err:
+        raise ValueError(f"build_models: {err}") from None
+    _check_choices(m.head, m.pooling, n_classes, n_species, m.species_head)
+    return _assemble(m, image_size, n_classes, n_species, dynamic_margins)
+
+
+def _assemble(m: ModelConfig, image_size: int, n_classes: int, n_species: int, margins) -> tuple:
+    backbone, pooling, head = m.backbone, m.pooling, m.head
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     label = keras.Input(shape=(), dtype="int32", name="label")
 
-    features = build_backbone(backbone, image_size, weights)(image)
+    features = build_backbone(backbone, image_size, m.weights)(image)
     if pooling == "gem":
-        pooled = GeMPooling(p=gem_p, trainable_p=gem_trainable, name="gem_pool")(features)
+        pooled = GeMPooling(p=m.gem_p, trainable_p=m.gem_trainable, name="gem_pool")(features)
     else:
         pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    if dropout > 0:
-        pooled = keras.layers.Dropout(dropout, name="dropout")(pooled)
-    neck = keras.layers.Dense(embedding_dim, name="neck_dense")(pooled)
+    if m.dropout > 0:
+        pooled = keras.layers.Dropout(m.dropout, name="dropout")(pooled)
+    neck = keras.layers.Dense(m.embedding_dim, name="neck_dense")(pooled)
     neck = keras.layers.BatchNormalization(name="neck_bn")(neck)
     embedding = L2Normalize(name="embedding", dtype="float32")(neck)
 
@@ -211,12 +211,12 @@ def build_models(
     if head == "arcface":
         arcface = ArcMarginProduct(
             n_classes,
-            s=arc_s,
-            m=arc_m,
-            easy_margin=easy_margin,
-            ls_eps=ls_eps,
-            k=subcenters,
-            margins=dynamic_margins,
+            s=m.arc_s,
+            m=m.arc_m,
+            easy_margin=m.easy_margin,
+            ls_eps=m.ls_eps,
+            k=m.subcenters,
+            margins=margins,
             name="arcface",
         )
         outputs["arcface"] = arcface([neck, label])
@@ -224,7 +224,7 @@ def build_models(
         outputs["embedding"] = embedding
     if head in ("softmax", "triplet_softmax"):
         outputs["softmax"] = keras.layers.Dense(n_classes, name="softmax", dtype="float32")(neck)
-    if species_head:
+    if m.species_head:
         outputs["species"] = keras.layers.Dense(n_species, name="species", dtype="float32")(neck)
 
     training_model = keras.Model({"image": image, "label": label}, outputs, name="tfwhale_train")
@@ -235,7 +235,7 @@ def build_models(
         image_size,
         pooling,
         head,
-        " + species" if species_head else "",
+        " + species" if m.species_head else "",
         training_model.count_params(),
     )
     return training_model, embedding_model
@@ -254,7 +254,8 @@ def _check_choices(head: str, pooling: str, n_classes: int, n_species: int, spec
 
 def load_saved_model(path: str, compile: bool = False) -> keras.Model:  # noqa: A002 - keras' own name
     """Load a `.keras` file the trainer wrote (local or gs://), with tfwhale's custom objects registered."""
-    from tfwhale.training import schedules  # noqa: F401 - importing registers their classes
+    # compile=False needs only the model's own classes; the optimizer's schedule is not rebuilt
+    from tfwhale.nets import accumulate, losses  # noqa: F401 - importing registers their classes
 
     with files.local_copy(path) as local:
         return keras.models.load_model(local, compile=compile)

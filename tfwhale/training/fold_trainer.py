@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfwhale.contracts import run_folder
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
 from tfwhale.core.config import Config, save_config
@@ -55,7 +56,7 @@ def plan_fold(
     global_batch = cfg.data.batch_size * runtime.replicas * accumulate
     n_train = manifest.count("train", train_folds)
     steps = cfg.train.steps_per_epoch or max(1, n_train // global_batch)
-    name = "full" if val_fold is None else f"fold{val_fold}"
+    name = run_folder.fold_dir_name(val_fold)
     if runtime.backend == "jax" and accumulate > 1:
         # JAX accumulates inside the optimizer (accumulate.py): fit feeds micro-batches, one per call.
         data_batch, fit_steps = global_batch // accumulate, steps * accumulate
@@ -74,11 +75,8 @@ def build_compiled(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Run
         margins = dynamic_margins(manifest.photo_counts, a=m.margin_a, lam=m.margin_lambda, b=m.margin_b)
     with runtime.scope():
         train_model, embedding_model = build_models(
-            backbone=m.backbone, image_size=manifest.image_size, weights=m.weights,
-            n_classes=len(manifest.individuals), n_species=len(manifest.species),
-            embedding_dim=m.embedding_dim, pooling=m.pooling, gem_p=m.gem_p, gem_trainable=m.gem_trainable,
-            dropout=m.dropout, head=m.head, arc_s=m.arc_s, arc_m=m.arc_m, easy_margin=m.easy_margin,
-            ls_eps=m.ls_eps, subcenters=m.subcenters, dynamic_margins=margins, species_head=m.species_head,
+            m, image_size=manifest.image_size, n_classes=len(manifest.individuals),
+            n_species=len(manifest.species), dynamic_margins=margins,
         )  # fmt: skip
         model = with_accumulation(train_model, cfg.train.accumulate_steps)
         model.compile(
@@ -170,7 +168,7 @@ class FoldMonitor(keras.callbacks.Callback):
                     self._keep_best(epoch + 1, metrics, oof)
         row["seconds"] = round(time.time() - self._epoch_start, 2)
         self.history.append(row)
-        run_record.write_history(files.join(self.plan.out_dir, run_record.HISTORY_NAME), self.history)
+        run_record.write_history(files.join(self.plan.out_dir, run_folder.HISTORY_NAME), self.history)
         state = {"history": self.history, "best": self.best}
         checkpoint.save_checkpoint(self.model, files.join(self.plan.out_dir, "ckpt"), epoch + 1, state)
         logger.info("%s epoch %d: %s", self.plan.name, epoch + 1, _brief(row))
@@ -196,7 +194,7 @@ class FoldMonitor(keras.callbacks.Callback):
         checkpoint.save_weights(self.train_model, files.join(out, "best.weights.h5"))
         buffer = io.BytesIO()
         np.savez(buffer, epoch=epoch, **oof)
-        files.write_bytes(files.join(out, "oof.npz"), buffer.getvalue())
+        files.write_bytes(files.join(out, run_folder.OOF_NAME), buffer.getvalue())
         self.best = {"epoch": epoch, **metrics}
 
 
@@ -208,7 +206,7 @@ def _brief(row: dict[str, Any]) -> str:
 def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime) -> dict[str, Any]:
     """Train (or resume) one fold and write its artefacts; returns its run.json content."""
     files.makedirs(plan.out_dir)
-    save_config(cfg, files.join(plan.out_dir, "config.yaml"))
+    save_config(cfg, files.join(plan.out_dir, run_folder.CONFIG_NAME))
     model, train_model, embedding_model = build_compiled(cfg, manifest, plan, runtime)
     state = checkpoint.load_checkpoint(model, files.join(plan.out_dir, "ckpt")) or {}
     ema_swap = keras.callbacks.SwapEMAWeights() if cfg.train.ema_momentum else None
@@ -246,8 +244,8 @@ def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: flo
         checkpoint.load_weights(monitor.train_model, files.join(out, "best.weights.h5"))
     else:  # no validation (--full): the last weights are the ones to keep
         checkpoint.save_weights(monitor.train_model, files.join(out, "best.weights.h5"))
-    _save_model(monitor.train_model, files.join(out, "model.keras"))
-    _save_model(monitor.embedding_model, files.join(out, "embedding.keras"))
+    _save_model(monitor.train_model, files.join(out, run_folder.TRAIN_MODEL))
+    _save_model(monitor.embedding_model, files.join(out, run_folder.EMBEDDING_MODEL))
     info = {
         "status": "finished",
         "fold": plan.name, "val_fold": plan.val_fold, "train_folds": plan.train_folds,
@@ -262,8 +260,8 @@ def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: flo
                     "image_size": manifest.image_size},
         "versions": run_record.library_versions(),
     }  # fmt: skip
-    run_record.plot_curve(files.join(out, run_record.CURVE_NAME), monitor.history, f"{plan.name}")
-    files.write_json(files.join(out, run_record.RUN_JSON), info)
+    run_record.plot_curve(files.join(out, run_folder.CURVE_NAME), monitor.history, f"{plan.name}")
+    files.write_json(files.join(out, run_folder.RUN_JSON), info)
     return info
 
 

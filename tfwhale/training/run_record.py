@@ -9,10 +9,6 @@ from typing import Any
 
 from tfwhale.core import files
 
-HISTORY_NAME = "history.csv"
-RUN_JSON = "run.json"
-CURVE_NAME = "training_curve.png"
-
 
 def library_versions() -> dict[str, str]:
     import keras

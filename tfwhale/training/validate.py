@@ -10,28 +10,20 @@ import numpy as np
 from tfwhale.contracts.records import NEW_INDIVIDUAL, Manifest
 from tfwhale.core.metrics import map_at_k
 from tfwhale.feed.data import embed
-from tfwhale.retrieval import knn, threshold
-
-
-def oof_truths(query_ids: list[str], gallery_ids: list[str]) -> list[str]:
-    """A val individual never seen in the train folds is, for scoring, a new individual."""
-    known = set(gallery_ids)
-    return [i if i in known else NEW_INDIVIDUAL for i in query_ids]
+from tfwhale.retrieval import threshold
+from tfwhale.retrieval.scoring import rank_out_of_fold
 
 
 def score_queries(
     query_emb: np.ndarray, query_ids: list[str], gallery_emb: np.ndarray, gallery_ids: list[str]
 ) -> dict[str, Any]:
     """MAP@5 of queries against a gallery, with the new_individual threshold tuned on these queries."""
-    truths = oof_truths(query_ids, gallery_ids)
-    k = min(50, len(gallery_ids))
-    sims, idx = knn.search(query_emb, gallery_emb, k=k)
-    labels, scores = knn.top_individuals(sims, idx, np.asarray(gallery_ids), n=5)
-    tuned = threshold.tune_threshold(labels, scores, truths)
+    ranked, truths = rank_out_of_fold(query_emb, query_ids, gallery_emb, gallery_ids)
+    tuned = threshold.tune_threshold(ranked.labels, ranked.scores, truths)
     return {
         "val_map5": float(tuned.best_map),
         "val_threshold": float(tuned.threshold),
-        "val_map5_without_new": float(map_at_k(truths, labels)),
+        "val_map5_without_new": float(map_at_k(truths, ranked.labels)),
         "val_new_share": float(np.mean([t == NEW_INDIVIDUAL for t in truths])),
     }
 

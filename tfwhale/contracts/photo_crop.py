@@ -1,0 +1,186 @@
+"""The crop-and-resize contract shared by build-tfrecords and identify: photo bytes + box -> RGB JPEG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tfwhale.contracts.crop_box import Box, crop_region
+
+RESIZE_MODES = ("square", "letterbox")
+
+
+# Alpha is composited onto, and letterbox bars are filled with, mid grey: it reads as "no content" to a
+# network trained on natural photos, where black or white would look like a strong edge.
+NEUTRAL_GREY = (128, 128, 128)
+
+
+DCT_SCALES = (8, 4, 2)
+
+
+# Bump when the pixels this module produces change for the same settings: finished shards of an older
+# version then no longer match the build plan and are not reused.
+IMAGING_VERSION = 2
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+_SWAPS_AXES = {5, 6, 7, 8}
+
+
+class ImageError(ValueError):
+    """One image that cannot be read or decoded; the writer turns it into a Reject, the build goes on."""
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How every image of a build is cropped, resized and encoded."""
+
+    size: int
+    enlarge: float = 1.2
+    resize_mode: str = "square"
+    quality: int = 90
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What happened to one image: its displayed size, the DCT scale used and any box fallback."""
+
+    width: int
+    height: int
+    draft_scale: int
+    no_box: bool
+    fallback: str | None
+
+
+def choose_draft_scale(crop_width: float, crop_height: float, size: int, resize_mode: str) -> int:
+    """The largest JPEG DCT downscale (8, 4, 2 or 1) that leaves the crop at least `size` where it matters.
+
+    A square stretch needs both crop sides >= size; a letterbox only the longer side (the shorter one is
+    shrunk by the same factor, so it keeps enough pixels too). Decoding at 1/s skips most of the inverse-DCT
+    and colour work (entropy decoding stays) and leaves s^2 times fewer pixels to resample.
+    """
+    needed = min(crop_width, crop_height) if resize_mode == "square" else max(crop_width, crop_height)
+    for scale in DCT_SCALES:
+        if needed / scale >= size:
+            return scale
+    return 1
+
+
+def process_image(data: bytes, box: Box | None, settings: ImageSettings) -> tuple[bytes, ImageInfo]:
+    """Decode, orient, crop to the enlarged box, convert to RGB, resize to size x size, encode as JPEG.
+
+    Boxes are in the coordinates of the image as displayed, i.e. after its EXIF orientation is applied:
+    the Kaggle Detic and YOLOv5 boxes were computed on images loaded with OpenCV, whose imread applies
+    EXIF orientation. So the crop is computed in displayed coordinates and taken after the rotation.
+    Raises ImageError for anything that is not a decodable image.
+    """
+    if settings.resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {settings.resize_mode!r}")
+    image = _open(data)
+    width, height, orientation = _displayed_size(image)
+    region, fallback = crop_region(box, width, height, settings.enlarge)
+    left, top, right, bottom = region
+    scale = choose_draft_scale(right - left, bottom - top, settings.size, settings.resize_mode)
+    image = _decode(image, scale, orientation)
+    # The decoded size is ceil(original / scale): scale the region by the exact ratio, not 1 / scale.
+    ratio_x, ratio_y = image.width / width, image.height / height
+    scaled_region = (left * ratio_x, top * ratio_y, right * ratio_x, bottom * ratio_y)
+    try:
+        rgb = to_rgb(image)
+    except (ValueError, OSError) as error:
+        raise ImageError(f"cannot convert image mode {image.mode} to RGB: {error}") from error
+    output = _resize(rgb, scaled_region, settings)
+    # Only JPEG honours draft: report the scale the decoder actually used.
+    used_scale = max(1, round(width / image.width))
+    info = ImageInfo(width, height, draft_scale=used_scale, no_box=box is None, fallback=fallback)
+    return encode_jpeg(output, settings.quality), info
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        image = Image.open(BytesIO(data))
+    except UnidentifiedImageError as error:
+        what = f"it starts with {data[:12]!r}" if data else "it is empty"
+        raise ImageError(f"cannot decode image: not an image format PIL reads ({what})") from error
+    except Exception as error:  # PIL signals bad data with many exception types
+        raise ImageError(f"cannot decode image: {error}") from error
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"cannot decode image: empty image ({image.width}x{image.height})")
+    return image
+
+
+def _displayed_size(image: Image.Image) -> tuple[int, int, int]:
+    """Width and height after EXIF orientation, and the orientation tag itself (1 = as stored)."""
+    try:
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block should not cost the photo: treat it as upright
+        orientation = 1
+    if orientation in _SWAPS_AXES:
+        return image.height, image.width, orientation
+    return image.width, image.height, orientation
+
+
+def _decode(image: Image.Image, scale: int, orientation: int) -> Image.Image:
+    """Decode at 1/scale (JPEG only; other formats ignore draft) and apply the EXIF orientation."""
+    if scale > 1:
+        image.draft("RGB", (max(1, image.width // scale), max(1, image.height // scale)))
+    try:
+        image.load()
+    except Exception as error:  # truncated or corrupt data surfaces here, with many exception types
+        raise ImageError(f"cannot decode image: {error}") from error
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16-bit rescaled (not clipped), alpha put on grey, CMYK converted."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith(("I", "F")):
+        return _high_depth_to_rgb(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*NEUTRAL_GREY, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit int / float) greyscale -> 8 bit; PIL's own convert would clip at 255."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+        pixels = pixels / 257.0
+    grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
+def _resize(image: Image.Image, region: tuple[float, float, float, float], settings: ImageSettings):
+    """Crop `region` and resize it in one resampling pass (PIL's box argument keeps subpixel accuracy).
+
+    Bilinear: PIL's resize antialiases every filter, and after the DCT downscale the remaining factor is
+    under 2, where bicubic looks no different to a CNN but costs 60% more (4 ms of ~36 ms an image).
+    """
+    size = settings.size
+    left, top, right, bottom = region
+    if settings.resize_mode == "square":
+        return image.resize((size, size), Image.Resampling.BILINEAR, box=region, reducing_gap=3.0)
+    shrink = size / max(right - left, bottom - top)
+    inner = (max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink)))
+    content = image.resize(inner, Image.Resampling.BILINEAR, box=region, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), NEUTRAL_GREY)
+    canvas.paste(content, ((size - inner[0]) // 2, (size - inner[1]) // 2))
+    return canvas
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
