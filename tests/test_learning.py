@@ -4,10 +4,11 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tfrecords_builder import cli as build_cli
-from tfwhale import train
+from tfwhale import predict, train
 from tfwhale.contracts import records
 from tfwhale.feed.data import embed
 from tfwhale.nets.model import load_saved_model
@@ -28,7 +29,8 @@ def trained(tmp_path_factory) -> dict:
         info = json.load(f)
     with open(os.path.join(run, "fold0", "ckpt", "state.json")) as f:
         history = json.load(f)["history"]
-    return {"rec": rec, "fold": os.path.join(run, "fold0"), "info": info, "history": history}
+    return {"rec": rec, "run": run, "data": data, "fold": os.path.join(run, "fold0"), "info": info,
+            "history": history}  # fmt: skip
 
 
 def test_loss_falls(trained):
@@ -58,3 +60,20 @@ def test_same_individual_embeddings_are_closer(trained):
     other_mean = sims[~same].mean()
     # Untrained, both means sit near the same value; trained, photos of one animal pull together.
     assert same_mean > other_mean + 0.1, (same_mean, other_mean)
+
+
+def test_predict_beats_answering_new_individual_first(trained, tmp_path):
+    """Every training individual has 8+ photos, so out of fold nearly none is new; the test set holds
+    animals never seen. The threshold tuned on simulated new individuals must still say new_individual."""
+    out = str(tmp_path / "predict")
+    solution = os.path.join(trained["data"], "test_solution.csv")
+    argv = ["--runs", trained["run"], "--records", trained["rec"], "--out", out, "--solution", solution]
+    assert predict.main([*argv, "--examples", "0"]) == 0
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    test, threshold = report["test"], report["threshold"]
+    truths = pd.read_csv(solution)["individual_id"]
+    floor = float((truths == records.NEW_INDIVIDUAL).mean())  # MAP@5 of answering new_individual first
+    assert threshold["oof_new_simulated"] > 0 and threshold["oof_new"] >= threshold["oof_new_simulated"]
+    assert test["map5_new"] > 0.5, test  # new animals are mostly answered new_individual first
+    assert test["map5"] > floor + 0.1, (test, floor)

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
@@ -24,6 +26,7 @@ def test_readme_opens_with_the_two_commands():
         assert "python3 dev.py test" in f.read()
 
 
+@pytest.mark.slow  # ~2 minutes alone, more under load: the step-by-step path, which the demo test also runs
 def test_readme_commands_run_as_shown(tmp_path):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     for command in readme_commands():

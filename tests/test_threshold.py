@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tfwhale.core.metrics import map_at_k
+from tfwhale.inference.threshold_plot import plot_threshold_curve
 from tfwhale.retrieval import threshold as th
 
 NEW = th.NEW
@@ -165,7 +166,7 @@ def test_plot_threshold_curve_writes_png(tmp_path):
     labels, scores, truths = pair_of_queries(n_known=1, n_new=1)
     result = th.tune_threshold(labels, scores, truths, grid=GRID_TENTHS, new_share=0.1)
     path = str(tmp_path / "threshold.png")
-    th.plot_threshold_curve(result, path)
+    plot_threshold_curve(result, path, used=0.55)
     data = (tmp_path / "threshold.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["threshold.png"]  # no temp file left behind

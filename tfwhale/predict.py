@@ -21,6 +21,7 @@ from tfwhale.contracts.records import Manifest, ManifestError, load_manifest
 from tfwhale.contracts.run_folder import CONFIG_NAME, Run, RunError, load_run
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, PredictConfig, load_config
+from tfwhale.core.metrics import map_at_k
 from tfwhale.inference import oof, report
 from tfwhale.inference.gallery import check_oof_files, embed_runs
 from tfwhale.inference.prediction import (
@@ -39,8 +40,8 @@ from tfwhale.inference.submission import (
     write_embeddings,
     write_submission,
 )
+from tfwhale.inference.threshold_plot import plot_threshold_curve
 from tfwhale.retrieval.ranking import RankOptions, predicted_species, predictions_with_new
-from tfwhale.retrieval.threshold import plot_threshold_curve
 
 logger = logging.getLogger("tfwhale.predict")
 
@@ -75,7 +76,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--threshold", help="new_individual threshold: auto (tuned on OOF, default) or a value")
     add("--knn", choices=("exact", "sklearn", "faiss"), default="exact", help="kNN backend (exact)")
     add("--k", type=int, help="neighbours searched per query (default: run config, 50)")
-    add("--new-share", type=float, help="expected share of new individuals in the test set (e.g. 0.1)")
+    add(
+        "--new-share",
+        type=float,
+        metavar="F",
+        help="expected share of new individuals among the photos to identify; that share of the OOF "
+        "queries is made new (their individual left out of the gallery) to tune the threshold "
+        "(default: run config predict.new_share, 0.2; 0: only the really new ones)",
+    )
+    add(
+        "--no-calibrate",
+        action="store_true",
+        help="use the OOF-tuned threshold as is on the fold-averaged test similarities",
+    )
     add("--per-species", action="store_true", help="also tune one threshold per species")
     add("--blend", type=float, default=0.0, metavar="W", help="weight of ArcFace cosines (0.5: 1st place)")
     add("--dba", type=int, default=0, metavar="K", help="database-side augmentation over K neighbours")
@@ -96,15 +109,19 @@ def resolve_settings(args: argparse.Namespace, runs: Sequence[Run]) -> Settings:
     batch = cfg.batch_size if args.batch_size is None else args.batch_size
     if k < 1 or batch < 1 or args.dba < 0 or args.qe < 0 or not 0 <= args.blend <= 1:
         raise PredictError("--k and --batch-size must be >= 1, --dba/--qe >= 0, --blend in [0, 1]")
-    if args.new_share is not None and not 0 <= args.new_share <= 1:
-        raise PredictError(f"--new-share must be in [0, 1], got {args.new_share}")
+    new_share = cfg.new_share if args.new_share is None else args.new_share
+    if not 0 <= new_share < 1:
+        raise PredictError(f"--new-share must be in [0, 1), got {new_share}")
     if args.per_species and threshold is not None:
         raise PredictError("--per-species tunes thresholds on OOF: it needs --threshold auto")
     options = RankOptions(
         k=k, backend=args.knn, dba=args.dba, qe=args.qe, whiten=args.whiten, blend=args.blend
     )
     flip = cfg.tta_flip if args.tta is None else args.tta == "flip"
-    return Settings(flip, batch, threshold, options, args.new_share, args.per_species)
+    return Settings(
+        flip, batch, threshold, options, new_share, args.per_species,
+        calibrate=cfg.calibrate_threshold and not args.no_calibrate, seed=cfg.new_share_seed,
+    )  # fmt: skip
 
 
 def _threshold(text: str) -> float | None:
@@ -155,9 +172,9 @@ def run(args: argparse.Namespace) -> dict:
     check_oof_files(emb)
     order = submission_order(emb.index.test_names, args.sample_submission)
     solution = read_solution(args.solution, emb.index.test_names)
-    outcome = out_of_fold(emb, settings, manifest.individuals)
     gallery, ranked = rank_test(emb, settings.options, manifest.individuals)
-    used = outcome.tuned if settings.threshold is None else settings.threshold
+    outcome = out_of_fold(emb, settings, manifest.individuals, ranked)
+    used = settings.threshold if outcome is None else outcome.test_threshold
     species = predicted_species(ranked, species_by_individual(emb))
     answers = dict(zip(emb.index.test_names, predictions_with_new(ranked, used, species), strict=True))
     prediction = Prediction(emb, settings, outcome, gallery, ranked, answers, order, solution)
@@ -169,7 +186,7 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
     write_submission(files.join(args.out, SUBMISSION_NAME), p.order, p.answers)
     write_embeddings(args.out, p.emb, p.gallery, manifest.individuals)
     if p.outcome is not None:
-        plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME))
+        plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME), _threshold_value(p.outcome))
     rows = report.example_rows(p, manifest, args.examples)
     if rows:
         report.plot_examples(files.join(args.out, EXAMPLES_NAME), rows)
@@ -187,10 +204,10 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
 
 def gallery_manifest(out_dir: str, manifest: Manifest, p: Prediction) -> GalleryManifest:
     """What identify and the catalogue app need to answer new photos as predict answered the test set."""
-    threshold = p.settings.threshold
+    threshold = p.settings.threshold if p.outcome is None else _threshold_value(p.outcome)
     per_species = {}
-    if threshold is None:
-        threshold, per_species = p.outcome.tuned.threshold, dict(p.outcome.tuned.per_species)
+    if p.outcome is not None and not isinstance(p.outcome.test_threshold, float | int):
+        per_species = dict(p.outcome.test_threshold.per_species)
     runs = tuple(
         GalleryRun(
             r.run.run_dir, r.run.weight, r.dim, {f.model.name: f.model.run_json_sha256 for f in r.folds}
@@ -212,20 +229,27 @@ def gallery_manifest(out_dir: str, manifest: Manifest, p: Prediction) -> Gallery
     )
 
 
+def _threshold_value(outcome) -> float:
+    used = outcome.test_threshold
+    return float(used) if isinstance(used, float | int) else float(used.threshold)
+
+
 def measure_variants(p: Prediction, manifest: Manifest) -> list[dict]:
-    """OOF MAP@5 of plain kNN and of each requested option alone, next to the options used."""
+    """OOF MAP@5 of plain kNN and of each requested option alone, next to the options used, each at the
+    threshold it would be used with (its own tuned one, or the fixed --threshold)."""
     if p.outcome is None:
         return []
-    settings = p.settings
+    s = p.settings
     measured = [
-        oof.measure(p.emb, variant, manifest.individuals, settings.new_share)
-        for variant in oof.variants_to_measure(settings.options)
+        oof.measure(p.emb, variant, manifest.individuals, s.new_share, s.seed, s.threshold)
+        for variant in oof.variants_to_measure(s.options)
     ]
-    global_only = p.outcome.tuned
-    if settings.per_species:
-        global_only = oof.tune(p.outcome.predictions, settings.new_share, per_species=False)
-    chosen = {**oof.variant_summary(settings.options, global_only), "chosen": True}
-    return [m for m in measured if m] + [chosen]
+    predictions, answers = p.outcome.predictions, p.outcome.answers
+    on_oof = p.outcome.tuned.threshold if s.threshold is None else s.threshold
+    chosen = oof.variant_summary(
+        s.options, on_oof, map_at_k(predictions.truths, answers), report.new_rate(answers)
+    )
+    return [m for m in measured if m] + [{**chosen, "chosen": True}]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -126,6 +126,11 @@ class PredictConfig:
     tta_flip: bool = False
     knn_k: int = 50
     new_individual_threshold: float | None = None  # None = tuned on out-of-fold predictions
+    # Share of OOF queries made new (their individual left out of the gallery) when tuning the threshold,
+    # in training validation and predict: Happywhale's test set held ~20% photos of unseen individuals.
+    new_share: float = 0.2
+    new_share_seed: int = 0  # which individuals the simulation leaves out
+    calibrate_threshold: bool = True  # move the OOF-tuned threshold onto the fold-averaged test scale
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,8 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             problems.append(f"{name}={value} must be at least 1")
+    if not 0 <= cfg.predict.new_share < 1:
+        problems.append(f"predict.new_share={cfg.predict.new_share} must be in [0, 1)")
     if uses_pk_sampler(cfg) and d.batch_size != d.ids_per_batch * d.photos_per_id:
         problems.append(
             f"data.batch_size={d.batch_size} must equal data.ids_per_batch x data.photos_per_id "

@@ -13,12 +13,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tfwhale.contracts.records import NEW_INDIVIDUAL
 from tfwhale.contracts.run_folder import fold_dir_name
+from tfwhale.core.metrics import map_at_k
 from tfwhale.inference.class_heads import class_heads
 from tfwhale.inference.gallery import PredictEmbeddings, concat_runs
 from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions
-from tfwhale.retrieval.scoring import rank_out_of_fold
-from tfwhale.retrieval.threshold import ThresholdResult, tune_threshold
+from tfwhale.retrieval.scoring import rank_out_of_fold, simulate_new
+from tfwhale.retrieval.threshold import ThresholdResult, insert_new_individual, tune_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class OOFPredictions:
     species: list[str]
     names: list[str]
     val_folds: list[int]  # per query
+    simulated: np.ndarray  # bool per query: made new by leaving its individual out (scoring.simulate_new)
 
 
 def oof_folds(emb: PredictEmbeddings) -> list[int]:
@@ -44,9 +47,14 @@ def oof_folds(emb: PredictEmbeddings) -> list[int]:
 
 
 def oof_predictions(
-    emb: PredictEmbeddings, options: RankOptions, class_names: Sequence[str] | None = None
+    emb: PredictEmbeddings,
+    options: RankOptions,
+    class_names: Sequence[str] | None = None,
+    new_share: float = 0.0,
+    seed: int = 0,
 ) -> OOFPredictions | None:
-    """Fold k's queries ranked against fold k's gallery with fold k's models, for every common k."""
+    """Fold k's queries ranked against fold k's gallery with fold k's models, for every common k; then
+    about `new_share` of all queries made new by leaving their individual out (seeded)."""
     index = emb.index
     labels, scores, truths, species, names, val_folds = [], [], [], [], [], []
     for k in oof_folds(emb):
@@ -71,13 +79,15 @@ def oof_predictions(
         val_folds += [k] * len(query_ids)
     if not truths:
         return None
-    return OOFPredictions(Ranked(labels, scores), truths, species, names, val_folds)
+    scored = simulate_new(Ranked(labels, scores), truths, new_share, seed)
+    return OOFPredictions(scored.ranked, scored.truths, species, names, val_folds, scored.simulated)
 
 
-def tune(oof: OOFPredictions, new_share: float | None, per_species: bool) -> ThresholdResult:
+def tune(oof: OOFPredictions, per_species: bool) -> ThresholdResult:
+    """The threshold maximising OOF MAP@5, every query weighing the same (the simulation set the mix)."""
     return tune_threshold(
         oof.ranked.labels, oof.ranked.scores, oof.truths,
-        new_share=new_share, species=oof.species, per_species=per_species,
+        species=oof.species, per_species=per_species, n_simulated=int(oof.simulated.sum()),
     )  # fmt: skip
 
 
@@ -101,20 +111,31 @@ def measure(
     emb: PredictEmbeddings,
     options: RankOptions,
     class_names: Sequence[str] | None,
-    new_share: float | None,
+    new_share: float,
+    seed: int,
+    fixed_threshold: float | None,
 ) -> dict | None:
-    """OOF MAP@5 of one ranking variant, its threshold tuned on the same OOF queries."""
-    oof = oof_predictions(emb, options, class_names)
+    """OOF MAP@5 of one ranking variant at the threshold it would be used with: its own OOF-tuned one, or
+    the fixed one the user gave."""
+    oof = oof_predictions(emb, options, class_names, new_share, seed)
     if oof is None:
         return None
-    return variant_summary(options, tune(oof, new_share, per_species=False))
+    tuned = tune(oof, per_species=False)
+    if fixed_threshold is None:
+        return variant_summary(options, tuned.threshold, tuned.best_map, tuned.new_rate)
+    answers = insert_new_individual(oof.ranked.labels, oof.ranked.scores, fixed_threshold)
+    return variant_summary(options, fixed_threshold, map_at_k(oof.truths, answers), _new_first(answers))
 
 
-def variant_summary(options: RankOptions, tuned: ThresholdResult) -> dict:
-    logger.info("OOF %s: MAP@5 %.4f at threshold %.4f", options.name, tuned.best_map, tuned.threshold)
+def _new_first(answers: Sequence[Sequence[str]]) -> float:
+    return float(np.mean([bool(a) and a[0] == NEW_INDIVIDUAL for a in answers])) if answers else 0.0
+
+
+def variant_summary(options: RankOptions, threshold: float, map5: float, new_rate: float) -> dict:
+    logger.info("OOF %s: MAP@5 %.4f at threshold %.4f", options.name, map5, threshold)
     return {
         "name": options.name,
-        "map5": round(float(tuned.best_map), 6),
-        "threshold": float(tuned.threshold),
-        "new_rate": round(float(tuned.new_rate), 6),
+        "map5": round(float(map5), 6),
+        "threshold": float(threshold),
+        "new_rate": round(float(new_rate), 6),
     }

@@ -14,8 +14,9 @@ from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
 from tfwhale.core.metrics import average_precision_at_k, map_at_k
 from tfwhale.inference.gallery import PredictEmbeddings, RunEmbeddings
-from tfwhale.inference.prediction import OOFOutcome, Prediction, Settings
-from tfwhale.retrieval.threshold import NEW
+from tfwhale.inference.prediction import OOFOutcome, Prediction, Settings, species_by_individual
+from tfwhale.retrieval.ranking import predicted_species, predictions_with_new
+from tfwhale.retrieval.threshold import NEW, ThresholdResult
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,22 @@ def submission_section(
     return section
 
 
+def _test_section(p: Prediction, solution_path: str | None) -> dict:
+    """Test counts and scores, the new_individual-first rate next to the share tuning expected, and, when
+    the threshold was calibrated and a solution is given, the score the uncalibrated threshold would get."""
+    section = submission_section(p.order, [p.answers[n] for n in p.order], p.solution, solution_path)
+    section["expected_new_share"] = p.settings.new_share
+    outcome = p.outcome
+    if p.solution is not None and outcome is not None and outcome.calibration is not None:
+        species = predicted_species(p.ranked, species_by_individual(p.emb))
+        raw_answers = predictions_with_new(p.ranked, outcome.tuned, species)
+        raw = dict(zip(p.emb.index.test_names, raw_answers, strict=True))
+        uncalibrated = submission_section(p.order, [raw[n] for n in p.order], p.solution, solution_path)
+        section["map5_uncalibrated"] = uncalibrated["map5"]
+        section["new_individual_rate_uncalibrated"] = uncalibrated["new_individual_rate"]
+    return section
+
+
 def build_report(
     out_dir: str,
     solution_path: str | None,
@@ -110,7 +127,7 @@ def build_report(
         "threshold": _threshold_section(settings, outcome),
         "oof": oof_answers,
         "oof_variants": variants,
-        "test": submission_section(p.order, [p.answers[n] for n in p.order], p.solution, solution_path),
+        "test": _test_section(p, solution_path),
         "cache": {"reused": list(emb.reused), "computed": list(emb.computed)},
         "files": files,
         "notes": NOTES,
@@ -138,10 +155,12 @@ def _run_section(run_embeddings: RunEmbeddings) -> dict:
 
 
 NOTES = [
-    "oof_variants: each variant's MAP@5 is at its own OOF-tuned threshold (weighted by new_share when set); "
-    "the oof section is the options used, at the threshold used, unweighted.",
-    "OOF queries are embedded by one fold model, test queries by the mean of all fold models: a threshold "
-    "tuned on OOF similarities may sit a little low for the test similarities.",
+    "oof_variants: each variant's OOF MAP@5 at the threshold it would be used with (its own OOF-tuned one, "
+    "or the fixed --threshold); the oof section is the options used, at the threshold used on OOF.",
+    "OOF tuning: a share (threshold.new_share) of the OOF queries is made new by leaving their individual "
+    "out of the gallery, so the threshold learns to say new_individual as often as a real batch needs.",
+    "OOF queries are embedded by one fold model, test queries by the mean of all fold models, whose "
+    "similarities run higher: the tuned threshold is carried onto the test scale (threshold.calibration).",
     "With --per-species, test queries take the species of their best-matching gallery individual; the OOF "
     "section scores OOF queries the same way.",
 ]
@@ -152,16 +171,31 @@ def _threshold_section(settings: Settings, outcome: OOFOutcome | None) -> dict:
         section = {"value": settings.threshold, "source": "fixed"}
         if outcome is not None:
             section["oof_best"] = {"value": outcome.tuned.threshold, "map5": round(outcome.tuned.best_map, 6)}
+            section.update(_tuning_facts(outcome.tuned))
         return section
-    tuned = outcome.tuned
+    tuned, used = outcome.tuned, outcome.test_threshold
     return {
-        "value": tuned.threshold,
-        "source": "auto (OOF MAP@5 grid search)",
+        "value": float(used.threshold),
+        "source": "auto (OOF MAP@5 grid search, simulated new individuals)",
+        "tuned_on_oof": tuned.threshold,
+        "calibration": outcome.calibration,
         "oof_map5": round(tuned.best_map, 6),
-        "new_share": tuned.new_share,
-        "per_species": tuned.per_species,
+        "new_share": settings.new_share,
+        **_tuning_facts(tuned),
+        "per_species": used.per_species,
         "per_species_map5": tuned.per_species_map,
         "grid": [float(tuned.grid[0]), float(tuned.grid[-1]), len(tuned.grid)],
+    }
+
+
+def _tuning_facts(tuned: ThresholdResult) -> dict:
+    auc = tuned.separation_auc
+    return {
+        "oof_known": tuned.n_known,
+        "oof_new": tuned.n_new,
+        "oof_new_simulated": tuned.n_simulated,
+        "separation_auc": None if auc is None else round(auc, 4),
+        "warnings": list(tuned.warnings),
     }
 
 
@@ -180,6 +214,7 @@ def format_table(report: dict) -> str:
         f"  embedding: {report['embedding_dim']} dims from {len(report['runs'])} run(s), tta {report['tta']}"
     )
     lines.append(f"  threshold: {threshold['value']:.4f} ({threshold['source']})")
+    lines += _tuning_lines(threshold)
     for name, value in sorted(threshold.get("per_species", {}).items()):
         lines.append(f"    {name:<28} {value:.4f}")
     oof = report.get("oof")
@@ -194,13 +229,34 @@ def format_table(report: dict) -> str:
         mark = " <- used" if variant.get("chosen") else ""
         lines.append(f"    variant {variant['name']:<30} MAP@5 {variant['map5']:.4f}{mark}")
     test = report["test"]
+    expected = test.get("expected_new_share")
+    expected_text = "" if expected is None else f" (tuned for {expected:.0%} new)"
     lines.append(
         f"  test: {test['queries']} queries, new_individual first in {test['new_individual_rate']:.1%}"
+        + expected_text
     )
     if "map5" in test:
         lines.append(f"  test MAP@5 {test['map5']:.4f} over {test['scored_queries']} queries with a solution")
+    if "map5_uncalibrated" in test:
+        lines.append(f"    without calibration: MAP@5 {test['map5_uncalibrated']:.4f}")
     lines.append(f"  submission: {report['files']['submission']}")
     return "\n".join(lines)
+
+
+def _tuning_lines(threshold: dict) -> list[str]:
+    lines = []
+    if "tuned_on_oof" in threshold and threshold["tuned_on_oof"] != threshold["value"]:
+        tuned = threshold["tuned_on_oof"]
+        lines.append(f"    tuned {tuned:.4f} on OOF, calibrated to the fold-averaged scale")
+    if "oof_known" in threshold:
+        auc = threshold["separation_auc"]
+        lines.append(
+            f"    OOF queries: {threshold['oof_known']} known, {threshold['oof_new']} new "
+            f"({threshold['oof_new_simulated']} simulated); known/new top-1 ROC AUC "
+            + ("n/a" if auc is None else f"{auc:.3f}")
+        )
+    lines += [f"    WARNING: {warning}" for warning in threshold.get("warnings", [])]
+    return lines
 
 
 def example_rows(p: Prediction, manifest: Manifest, count: int) -> list[ExampleRow]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io as stdio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GRID = np.round(np.arange(0.0, 1.0 + 1e-9, 0.0025), 4)  # 401 thresholds, 0.0 .. 1.0
 MIN_SPECIES_QUERIES = 100
+# Below these, tuning is flagged unreliable: too few queries of a kind to place a threshold between them,
+# or top-1 similarities of known and new queries that barely separate (ROC AUC, 0.5 = chance).
+MIN_GROUP_QUERIES = 20
+MIN_SEPARATION_AUC = 0.65
 
 
 def insert_new_individual(
@@ -42,7 +45,8 @@ def insert_new_individual(
     predictions = []
     for row, (row_labels, row_scores) in enumerate(zip(labels, scores, strict=True)):
         _check_row(row, row_labels, row_scores)
-        kept = next((i for i, s in enumerate(row_scores) if s <= threshold), len(row_scores))
+        # A cosine is at most 1; float noise above it must not escape a threshold of 1.0.
+        kept = next((i for i, s in enumerate(row_scores) if min(s, 1.0) <= threshold), len(row_scores))
         kept = min(kept, cap)
         ranked = [*row_labels[:kept], NEW, *row_labels[kept:]]
         predictions.append(ranked[:n])
@@ -70,6 +74,16 @@ class ThresholdResult:
     new_share: float | None = None
     max_rank: int | None = None
     n_queries: int = 0
+    n_new: int = 0  # OOF queries whose truth is new_individual (real or simulated)
+    n_simulated: int = 0  # of those, made new by leaving their individual out of the gallery
+    separation_auc: float | None = None  # ROC AUC of top-1 similarity, known vs new (None: one kind only)
+    warnings: tuple[str, ...] = ()
+    top1: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per OOF query, its best similarity
+    is_new: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @property
+    def n_known(self) -> int:
+        return self.n_queries - self.n_new
 
     def threshold_for(self, species: str | None) -> float:
         """The species' own threshold if it had one, else the global one."""
@@ -87,6 +101,7 @@ def tune_threshold(
     n: int = 5,
     max_rank: int | None = None,
     min_species_queries: int = MIN_SPECIES_QUERIES,
+    n_simulated: int = 0,
 ) -> ThresholdResult:
     """The new_individual threshold maximising MAP@5 over out-of-fold predictions.
 
@@ -99,7 +114,8 @@ def tune_threshold(
     used 0.1). None scores all OOF queries alike. per_species: also tune a threshold per species
     (needs `species`) for species with at least min_species_queries OOF queries; the others use
     the global one. Among equally good grid points the middle of the best run is taken, which
-    keeps the threshold away from the OOF scores that bound it.
+    keeps the threshold away from the OOF scores that bound it. n_simulated: how many of the new
+    truths were simulated (retrieval.scoring.simulate_new), for the report.
     """
     grid = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64)
     if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0):
@@ -133,7 +149,58 @@ def tune_threshold(
         new_share=new_share,
         max_rank=max_rank,
         n_queries=len(truths),
+        n_new=int(is_new.sum()),
+        n_simulated=n_simulated,
+        separation_auc=separation_auc(scores[:, 0], is_new),
+        warnings=reliability_warnings(scores[:, 0], is_new),
+        top1=scores[:, 0].copy(),
+        is_new=is_new,
     )
+
+
+def separation_auc(top1: np.ndarray, is_new: np.ndarray) -> float | None:
+    """P(a known query's top-1 similarity > a new query's), ties counting half; None without both kinds."""
+    known, new = top1[~is_new], top1[is_new]
+    if not len(known) or not len(new):
+        return None
+    values = np.concatenate([known, new])
+    ranks = _average_ranks(values)
+    known_rank_sum = ranks[: len(known)].sum()
+    return float((known_rank_sum - len(known) * (len(known) + 1) / 2) / (len(known) * len(new)))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their mean rank (the Mann-Whitney U convention)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values))
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def reliability_warnings(top1: np.ndarray, is_new: np.ndarray) -> tuple[str, ...]:
+    """Why a threshold tuned on these OOF queries may not hold on new photos."""
+    warnings = []
+    n_new, n_known = int(is_new.sum()), int((~is_new).sum())
+    for kind, count in (("new", n_new), ("known", n_known)):
+        if count < MIN_GROUP_QUERIES:
+            warnings.append(
+                f"only {count} {kind} OOF queries (< {MIN_GROUP_QUERIES}): too few to place a threshold; "
+                "more photos, or a larger --new-share, give it more to go on"
+            )
+    auc = separation_auc(top1, is_new)
+    if auc is not None and auc < MIN_SEPARATION_AUC:
+        warnings.append(
+            f"known and new OOF queries barely separate by top-1 similarity (ROC AUC {auc:.2f} < "
+            f"{MIN_SEPARATION_AUC}): new_individual answers will be close to guesses"
+        )
+    return tuple(warnings)
 
 
 def _score_matrix(labels: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], n: int) -> np.ndarray:
@@ -144,7 +211,7 @@ def _score_matrix(labels: Sequence[Sequence[str]], scores: Sequence[Sequence[flo
         top = np.asarray(row_scores[:n], dtype=np.float64)
         if np.any(np.diff(top) > 0) or np.any(np.isnan(top)):
             raise ValueError(f"query {row}: scores must be sorted best first, got {list(row_scores)}")
-        matrix[row, : len(top)] = top
+        matrix[row, : len(top)] = np.minimum(top, 1.0)
     return matrix
 
 
@@ -250,25 +317,3 @@ def _per_species_score(
 ) -> float:
     per_query = np.array([thresholds.get(str(name), default) for name in species])
     return float(weights @ ap[np.arange(len(ap)), _kept(scores, per_query, cap)])
-
-
-def plot_threshold_curve(result: ThresholdResult, path: str) -> None:
-    """Write a PNG of OOF MAP@5 against the threshold, marking the chosen one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from tfwhale.core import files  # imported here so tuning needs no TensorFlow
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.plot(result.grid, result.map_curve, color="tab:blue")
-    axes.axvline(result.threshold, color="tab:red", linestyle="--")
-    weighting = "" if result.new_share is None else f", new_share={result.new_share:g}"
-    axes.set_title(f"threshold {result.threshold:.4g}: MAP@5 {result.best_map:.4f}{weighting}")
-    axes.set_xlabel("new_individual threshold (cosine similarity)")
-    axes.set_ylabel("OOF MAP@5")
-    axes.grid(alpha=0.3)
-    buffer = stdio.BytesIO()
-    figure.savefig(buffer, format="png")
-    files.write_bytes(path, buffer.getvalue())

@@ -160,9 +160,11 @@ class FoldMonitor(keras.callbacks.Callback):
         row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if self._validate_now(epoch + 1):
             with self._averaged_weights():
+                predict = self.cfg.predict
                 metrics, oof = validate_fold(
-                    self.embedding_model, self.manifest, self.plan.val_fold, self.cfg.data.batch_size
-                )
+                    self.embedding_model, self.manifest, self.plan.val_fold, self.cfg.data.batch_size,
+                    predict.new_share, predict.new_share_seed,
+                )  # fmt: skip
                 row.update(metrics)
                 if metrics["val_map5"] > self.best.get("val_map5", -1.0):
                     self._keep_best(epoch + 1, metrics, oof)
