@@ -1,8 +1,8 @@
 """Benchmark of the new_individual threshold on a catalogue where every individual has 3+ photos (quality).
 
 The README's path (tiny_cpu, 5 folds, predict --threshold auto) on synthetic whales built like a real
-photo-ID set: every training individual has at least 3 photos (singletons dropped), and about 20% of the test photos show
-animals never seen. Then, from the same cached embeddings, predict with:
+photo-ID set: every training individual has at least 3 photos (singletons dropped), and about 20% of
+the test photos show animals never seen. Then, from the same cached embeddings, predict with:
   before        --new-share 0 --no-calibrate  (tuning on the real OOF queries only: the old method)
   simulated     --no-calibrate                (simulated new individuals, OOF threshold used as is)
   default       the README path               (simulated new individuals + calibration onto the test scale)
