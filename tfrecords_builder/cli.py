@@ -31,7 +31,12 @@ examples:
   # check a finished build: every shard's sha256 and every image decoded
   build-tfrecords verify records768
 
-An interrupted build resumes when run again with the same command: finished shards are kept.
+An interrupted build resumes when run again with the same command: finished shards are kept (each
+checked against its sha256; a changed one is rebuilt). A storage error (e.g. a gs:// outage) ends the
+build with one line naming the object; the same command then resumes.
+One build at a time per --out: a build holds OUT/.build.lock (host, pid, start, a heartbeat every
+minute) and a second build stops at once naming the holder. The lock of a killed build is stale, and
+taken over, once its pid is gone (same host) or its heartbeat is 15 minutes old; or delete the file.
 exit codes: 0 all built; 1 fatal error (nothing usable); 3 built, but some images rejected
 (listed in OUT/rejects.csv); 2 bad command line.
 """
@@ -264,7 +269,14 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    """The whole build; returns the exit code (BuildInputError propagates for main to report)."""
+    """The whole build under the lock on --out; the exit code (BuildInputError propagates to main)."""
+    from tfrecords_builder.lock import build_lock
+
+    with build_lock(args.out):
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     from tfrecords_builder import manifest, resume, writer
     from tfrecords_builder.tables import photo_counts
     from tfwhale.contracts.photo_crop import ImageSettings
@@ -336,3 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted: finished shards are kept; run the same command again to resume")
         return 130
+    except Exception as error:
+        from tfwhale.core import files  # TensorFlow is loaded by now: run_build imported it
+
+        if not files.is_storage_error(error):
+            raise
+        logger.error("%s", files.storage_error_message(error))
+        return EXIT_FATAL

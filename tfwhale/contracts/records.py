@@ -201,14 +201,14 @@ def damaged_shards(manifest: Manifest) -> list[str]:
 
     TensorFlow's DataLossError ("corrupted record at N") names no file; this finds the shard it meant.
     """
-    damaged = []
-    for entry in manifest.data["shards"]:
+
+    def intact(entry: dict[str, Any]) -> bool:
         path = files.join(manifest.root, entry["name"])
         if not files.exists(path) or files.size(path) != int(entry["bytes"]):
-            damaged.append(entry["name"])
-        elif files.sha256(path) != entry["sha256"]:
-            damaged.append(entry["name"])
-    return damaged
+            return False
+        return files.sha256(path) == entry["sha256"]
+
+    return [entry["name"] for entry in manifest.data["shards"] if not intact(entry)]
 
 
 def read_error_message(root: str, error: Exception) -> str:
