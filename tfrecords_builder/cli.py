@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Only light imports up here: spawned image workers re-import the main module (the console script, which
@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=range(1, 101),
         metavar="1-100",
         help="JPEG quality of the stored images (90)",
+    )
+    crop.add_argument(
+        "--max-pixels",
+        metavar="N",
+        type=_at_least(int, 1),
+        help="refuse photos with more than N pixels before decoding them, a guard against decompression "
+        "bombs (default 178956970, PIL's limit: a 20000x10000 photo is refused)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="output folder, local or gs://")
@@ -225,6 +232,8 @@ def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
         "box_source": box_source,
         "min_conf": args.min_conf if args.boxes else None,
         "test": not args.no_test,
+        # only when given: builds made before the flag existed resume unchanged
+        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
     }
 
 
@@ -285,6 +294,8 @@ def _build(args: argparse.Namespace) -> int:
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
     reusable = resume.prepare_output(args.out, settings, shards, args.overwrite)
     image_settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
+    if args.max_pixels:
+        image_settings = replace(image_settings, max_pixels=args.max_pixels)
     workers = args.workers or writer.default_workers()
     outcome = writer.write_shards(shards, args.out, image_settings, workers, reusable, not args.quiet)
     image_rejects = [reject for shard in outcome.shards for reject in shard.rejects]
