@@ -1,4 +1,4 @@
-"""The seven faults of issue 10, one test each (each fails without its fix), plus the pixel and UTF-8 extras."""
+"""Issue 10's seven faults, one test each (each fails without its fix), plus the pixel and UTF-8 extras."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_every_submission_row_splits_back_into_its_labels():
     text = submission_text(["a,b.jpg", "c.jpg"], answers)
     rows = list(csv.reader(io.StringIO(text)))
     assert rows == [["image", "predictions"], ["a,b.jpg", "x1 new_individual y_é z w"], ["c.jpg", "x1 y_é"]]
-    with pytest.raises(PredictError, match="'whale 5da4'.*contains ' '"):
+    with pytest.raises(PredictError, match=r"'whale 5da4'.*contains ' '"):
         submission_text(["c.jpg"], {"c.jpg": ["whale 5da4", "x"]})
     with pytest.raises(PredictError, match="line 2 has 3 fields"):
         check_submission_text("image,predictions\nq.jpg,pod,9a94 x\n", "sub.csv")
@@ -282,7 +282,7 @@ def test_a_storage_outage_ends_in_one_line_that_says_to_rerun(gcs_bucket, tmp_pa
 def test_photos_above_max_pixels_are_refused_with_the_flag_named(tmp_path):
     photo = tmp_path / "p.jpg"
     save_photo(photo, 0, size=(200, 100))
-    with pytest.raises(ImageError, match="200x100 = 20,000 pixels, above the limit of 19,999.*--max-pixels"):
+    with pytest.raises(ImageError, match=r"200x100 = 20,000 pixels, above the limit of 19,999.*--max-pixels"):
         process_image(photo.read_bytes(), None, ImageSettings(32, max_pixels=19_999))
     assert process_image(photo.read_bytes(), None, ImageSettings(32, max_pixels=20_000))[1].width == 200
     data = make_kaggle(tmp_path / "data", n_train=12, n_test=2)

@@ -142,7 +142,15 @@ def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None
     return parsed
 
 
-def prepare_photos(
+def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
+    """uint8 [n, S, S, 3] of photos that must all be usable: IdentifyError for the first that is not."""
+    images, errors = prepare_each(photos, boxes, gallery)
+    if failed := next((error for error in errors if error), None):
+        raise IdentifyError(failed)
+    return np.stack(images)
+
+
+def prepare_each(
     photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
     """Per photo: uint8 [S, S, 3] cropped, resized and JPEG-encoded as the builder did, then decoded; or,
@@ -227,7 +235,7 @@ def identify(args: argparse.Namespace) -> list[Answer]:
     gallery = load_gallery(args.gallery)
     runs = recorded_runs(gallery, args.runs)
     boxes = parse_boxes(args.box, len(args.photos))
-    images, errors = prepare_photos(args.photos, boxes, gallery)
+    images, errors = prepare_each(args.photos, boxes, gallery)
     good = [i for i, error in enumerate(errors) if error is None]
     answered = {}
     if good:
