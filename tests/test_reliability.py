@@ -206,6 +206,28 @@ def test_the_lock_is_held_while_building_and_released_after(tmp_path):
     assert not os.path.exists(lock.lock_path(out))
 
 
+def test_the_lock_works_on_gcs(gcs_bucket):
+    out = f"{gcs_bucket}/records"
+    with lock.build_lock(out):
+        assert files.read_json(lock.lock_path(out))["pid"] == os.getpid()
+        with pytest.raises(ValueError, match=f"{out} is being written by another build-tfrecords"):
+            lock.acquire(out)
+    assert not files.exists(lock.lock_path(out))
+
+
+@pytest.mark.slow
+def test_two_builds_started_together_one_builds_the_other_stops(tmp_path):
+    data, out = make_kaggle(tmp_path / "data", n_train=60), tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--size", "48", "--images-per-shard", "4"]
+    command = [sys.executable, "-m", "tfrecords_builder", *argv, "--workers", "2"]
+    builds = [subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((build.wait(timeout=600), build.stderr.read()) for build in builds)
+    assert [code for code, _ in outcomes] == [cli.EXIT_OK, cli.EXIT_FATAL], outcomes
+    assert "is being written by another build-tfrecords" in outcomes[1][1]
+    assert "Traceback" not in outcomes[1][1]
+    assert verify_build(str(out)) == []
+
+
 # 5 and 6. identify per photo; a predict rerun never leaves a stale mix ----------------------------------
 
 

@@ -66,6 +66,8 @@ def _task(item: PlanItem) -> ImageTask:
     try:
         return ImageTask(item.image, files.read_bytes(item.path), item.box)
     except (tf.errors.OpError, OSError) as error:
+        if files.is_storage_error(error):  # an outage, not a bad photo: stop; the same command resumes
+            raise
         return ImageTask(item.image, b"", item.box, error=f"cannot read image file: {error}")
 
 
