@@ -56,6 +56,8 @@ EXAMPLES = """examples:
       --out gs://b/predict --tta flip --blend 0.5 --new-share 0.1
   python -m tfwhale.predict --runs runs/tiny --records out/records --out out/predict --threshold 0.45
 Embeddings are cached in OUT_DIR/cache: a second run with another threshold, k or option loads no model.
+A rerun first removes the previous outputs (gallery.json first; the cache stays), so an interrupted
+rerun never leaves old outputs that look current. Storage errors end in one line; rerun to resume.
 --knn exact (default) is a chunked float32 GEMM and a compiled top-k: the same neighbours as sklearn's
 brute-force cosine search, 3.6x faster (28k queries x 51k gallery x 512 dims: 4.4 s vs 15.8 s, 2 cores).
 """
