@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Only light imports up here: spawned image workers re-import the main module (the console script, which
@@ -31,7 +31,12 @@ examples:
   # check a finished build: every shard's sha256 and every image decoded
   build-tfrecords verify records768
 
-An interrupted build resumes when run again with the same command: finished shards are kept.
+An interrupted build resumes when run again with the same command: finished shards are kept (each
+checked against its sha256; a changed one is rebuilt). A storage error (e.g. a gs:// outage) ends the
+build with one line naming the object; the same command then resumes.
+One build at a time per --out: a build holds OUT/.build.lock (host, pid, start, a heartbeat every
+minute) and a second build stops at once naming the holder. The lock of a killed build is stale, and
+taken over, once its pid is gone (same host) or its heartbeat is 15 minutes old; or delete the file.
 exit codes: 0 all built; 1 fatal error (nothing usable); 3 built, but some images rejected
 (listed in OUT/rejects.csv); 2 bad command line.
 """
@@ -108,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=range(1, 101),
         metavar="1-100",
         help="JPEG quality of the stored images (90)",
+    )
+    crop.add_argument(
+        "--max-pixels",
+        metavar="N",
+        type=_at_least(int, 1),
+        help="refuse photos with more than N pixels before decoding them, a guard against decompression "
+        "bombs (default 178956970, PIL's limit: a 20000x10000 photo is refused)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="output folder, local or gs://")
@@ -220,6 +232,8 @@ def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
         "box_source": box_source,
         "min_conf": args.min_conf if args.boxes else None,
         "test": not args.no_test,
+        # only when given: builds made before the flag existed resume unchanged
+        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
     }
 
 
@@ -264,7 +278,14 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    """The whole build; returns the exit code (BuildInputError propagates for main to report)."""
+    """The whole build under the lock on --out; the exit code (BuildInputError propagates to main)."""
+    from tfrecords_builder.lock import build_lock
+
+    with build_lock(args.out):
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     from tfrecords_builder import manifest, resume, writer
     from tfrecords_builder.tables import photo_counts
     from tfwhale.contracts.photo_crop import ImageSettings
@@ -273,6 +294,8 @@ def run_build(args: argparse.Namespace) -> int:
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
     reusable = resume.prepare_output(args.out, settings, shards, args.overwrite)
     image_settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
+    if args.max_pixels:
+        image_settings = replace(image_settings, max_pixels=args.max_pixels)
     workers = args.workers or writer.default_workers()
     outcome = writer.write_shards(shards, args.out, image_settings, workers, reusable, not args.quiet)
     image_rejects = [reject for shard in outcome.shards for reject in shard.rejects]
@@ -336,3 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted: finished shards are kept; run the same command again to resume")
         return 130
+    except Exception as error:
+        from tfwhale.core import files  # TensorFlow is loaded by now: run_build imported it
+
+        if not files.is_storage_error(error):
+            raise
+        logger.error("%s", files.storage_error_message(error))
+        return EXIT_FATAL

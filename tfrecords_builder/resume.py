@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -11,6 +12,8 @@ from tfrecords_builder.errors import BuildInputError, Reject
 from tfrecords_builder.plan import PlannedShard
 from tfwhale.contracts import records
 from tfwhale.core import files
+
+logger = logging.getLogger(__name__)
 
 PARTS_DIR = ".parts"
 BUILD_STATE = "build.json"
@@ -113,7 +116,7 @@ def find_reusable(plan: Sequence[PlannedShard], out: str) -> dict[str, ShardReco
         shard_path = files.join(out, name)
         if name not in planned or record.fingerprint != planned[name].fingerprint:
             stale.append(name)
-        elif files.exists(shard_path) and files.size(shard_path) == record.bytes:
+        elif _intact(shard_path, record):
             reusable[name] = record
     if stale:
         raise BuildInputError(
@@ -122,6 +125,20 @@ def find_reusable(plan: Sequence[PlannedShard], out: str) -> dict[str, ShardReco
             "pass --overwrite to rebuild from scratch"
         )
     return reusable
+
+
+def _intact(shard_path: str, record: ShardRecord) -> bool:
+    """A finished shard is kept only when its bytes are exactly those its sidecar recorded (sha256):
+    a flipped byte would otherwise reach training as a DataLossError naming no file."""
+    if not files.exists(shard_path):
+        return False
+    if files.size(shard_path) == record.bytes and files.sha256(shard_path) == record.sha256:
+        return True
+    logger.warning(
+        "%s: size or sha256 differs from what this build wrote (changed or corrupt); rebuilding it",
+        shard_path,
+    )
+    return False
 
 
 def _remove_temp_files(out: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import io
 import logging
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from tfrecords_builder.boxes import (
     table_candidates,
 )
 from tfrecords_builder.errors import BuildInputError, Reject
+from tfwhale.contracts.records import label_problem
 from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
@@ -52,13 +54,13 @@ def read_csv_table(csv_path: str, required: Sequence[str]) -> pd.DataFrame:
     """
     if not files.exists(csv_path):
         raise BuildInputError(f"{csv_path}: file not found")
+    text = _decode_utf8(csv_path, files.read_bytes(csv_path))
     try:
-        with files.open(csv_path, "r") as f:
-            # Blank lines are read (as all-empty rows, dropped below) so that row numbers stay line numbers.
-            table = pd.read_csv(f, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        # Blank lines are read (as all-empty rows, dropped below) so that row numbers stay line numbers.
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise BuildInputError(f"{csv_path}: file is empty (expected columns {list(required)})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except pd.errors.ParserError as err:
         raise BuildInputError(f"{csv_path}: not a readable CSV: {err}") from None
     table.columns = [str(name).strip().lstrip("\ufeff") for name in table.columns]
     _check_columns(csv_path, list(table.columns), required)
@@ -68,6 +70,19 @@ def read_csv_table(csv_path: str, required: Sequence[str]) -> pd.DataFrame:
     if table.empty:
         raise BuildInputError(f"{csv_path}: no data rows (only a header)")
     return table.reset_index(drop=True)
+
+
+def _decode_utf8(csv_path: str, data: bytes) -> str:
+    """The CSV as text; a non-UTF-8 file is refused naming the line and the bytes (not only an offset)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        bad = data[err.start : err.start + 4]
+        raise BuildInputError(
+            f"{csv_path}: line {line}: not UTF-8 (bytes {bad!r} at byte {err.start}); save the file as "
+            "UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
 
 
 def _check_columns(csv_path: str, found: list[str], required: Sequence[str]) -> None:
@@ -93,6 +108,7 @@ def load_train_table(
     table["box_text"] = box_column_text(table, csv_path)
     table["species"] = _fix_species(table["species"])
     table, rejects = _drop_bad_rows(table, ("image", "individual_id", "species"), "individual_id")
+    _check_labels(csv_path, table)
     if check_files:
         table, missing = _drop_missing_files(table, images_dir)
         rejects += missing
@@ -100,6 +116,22 @@ def load_train_table(
     table["path"] = [files.join(images_dir, image) for image in table["image"].tolist()]
     logger.info("%s: %d training images, %d rejected", csv_path, len(table), len(rejects))
     return table[list(TRAIN_COLUMNS)].reset_index(drop=True), rejects
+
+
+def _check_labels(csv_path: str, table: pd.DataFrame) -> None:
+    """Refuse the build when an individual_id cannot be written into a submission (see label_problem)."""
+    bad = [
+        (row, label, problem)
+        for row, label in zip(table["row"], table["individual_id"], strict=True)
+        if (problem := label_problem(label))
+    ]
+    if bad:
+        row, label, problem = bad[0]
+        more = f" ({len(bad)} rows in all, e.g. rows {', '.join(str(r) for r, _, _ in bad[:5])})"
+        raise BuildInputError(
+            f"{csv_path}: row {row}, field 'individual_id': {label!r} {problem}{more if len(bad) > 1 else ''}"
+            "; rename these individuals (e.g. replace spaces with '_') and build again"
+        )
 
 
 def load_test_table(

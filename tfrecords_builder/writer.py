@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import multiprocessing
 import os
 import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from tfrecords_builder.errors import Reject
 from tfrecords_builder.imaging import ImageResult, ImageTask, process_chunk, process_task
 from tfrecords_builder.plan import PlanItem, PlannedShard
 from tfrecords_builder.resume import ShardRecord, parts_path
+from tfrecords_builder.workers import spawn_pool
 from tfwhale.contracts import records
 from tfwhale.contracts.photo_crop import ImageSettings
 from tfwhale.core import files
@@ -66,6 +66,8 @@ def _task(item: PlanItem) -> ImageTask:
     try:
         return ImageTask(item.image, files.read_bytes(item.path), item.box)
     except (tf.errors.OpError, OSError) as error:
+        if files.is_storage_error(error):  # an outage, not a bad photo: stop; the same command resumes
+            raise
         return ImageTask(item.image, b"", item.box, error=f"cannot read image file: {error}")
 
 
@@ -91,12 +93,12 @@ def process_in_order(
 ) -> Iterator[ImageResult]:
     """Results in task order; with workers > 1 from a spawn pool, a bounded number of chunks ahead.
 
-    The parent has TensorFlow loaded, so workers are spawned, never forked.
+    The parent has TensorFlow loaded, so workers are spawned, never forked; they exit if it dies.
     """
     if workers <= 1:
         yield from (process_task(task, settings) for task in tasks)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = spawn_pool(workers)
     try:
         process = functools.partial(process_chunk, settings=settings)
         window = workers * CHUNKS_IN_FLIGHT_PER_WORKER

@@ -5,19 +5,21 @@ python -m tfwhale.identify PHOTO [PHOTO ...] --runs RUN_DIR --gallery OUT_DIR [-
 Each photo is cropped and resized exactly as build-tfrecords did (the crop settings come from the
 manifest the gallery was built from, named in gallery.json), embedded with the same fold models, TTA
 and run weights, and ranked against the cached gallery with the same options and threshold.
+Each photo gets its own answer or its own error; exit code 0 all answered, 3 some failed, 1 all failed
+(or the gallery or runs are unusable).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import tensorflow as tf
 
 from tfwhale.contracts import records
 from tfwhale.contracts.gallery_manifest import GalleryError, GalleryManifest, load_gallery_manifest
@@ -25,6 +27,13 @@ from tfwhale.contracts.run_folder import FoldModel, RunError, load_embedding_mod
 from tfwhale.core import files
 from tfwhale.inference.class_heads import class_heads
 from tfwhale.inference.gallery import FoldEmbeddings, average_folds, cache_path, check_finite, concat_runs
+from tfwhale.inference.identify_output import (
+    EXIT_ALL_FAILED,
+    Answer,
+    answers_json,
+    exit_code,
+    format_answers,
+)
 from tfwhale.inference.submission import EMBEDDINGS_NAME
 from tfwhale.retrieval import ranking
 from tfwhale.retrieval.postprocess import Whitening, l2_normalise
@@ -41,7 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tfwhale.identify",
         description="Answer each photo with its 5 most likely individuals (or new_individual) from a gallery "
-        "that tfwhale.predict embedded and cached.",
+        "that tfwhale.predict embedded and cached. A photo that cannot be read gets its own error; exit "
+        "code 0 all answered, 3 some failed, 1 all failed or the gallery is unusable.",
     )
     add = parser.add_argument
     add("photos", nargs="+", metavar="PHOTO", help="image files (local or gs://)")
@@ -133,7 +143,18 @@ def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None
 
 
 def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
-    """uint8 [n, S, S, 3]: each photo cropped, resized and JPEG-encoded as the builder did, then decoded."""
+    """uint8 [n, S, S, 3] of photos that must all be usable: IdentifyError for the first that is not."""
+    images, errors = prepare_each(photos, boxes, gallery)
+    if failed := next((error for error in errors if error), None):
+        raise IdentifyError(failed)
+    return np.stack(images)
+
+
+def prepare_each(
+    photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery
+) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Per photo: uint8 [S, S, 3] cropped, resized and JPEG-encoded as the builder did, then decoded; or,
+    for a photo that cannot be read or decoded, its own error (the other photos are still answered)."""
     from tfwhale.contracts.photo_crop import ImageError, ImageSettings, process_image
 
     crop, size = gallery.manifest.crop, gallery.manifest.image_size
@@ -142,16 +163,24 @@ def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery
             f"{gallery.out_dir}: the records' manifest has no crop settings (not made by build-tfrecords?)"
         )
     settings = ImageSettings(size, float(crop["enlarge"]), crop["resize_mode"], int(crop["jpeg_quality"]))
-    images = []
+    images: list[np.ndarray | None] = []
+    errors: list[str | None] = []
     for photo, box in zip(photos, boxes, strict=True):
-        if not files.exists(photo):
-            raise IdentifyError(f"{photo}: file not found")
+        image, error = None, None
         try:
+            if not files.exists(photo):
+                raise ImageError("file not found")
             jpeg, _ = process_image(files.read_bytes(photo), box, settings)
+            image = records.decode_image(jpeg, size).numpy()
         except ImageError as err:
-            raise IdentifyError(f"{photo}: {err}") from None
-        images.append(records.decode_image(jpeg, size).numpy())
-    return np.stack(images)
+            error = f"{photo}: {err}"
+        except tf.errors.OpError as err:  # storage errors while reading a gs:// photo
+            error = files.storage_error_message(err) if files.is_storage_error(err) else f"{photo}: {err}"
+        if error:
+            logger.error("%s", error)
+        images.append(image)
+        errors.append(error)
+    return images, errors
 
 
 def embed_photos(
@@ -201,82 +230,45 @@ def heads_for(per_run, runs, gallery: Gallery) -> ranking.ClassHeads:
     return class_heads(query_embeddings, folds, gallery.class_names, gallery.ids, gallery.train_folds)
 
 
-@dataclass(frozen=True)
-class Answer:
-    photo: str
-    box: tuple | None
-    labels: list[str]  # 5, new_individual included where it falls
-    similarities: list[float | None]  # None for new_individual
-    species: list[str | None]
-    threshold: float
-
-
 def identify(args: argparse.Namespace) -> list[Answer]:
+    """One Answer per photo, in order: its 5 labels, or the error that photo alone met."""
     gallery = load_gallery(args.gallery)
     runs = recorded_runs(gallery, args.runs)
     boxes = parse_boxes(args.box, len(args.photos))
-    images = prepare_photos(args.photos, boxes, gallery)
-    per_run = embed_photos(images, runs, gallery.manifest.flip_tta, args.batch_size)
+    images, errors = prepare_each(args.photos, boxes, gallery)
+    good = [i for i, error in enumerate(errors) if error is None]
+    answered = {}
+    if good:
+        photos = [args.photos[i] for i in good]
+        ranked = rank_photos(np.stack([images[i] for i in good]), photos, runs, gallery, args.batch_size)
+        found = answers(args.threshold, gallery, photos, [boxes[i] for i in good], ranked)
+        answered = dict(zip(good, found, strict=True))
+    return [answered.get(i) or Answer(p, boxes[i], error=errors[i]) for i, p in enumerate(args.photos)]
+
+
+def rank_photos(images: np.ndarray, photos, runs, gallery: Gallery, batch: int) -> ranking.Ranked:
+    """Embed the photos as predict embedded the test set, then rank the gallery with predict's options."""
+    per_run = embed_photos(images, runs, gallery.manifest.flip_tta, batch)
     queries = combine(per_run, gallery)
-    check_finite(queries, args.photos, "the fold models")
+    check_finite(queries, photos, "the fold models")
     options = options_of(gallery)
     heads = heads_for(per_run, runs, gallery) if options.blend else None
     prepared = ranking.PreparedGallery(gallery.embeddings, gallery.whitening)
-    ranked = ranking.rank(queries, prepared, gallery.ids, options, heads)
-    return answers(args, gallery, boxes, ranked)
+    return ranking.rank(queries, prepared, gallery.ids, options, heads)
 
 
-def answers(args, gallery: Gallery, boxes, ranked: ranking.Ranked) -> list[Answer]:
+def answers(threshold: float | None, gallery: Gallery, photos, boxes, ranked: ranking.Ranked) -> list[Answer]:
     species_of = dict(zip(gallery.ids, gallery.species, strict=True))
-    per_species = {} if args.threshold is not None else gallery.manifest.per_species_thresholds
-    default = args.threshold if args.threshold is not None else gallery.manifest.threshold
+    per_species = {} if threshold is not None else gallery.manifest.per_species_thresholds
+    default = threshold if threshold is not None else gallery.manifest.threshold
     results = []
-    for photo, box, labels, scores in zip(args.photos, boxes, ranked.labels, ranked.scores, strict=True):
+    for photo, box, labels, scores in zip(photos, boxes, ranked.labels, ranked.scores, strict=True):
         used = per_species.get(species_of.get(labels[0]) if labels else None, default)
         top = insert_new_individual([labels], [scores], used)[0]
         score_of = dict(zip(labels, scores, strict=True))
-        results.append(
-            Answer(
-                photo,
-                box,
-                top,
-                [score_of.get(label) for label in top],
-                [species_of.get(x) for x in top],
-                used,
-            )
-        )
+        similarities = [score_of.get(label) for label in top]
+        results.append(Answer(photo, box, top, similarities, [species_of.get(x) for x in top], used))
     return results
-
-
-def format_answers(results: Sequence[Answer]) -> str:
-    lines = []
-    for answer in results:
-        box = "whole photo" if answer.box is None else "box " + " ".join(f"{v:g}" for v in answer.box)
-        lines.append(f"\n{answer.photo}  ({box}; new_individual threshold {answer.threshold:.4f})")
-        for rank, (label, similarity, species) in enumerate(
-            zip(answer.labels, answer.similarities, answer.species, strict=True), start=1
-        ):
-            score = "" if similarity is None else f"{similarity:8.4f}"
-            lines.append(f"  {rank}. {label:<24} {score:>8}  {species or ''}")
-    return "\n".join(lines)
-
-
-def answers_json(results: Sequence[Answer]) -> str:
-    return json.dumps(
-        [
-            {
-                "photo": a.photo,
-                "box": None if a.box is None else list(a.box),
-                "threshold": a.threshold,
-                "predictions": [
-                    {"rank": i + 1, "label": label, "similarity": s, "species": sp}
-                    for i, (label, s, sp) in enumerate(zip(a.labels, a.similarities, a.species, strict=True))
-                ],
-            }
-            for a in results
-        ],
-        indent=2,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,9 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = identify(args)
     except (IdentifyError, RunError) as err:
         logger.error("%s", err)
-        return 1
+        return EXIT_ALL_FAILED
+    except tf.errors.OpError as err:
+        if not files.is_storage_error(err):
+            raise
+        logger.error("%s", files.storage_error_message(err))
+        return EXIT_ALL_FAILED
     print(answers_json(results) if args.json else format_answers(results))
-    return 0
+    return exit_code(results)
 
 
 if __name__ == "__main__":

@@ -215,5 +215,12 @@ def inference_kernel() -> str:
     _run(predict.main, args, "python -m tfwhale.predict")
     submission = os.path.join(paths.working, "submission.csv")
     shutil.copy(os.path.join(out, "submission.csv"), submission)
+    from tfwhale.inference.submission import PredictError, check_submission_text
+
+    try:  # what Kaggle will score: every row must split back into its labels
+        with open(submission, encoding="utf-8") as f:
+            check_submission_text(f.read(), submission)
+    except PredictError as err:
+        raise SystemExit(str(err)) from None
     logger.info("wrote %s", submission)
     return submission

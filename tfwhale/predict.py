@@ -11,13 +11,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import tensorflow as tf
+
 from tfwhale.contracts.gallery_manifest import (
     GalleryManifest,
     GalleryRun,
     remove_gallery_manifest,
     write_gallery_manifest,
 )
-from tfwhale.contracts.records import Manifest, ManifestError, load_manifest
+from tfwhale.contracts.records import Manifest, ManifestError, load_manifest, read_error_message
 from tfwhale.contracts.run_folder import CONFIG_NAME, Run, RunError, load_run
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, PredictConfig, load_config
@@ -54,6 +56,8 @@ EXAMPLES = """examples:
       --out gs://b/predict --tta flip --blend 0.5 --new-share 0.1
   python -m tfwhale.predict --runs runs/tiny --records out/records --out out/predict --threshold 0.45
 Embeddings are cached in OUT_DIR/cache: a second run with another threshold, k or option loads no model.
+A rerun first removes the previous outputs (gallery.json first; the cache stays), so an interrupted
+rerun never leaves old outputs that look current. Storage errors end in one line; rerun to resume.
 --knn exact (default) is a chunked float32 GEMM and a compiled top-k: the same neighbours as sklearn's
 brute-force cosine search, 3.6x faster (28k queries x 51k gallery x 512 dims: 4.4 s vs 15.8 s, 2 cores).
 """
@@ -164,9 +168,7 @@ def run(args: argparse.Namespace) -> dict:
     runs = load_runs(args, manifest)
     settings = resolve_settings(args, runs)
     files.makedirs(args.out)
-    # until they are rewritten, the outputs are unfinished: identify and serve refuse the folder
-    remove_gallery_manifest(args.out)
-    files.remove(files.join(args.out, report.REPORT_NAME))
+    remove_old_outputs(args.out)
     need_centres = settings.options.blend > 0
     emb = embed_runs(runs, manifest, args.out, settings.batch, settings.flip, need_centres, args.recompute)
     check_oof_files(emb)
@@ -179,6 +181,15 @@ def run(args: argparse.Namespace) -> dict:
     answers = dict(zip(emb.index.test_names, predictions_with_new(ranked, used, species), strict=True))
     prediction = Prediction(emb, settings, outcome, gallery, ranked, answers, order, solution)
     return write_outputs(args, manifest, prediction)
+
+
+def remove_old_outputs(out_dir: str) -> None:
+    """A rerun first removes the previous outputs, so that an interrupted rerun never leaves a mix of old
+    and new files that looks current. gallery.json goes first: identify and serve read only folders that
+    have it. The embedding cache stays (its entries are keyed by model and checked on reuse)."""
+    remove_gallery_manifest(out_dir)
+    for name in (report.REPORT_NAME, SUBMISSION_NAME, EMBEDDINGS_NAME, CURVE_NAME, EXAMPLES_NAME):
+        files.remove(files.join(out_dir, name))
 
 
 def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -> dict:
@@ -259,6 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = run(args)
     except (RunError, ManifestError, PredictError, ConfigError) as err:
         logger.error("%s", err)
+        return 1
+    except tf.errors.DataLossError as err:
+        logger.error("%s", read_error_message(args.records, err))
+        return 1
+    except tf.errors.OpError as err:
+        if not files.is_storage_error(err):
+            raise
+        logger.error("%s", files.storage_error_message(err))
         return 1
     print(report.format_table(body))
     return 0

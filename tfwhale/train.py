@@ -10,9 +10,10 @@ import logging
 import sys
 
 import keras
+import tensorflow as tf
 
 from tfwhale.contracts import run_folder
-from tfwhale.contracts.records import ManifestError, load_manifest
+from tfwhale.contracts.records import ManifestError, load_manifest, read_error_message
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, load_config, save_config
 from tfwhale.feed.data import with_records_image_size
@@ -114,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args)
     except (ConfigError, ManifestError, DeviceError, TrainingError) as err:
         logger.error("%s", err)
+        return 1
+    except tf.errors.DataLossError as err:
+        logger.error("%s", read_error_message(args.records, err))
+        return 1
+    except tf.errors.OpError as err:
+        if not files.is_storage_error(err):
+            raise
+        logger.error("%s", files.storage_error_message(err))
         return 1
     for info in results:
         best = info.get("best") or {}

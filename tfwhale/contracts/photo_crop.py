@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -32,6 +34,11 @@ _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
 
+# PIL refuses (DecompressionBombError) images above twice its MAX_IMAGE_PIXELS, ~179 megapixels; the
+# same default here, but as a setting (build-tfrecords --max-pixels) and with a message that says so.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+
 class ImageError(ValueError):
     """One image that cannot be read or decoded; the writer turns it into a Reject, the build goes on."""
 
@@ -44,6 +51,7 @@ class ImageSettings:
     enlarge: float = 1.2
     resize_mode: str = "square"
     quality: int = 90
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger photos are refused before decoding (decompression bombs)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def process_image(data: bytes, box: Box | None, settings: ImageSettings) -> tupl
     """
     if settings.resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {settings.resize_mode!r}")
-    image = _open(data)
+    image = _open(data, settings.max_pixels)
     width, height, orientation = _displayed_size(image)
     region, fallback = crop_region(box, width, height, settings.enlarge)
     left, top, right, bottom = region
@@ -101,9 +109,21 @@ def process_image(data: bytes, box: Box | None, settings: ImageSettings) -> tupl
     return encode_jpeg(output, settings.quality), info
 
 
-def _open(data: bytes) -> Image.Image:
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """PIL's global decompression-bomb check off while this module applies its own (max_pixels)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        image = Image.open(BytesIO(data))
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    try:
+        with _own_pixel_limit():
+            image = Image.open(BytesIO(data))
     except UnidentifiedImageError as error:
         what = f"it starts with {data[:12]!r}" if data else "it is empty"
         raise ImageError(f"cannot decode image: not an image format PIL reads ({what})") from error
@@ -111,6 +131,11 @@ def _open(data: bytes) -> Image.Image:
         raise ImageError(f"cannot decode image: {error}") from error
     if image.width < 1 or image.height < 1:
         raise ImageError(f"cannot decode image: empty image ({image.width}x{image.height})")
+    if image.width * image.height > max_pixels:  # only the header is read so far: nothing decoded yet
+        raise ImageError(
+            f"image too large: {image.width}x{image.height} = {image.width * image.height:,} pixels, above "
+            f"the limit of {max_pixels:,} (a guard against decompression bombs); raise it with --max-pixels"
+        )
     return image
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,25 @@ TEST_FEATURES = {
 
 _TRAIN_SHARD = re.compile(r"^train-fold(\d+)-(\d+)\.tfrec$")
 _TEST_SHARD = re.compile(r"^test-(\d+)\.tfrec$")
+
+
+def label_problem(label: str) -> str | None:
+    """Why `label` cannot be an individual_id, or None when it can.
+
+    Kaggle's submission separates the 5 labels of a row by spaces inside one CSV field, so a label must
+    not hold whitespace (any Unicode space), a comma or a double quote, nor control characters; and
+    new_individual is the answer "none of these", not an individual. Other Unicode is fine.
+    """
+    if label == NEW_INDIVIDUAL:
+        return f"'{NEW_INDIVIDUAL}' is reserved for the answer 'not in the gallery'"
+    for char in label:
+        if char.isspace() or char in ',"' or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            name = unicodedata.name(char, f"U+{ord(char):04X}")
+            return (
+                f"contains {char!r} ({name}); Kaggle's submission format separates labels by spaces, "
+                "so an individual_id may not hold whitespace, commas, quotes or control characters"
+            )
+    return None
 
 
 def _bytes(value: bytes) -> tf.train.Feature:
@@ -174,3 +194,33 @@ def load_manifest(root: str) -> Manifest:
             f"{SCHEMA_VERSION}; rebuild the records with this version's build-tfrecords"
         )
     return Manifest(root=root, data=data, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def damaged_shards(manifest: Manifest) -> list[str]:
+    """Shards of a finished build whose size or sha256 differs from the manifest (missing ones included).
+
+    TensorFlow's DataLossError ("corrupted record at N") names no file; this finds the shard it meant.
+    """
+
+    def intact(entry: dict[str, Any]) -> bool:
+        path = files.join(manifest.root, entry["name"])
+        if not files.exists(path) or files.size(path) != int(entry["bytes"]):
+            return False
+        return files.sha256(path) == entry["sha256"]
+
+    return [entry["name"] for entry in manifest.data["shards"] if not intact(entry)]
+
+
+def read_error_message(root: str, error: Exception) -> str:
+    """One line for a record that cannot be read during training or prediction: which shard, what next."""
+    detail = getattr(error, "message", str(error)).splitlines()[0]
+    detail = re.sub(r"^\{\{[^}]*\}\}\s*", "", detail).split(" [Op:")[0]  # drop TF's op decoration
+    try:
+        damaged = damaged_shards(load_manifest(root))
+    except (ManifestError, OSError, tf.errors.OpError):
+        damaged = []
+    where = f"damaged shard(s): {', '.join(damaged)}" if damaged else "no shard differs from its sha256"
+    return (
+        f"{root}: a record cannot be read ({detail}); {where}. Run `build-tfrecords verify {root}`, then "
+        "run the same build-tfrecords command again (it rebuilds shards whose sha256 is wrong)"
+    )

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,15 @@ import tensorflow as tf
 gfile = tf.io.gfile
 builtins_open = open  # this module shadows `open` below; temp files are always local
 _CHUNK = 8 << 20
+# What a storage outage looks like through tf.io.gfile once its retries are spent (gs:// mostly):
+# transient, so the same command, run again, resumes where it stopped.
+STORAGE_ERRORS = (
+    tf.errors.AbortedError,
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.ResourceExhaustedError,
+)
+_OBJECT = re.compile(r"gs://[^\s'\",;)]+")
 
 
 def is_remote(path: str) -> bool:
@@ -110,6 +120,26 @@ def write_bytes(path: str, data: bytes) -> None:
     commit(tmp, path)
 
 
+def create_exclusive(path: str, text: str) -> bool:
+    """Create `path` with `text` only if it does not exist yet; False when it already does.
+
+    Atomic for local paths (O_EXCL). tf.io.gfile has no conditional write for gs://: there the check and
+    the write are two requests, so a caller that must win a race reads the file back afterwards.
+    """
+    if is_remote(path):
+        if gfile.exists(path):
+            return False
+        write_text(path, text)
+        return True
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        f.write(text)
+    return True
+
+
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
@@ -152,3 +182,21 @@ def written_via_local(path: str) -> Iterator[str]:
         yield local
         with builtins_open(local, "rb") as f:
             write_bytes(path, f.read())
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """A transient storage failure (outage, retries exhausted, timeout), as opposed to a bad path or input."""
+    return isinstance(error, STORAGE_ERRORS)
+
+
+def storage_error_message(error: BaseException, command: str = "the same command") -> str:
+    """One line for a storage failure: the object it was about, TF's reason, and that a rerun resumes."""
+    text = getattr(error, "message", None) or str(error)
+    found = _OBJECT.search(text)
+    where = found.group(0).rstrip(".") if found else "remote storage"
+    reason = " ".join(text.split())
+    reason = re.sub(r"^\{\{[^}]*\}\}\s*", "", reason)[:300]
+    return (
+        f"storage error on {where} ({type(error).__name__}: {reason}); nothing finished is lost: "
+        f"run {command} again to resume"
+    )

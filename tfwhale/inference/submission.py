@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from tfwhale.contracts.records import NEW_INDIVIDUAL, label_problem
 from tfwhale.core import files
 
 if TYPE_CHECKING:
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tfwhale.predict")
 
+NEW = NEW_INDIVIDUAL
 SUBMISSION_NAME = "submission.csv"
 EMBEDDINGS_NAME = "embeddings.npz"
 
@@ -64,14 +67,51 @@ def read_solution(path: str | None, test_names: Sequence[str]) -> dict[str, str]
     return dict(zip(table["image"], table["individual_id"], strict=True))
 
 
+def submission_text(names: Sequence[str], answers: dict[str, list[str]]) -> str:
+    """image,predictions rows, CSV-quoted where an image name needs it; refuses a label that would not
+    split back out of the space-separated predictions field, and checks every row reads back."""
+    for name in names:
+        for label in answers[name]:
+            if (problem := label_problem(label)) and label != NEW:
+                raise PredictError(f"label {label!r} (answer for {name}) {problem}; rebuild the records")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "predictions"])
+    writer.writerows([name, " ".join(answers[name])] for name in names)
+    text = buffer.getvalue()
+    check_submission_text(text, "submission.csv", {name: answers[name] for name in names})
+    return text
+
+
+def check_submission_text(
+    text: str, where: str, expected: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """Read a submission back: 2 fields a row, labels split by single spaces, each label allowed
+    (and equal to `expected` when given). Returns image -> labels; PredictError naming the line."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or rows[0] != ["image", "predictions"]:
+        raise PredictError(f"{where}: line 1 must be 'image,predictions', got {rows[:1]}")
+    read: dict[str, list[str]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2:
+            raise PredictError(f"{where}: line {line} has {len(row)} fields, not 2: {row}")
+        labels = row[1].split(" ")
+        bad = [label for label in labels if label != NEW and label_problem(label)]
+        if bad or "" in labels or len(labels) > 5:
+            raise PredictError(f"{where}: line {line}: predictions {row[1]!r} do not split into labels")
+        if expected is not None and labels != expected.get(row[0]):
+            raise PredictError(f"{where}: line {line}: {row[0]} reads back as {labels}")
+        read[row[0]] = labels
+    return read
+
+
 def write_submission(path: str, names: Sequence[str], answers: dict[str, list[str]]) -> None:
     short = [n for n in names if len(answers[n]) < 5]
     if short:
         logger.warning(
             "%d queries have fewer than 5 labels (the gallery has too few individuals)", len(short)
         )
-    lines = ["image,predictions"] + [f"{name},{' '.join(answers[name])}" for name in names]
-    files.write_text(path, "\n".join(lines) + "\n")
+    files.write_text(path, submission_text(names, answers))
 
 
 def write_embeddings(
