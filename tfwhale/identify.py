@@ -132,45 +132,71 @@ def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None
     return parsed
 
 
-def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
-    """uint8 [n, S, S, 3]: each photo cropped, resized and JPEG-encoded as the builder did, then decoded."""
-    from tfwhale.contracts.photo_crop import ImageError, ImageSettings, process_image
+def image_settings(gallery: Gallery):
+    """The records' crop settings: new photos are cropped exactly as build-tfrecords cropped the gallery."""
+    from tfwhale.contracts.photo_crop import ImageSettings
 
     crop, size = gallery.manifest.crop, gallery.manifest.image_size
     if not crop:
         raise IdentifyError(
             f"{gallery.out_dir}: the records' manifest has no crop settings (not made by build-tfrecords?)"
         )
-    settings = ImageSettings(size, float(crop["enlarge"]), crop["resize_mode"], int(crop["jpeg_quality"]))
+    return ImageSettings(size, float(crop["enlarge"]), crop["resize_mode"], int(crop["jpeg_quality"]))
+
+
+def prepare_photo_bytes(data: bytes, box: tuple | None, settings, name: str) -> tuple[bytes, np.ndarray]:
+    """(the crop's JPEG, uint8 [S, S, 3]) of one photo's bytes: cropped, resized and encoded as the builder
+    did, then decoded. IdentifyError naming the photo when it is not an image."""
+    from tfwhale.contracts.photo_crop import ImageError, process_image
+
+    try:
+        jpeg, _ = process_image(data, box, settings)
+    except ImageError as err:
+        raise IdentifyError(f"{name}: {err}") from None
+    return jpeg, records.decode_image(jpeg, settings.size).numpy()
+
+
+def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
+    """uint8 [n, S, S, 3]: each photo cropped, resized and JPEG-encoded as the builder did, then decoded."""
+    settings = image_settings(gallery)
     images = []
     for photo, box in zip(photos, boxes, strict=True):
         if not files.exists(photo):
             raise IdentifyError(f"{photo}: file not found")
-        try:
-            jpeg, _ = process_image(files.read_bytes(photo), box, settings)
-        except ImageError as err:
-            raise IdentifyError(f"{photo}: {err}") from None
-        images.append(records.decode_image(jpeg, size).numpy())
+        images.append(prepare_photo_bytes(files.read_bytes(photo), box, settings, photo)[1])
     return np.stack(images)
+
+
+def load_models(runs: list[list[FoldModel]]) -> list[list]:
+    """The fold embedding models, per run: load once, embed many times (the catalogue app keeps them)."""
+    return [[load_embedding_model(fold) for fold in folds] for folds in runs]
+
+
+def embed_loaded(images: np.ndarray, models: list[list], flip: bool, batch: int) -> list[list[np.ndarray]]:
+    """Per run, per fold model: the photos' L2-normalised embeddings (with flip TTA when predict used it)."""
+
+    def run_model(model, x: np.ndarray) -> np.ndarray:
+        # a direct call per batch: Model.predict costs tens of ms of set-up for one photo
+        parts = [np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)]
+        return np.concatenate(parts)
+
+    per_run = []
+    for run_models in models:
+        per_fold = []
+        for model in run_models:
+            embeddings = run_model(model, images)
+            if flip:
+                embeddings = embeddings + run_model(model, np.ascontiguousarray(images[:, :, ::-1]))
+            per_fold.append(l2_normalise(embeddings))
+        per_run.append(per_fold)
+    return per_run
 
 
 def embed_photos(
     images: np.ndarray, runs: list[list[FoldModel]], flip: bool, batch: int
 ) -> list[list[np.ndarray]]:
     """Per run, per fold model: the photos' L2-normalised embeddings (with flip TTA when predict used it)."""
-    per_run = []
-    for folds in runs:
-        per_fold = []
-        for fold in folds:
-            model = load_embedding_model(fold)
-            embeddings = np.asarray(model.predict(images, batch_size=batch, verbose=0))
-            if flip:
-                embeddings = embeddings + np.asarray(
-                    model.predict(images[:, :, ::-1], batch_size=batch, verbose=0)
-                )
-            per_fold.append(l2_normalise(embeddings))
-        per_run.append(per_fold)
-    return per_run
+    return embed_loaded(images, load_models(runs), flip, batch)
 
 
 def combine(per_run: list[list[np.ndarray]], gallery: Gallery) -> np.ndarray:
