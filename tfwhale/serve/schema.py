@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 # Migration n takes a database from version n to n + 1; append, never edit an applied one.
+# Statements are split on ';': keep semicolons out of the comments.
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE individuals (
@@ -21,7 +22,7 @@ MIGRATIONS: list[str] = [
         crop_sha256 TEXT NOT NULL,        -- the crop the models saw, as the records hold it
         box TEXT NOT NULL DEFAULT '',
         individual_id TEXT REFERENCES individuals(id),
-        embedding BLOB,                   -- float32, the gallery's space; set for photos the app embedded
+        embedding BLOB,                   -- float32 in the gallery space, for photos the app embedded
         added_at TEXT NOT NULL,
         added_by TEXT NOT NULL DEFAULT ''
     );

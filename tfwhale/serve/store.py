@@ -154,7 +154,9 @@ class Store:
         )  # fmt: skip
         return cursor.rowcount == 1
 
-    def add_individual(self, conn: sqlite3.Connection, individual_id: str, species: str, origin: str, by: str):
+    def add_individual(
+        self, conn: sqlite3.Connection, individual_id: str, species: str, origin: str, by: str
+    ):
         conn.execute(
             "INSERT INTO individuals (id, species, origin, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
             (individual_id, species, origin, now(), by),
@@ -162,7 +164,7 @@ class Store:
 
     def decide(
         self, photo: str, action: str, individual_id: str, note: str, reviewer: str, scores: list,
-        embedding: np.ndarray | None = None,
+        embedding: np.ndarray | None = None, species: str = "",
     ) -> int:  # fmt: skip
         """Record one decision and apply it, in one transaction; ConflictError when it collides.
 
@@ -180,11 +182,13 @@ class Store:
                     raise ConflictError(f"this photo is already assigned to {current[0]}")
                 exists = conn.execute("SELECT 1 FROM individuals WHERE id = ?", (individual_id,)).fetchone()
                 if action == "register" and exists:
-                    raise ConflictError(f"individual {individual_id} exists already; confirm it or pick another id")
+                    raise ConflictError(
+                        f"individual {individual_id} exists already; confirm it or pick another id"
+                    )
                 if action == "confirm" and not exists:
                     raise ConflictError(f"individual {individual_id} is not in the catalogue")
                 if action == "register":
-                    self.add_individual(conn, individual_id, "", "registered", reviewer)
+                    self.add_individual(conn, individual_id, species, "registered", reviewer)
                 blob = None if embedding is None else np.asarray(embedding, np.float32).tobytes()
                 conn.execute(
                     "UPDATE photos SET individual_id = ?, embedding = COALESCE(embedding, ?) "
