@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.run_fixture import build_synthetic_records, make_run
-
 
 @pytest.fixture(scope="session")
 def serve_gallery(tmp_path_factory):
     """(synthetic data folder, predict output): untrained two-fold TinyConvNet run, flip TTA."""
+    from tests.run_fixture import build_synthetic_records, make_run
     from tfwhale import predict
     from tfwhale.contracts.records import load_manifest
 

@@ -8,12 +8,12 @@ import threading
 import pytest
 
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from tests.serve_fixture import photo_bytes, second_photo, serve_gallery  # noqa: E402,F401
-from tfwhale.serve.app import create_app  # noqa: E402
-from tfwhale.serve.catalogue import Catalogue  # noqa: E402
-from tfwhale.serve.security import CSRF_COOKIE, MAX_UPLOAD_BYTES  # noqa: E402
+from tests.serve_fixture import photo_bytes, second_photo
+from tfwhale.serve.app import create_app
+from tfwhale.serve.catalogue import Catalogue
+from tfwhale.serve.security import CSRF_COOKIE, MAX_UPLOAD_BYTES
 
 ORIGIN = "http://testserver"
 

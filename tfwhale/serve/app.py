@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
@@ -45,7 +46,8 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
     def fragment(request: Request, photo: str, result, name: str = "") -> str:
         return env.get_template("_result.html").render(
             photo=photo, result=result, name=name, proposed=catalogue.proposed_id(),
-            previous=catalogue.store.decisions(photo=photo), assigned=catalogue.store.photo(photo).individual_id,
+            previous=catalogue.store.decisions(photo=photo),
+            assigned=catalogue.store.photo(photo).individual_id,
         )  # fmt: skip
 
     @app.get("/", response_class=HTMLResponse)
@@ -56,7 +58,10 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
 
     @app.post("/api/identify", response_class=HTMLResponse)
     def identify_upload(
-        request: Request, photo: UploadFile = File(...), box: str = Form(""), who: str = Form("")
+        request: Request,
+        photo: Annotated[UploadFile, File()],
+        box: Annotated[str, Form()] = "",
+        who: Annotated[str, Form()] = "",
     ):
         name = (photo.filename or "upload")[:200]
         data = photo.file.read(MAX_UPLOAD_BYTES + 1)
@@ -82,8 +87,8 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
         try:
             catalogue.decide(
                 str(body.get("photo", "")), str(body.get("action", "")), str(body.get("individual", "")),
-                str(body.get("note", "")), str(body.get("reviewer", "") or reviewer), list(body.get("scores", [])),
-                str(body.get("species", "")),
+                str(body.get("note", "")), str(body.get("reviewer", "") or reviewer),
+                list(body.get("scores", [])), str(body.get("species", "")),
             )  # fmt: skip
         except ConflictError as err:
             return JSONResponse({"ok": False, "message": str(err)}, status_code=409)

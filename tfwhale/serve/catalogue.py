@@ -149,7 +149,9 @@ class Catalogue:
         scores: list,
         species: str = "",
     ) -> int:
-        """Record a decision; confirm/register add the photo to the gallery at once. ConflictError/ValueError."""
+        """Record a decision; confirm/register add the photo to the gallery at once.
+
+        ConflictError when it collides with a recorded one, ValueError for a bad id."""
         if action in ("confirm", "register"):
             individual = check_id(individual)
         embedding = self.embedding_of(photo)
@@ -167,7 +169,7 @@ class Catalogue:
         return self.engine.free_id(self.store.individual_ids())
 
     def review_queue(self) -> list[QueueItem]:
-        """Predict's test photos not decided yet, most uncertain first (best similarity nearest the threshold)."""
+        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold)."""
         if self._queue is None:
             self._queue = self._rank_tests()
         decided = self.store.decided_photos()

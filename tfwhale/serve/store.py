@@ -196,8 +196,8 @@ class Store:
                     (individual_id, blob, photo),
                 )
             cursor = conn.execute(
-                "INSERT INTO decisions (photo_sha256, action, individual_id, note, reviewer, decided_at, scores) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO decisions (photo_sha256, action, individual_id, note, reviewer, decided_at, "
+                "scores) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (photo, action, individual_id, note, reviewer, now(), json.dumps(scores)),
             )
             return int(cursor.lastrowid)
