@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
 
-from tests.serve_fixture import photo_bytes, second_photo
-from tfwhale.serve.app import create_app
-from tfwhale.serve.catalogue import Catalogue
+from tests.serve_fixture import photo_bytes, second_photo  # noqa: E402
+from tfwhale.serve.app import create_app  # noqa: E402
+from tfwhale.serve.catalogue import Catalogue  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CHROMIUM = os.environ.get("TFWHALE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -48,7 +48,8 @@ class LiveServer:
         import uvicorn
 
         self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30
@@ -164,7 +165,8 @@ def test_bad_upload_is_refused_on_the_page_and_the_next_one_works(browser, live,
     page.click("#identify")
     sync_api.expect(page.locator("#results .error")).to_contain_text("not an image format")
     _shot(page, "bad-upload")
-    assert catalogue.store.conn.execute("SELECT COUNT(*) FROM photos WHERE source = 'upload'").fetchone()[0] == 0
+    uploads = catalogue.store.conn.execute("SELECT COUNT(*) FROM photos WHERE source = 'upload'")
+    assert uploads.fetchone()[0] == 0
     result = _identify(page, _write(tmp_path, "good.jpg", photo_bytes(33)))
     assert result.locator(".candidate").count() == 5
 
