@@ -176,8 +176,9 @@ def embed_loaded(images: np.ndarray, models: list[list], flip: bool, batch: int)
     """Per run, per fold model: the photos' L2-normalised embeddings (with flip TTA when predict used it)."""
 
     def run_model(model, x: np.ndarray) -> np.ndarray:
-        # a direct call per batch: Model.predict costs tens of ms of set-up for one photo
-        parts = [np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)]
+        # predict_on_batch reuses the compiled predict step: Model.predict sets up ~200 ms per call
+        # and an eager model(x) runs op by op (measured in benchmarks/serve_latency.py)
+        parts = [np.asarray(model.predict_on_batch(x[i : i + batch])) for i in range(0, len(x), batch)]
         return np.concatenate(parts)
 
     per_run = []

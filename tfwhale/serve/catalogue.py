@@ -54,7 +54,7 @@ class Catalogue:
         self.dir = Path(catalogue_dir)
         self.store = Store(catalogue_dir)
         self.blobs = BlobStore(catalogue_dir)
-        self.engine = Engine(gallery_dir, run_dirs)
+        self.engine = Engine.load(gallery_dir, run_dirs)
         data = np.load(
             io.BytesIO(files.read_bytes(files.join(gallery_dir, self.engine.manifest.embeddings_file)))
         )
@@ -161,7 +161,7 @@ class Catalogue:
             photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species.strip()[:100]
         )
         if action != "unresolved":
-            self.engine.add(photo, individual, embedding)
+            self.engine.add(photo, individual, embedding, species.strip())
             self._queue = None
         return decision
 

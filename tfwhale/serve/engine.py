@@ -51,12 +51,13 @@ class Result:
 class Engine:
     """Thread-safe: searches read a consistent snapshot, additions take the lock."""
 
-    def __init__(self, gallery_dir: str, run_dirs: list[str] | None = None, batch: int = 16) -> None:
-        self.gallery = identify.load_gallery(gallery_dir)
-        self.manifest = self.gallery.manifest
-        self.runs = identify.recorded_runs(self.gallery, run_dirs)
-        self.models = identify.load_models(self.runs)
-        self.settings = identify.image_settings(self.gallery)
+    def __init__(self, gallery: identify.Gallery, runs: list, models: list[list], batch: int = 16) -> None:
+        """From parts already loaded (see load); the latency benchmark builds them in memory."""
+        self.gallery = gallery
+        self.manifest = gallery.manifest
+        self.runs = runs
+        self.models = models
+        self.settings = identify.image_settings(gallery)
         self.options = identify.options_of(self.gallery)
         self.batch = batch
         self.species_of = dict(zip(self.gallery.ids, self.gallery.species, strict=True))
@@ -66,10 +67,21 @@ class Engine:
         self._size = len(base)
         self._ids = list(self.gallery.ids)
         self._photos: list[str | None] = [None] * len(base)  # row -> photo hash, when known
-        self._ids_array = np.asarray(self._ids)
+        # kNN runs on integer codes: ranking sorts the labels per call, and 50,000 strings cost ~40 ms
+        self._names = sorted(set(self._ids))
+        self._code_of = {name: code for code, name in enumerate(self._names)}
+        self._codes = np.empty(max(len(base), 16), np.int64)
+        self._codes[: len(base)] = [self._code_of[label] for label in self._ids]
         self._rows: dict[str, list[int]] = {}
         for row, label in enumerate(self._ids):
             self._rows.setdefault(label, []).append(row)
+
+    @classmethod
+    def load(cls, gallery_dir: str, run_dirs: list[str] | None = None, batch: int = 16) -> Engine:
+        """What identify loads: gallery.json and the files it names, and the fold models, once."""
+        gallery = identify.load_gallery(gallery_dir)
+        runs = identify.recorded_runs(gallery, run_dirs)
+        return cls(gallery, runs, identify.load_models(runs), batch)
 
     # -- the gallery
     @property
@@ -81,7 +93,7 @@ class Engine:
         for row, name in enumerate(names[: len(self._photos)]):
             self._photos[row] = sha_of_name.get(name)
 
-    def add(self, photo: str, individual: str, embedding: np.ndarray) -> None:
+    def add(self, photo: str, individual: str, embedding: np.ndarray, species: str = "") -> None:
         """Append one photo to the searched gallery (whitened as predict whitened the gallery)."""
         vector = np.asarray(embedding, np.float32)[None]
         if self.gallery.whitening is not None:
@@ -91,11 +103,17 @@ class Engine:
                 bigger = np.empty((max(2 * len(self._matrix), 16), self._matrix.shape[1]), np.float32)
                 bigger[: self._size] = self._matrix[: self._size]
                 self._matrix = bigger
+            if self._size == len(self._codes):
+                self._codes = np.concatenate([self._codes, np.empty(len(self._codes), np.int64)])
+            if individual not in self._code_of:
+                self._code_of[individual] = len(self._names)
+                self._names.append(individual)
             self._matrix[self._size] = vector[0]
+            self._codes[self._size] = self._code_of[individual]
             self._ids.append(individual)
             self._photos.append(photo)
             self._rows.setdefault(individual, []).append(self._size)
-            self.species_of.setdefault(individual, "")
+            self.species_of.setdefault(individual, species)
             self._size += 1
 
     # -- queries
@@ -108,40 +126,44 @@ class Engine:
         per_run = identify.embed_loaded(images, self.models, self.manifest.flip_tta, self.batch)
         return identify.combine(per_run, self.gallery), per_run
 
+    def _snapshot(self):
+        with self._lock:  # rows appended later are not in this search
+            size = self._size
+            return self._matrix[:size], self._codes[:size], list(self._names)
+
     def search(self, queries: np.ndarray, per_run: list | None = None) -> list[Result]:
-        with self._lock:  # a snapshot: rows appended later are not in this search
-            size, matrix = self._size, self._matrix[: self._size]
-            if len(self._ids_array) != size:
-                self._ids_array = np.asarray(self._ids[:size])
-            ids = self._ids_array
-        # the row lists and photo hashes only grow: reading the first `size` rows needs no copy
-        rows, photos = self._rows, self._photos
+        matrix, codes, names = self._snapshot()
         prepared = ranking.PreparedGallery(matrix, self.gallery.whitening)
         heads = None
-        if self.options.blend:
-            heads = identify.heads_for(per_run, self.runs, self.gallery) if per_run else None
-        options = self.options if heads is not None else ranking.RankOptions(
-            **{**self.manifest.options, "blend": 0.0}
-        )  # fmt: skip
-        ranked = ranking.rank(queries, prepared, ids, options, heads)
-        sims = ranking.prepare_queries(queries, prepared, options) @ matrix.T if size else None
-        results = []
-        for i, (labels, scores) in enumerate(zip(ranked.labels, ranked.scores, strict=True)):
-            results.append(self._result(labels, scores, sims[i], rows, photos, queries[i]))
-        return results
+        if self.options.blend and per_run:
+            heads = identify.heads_for(per_run, self.runs, self.gallery)
+        if heads is None:
+            options = ranking.RankOptions(**{**self.manifest.options, "blend": 0.0})
+            ranked = ranking.rank(queries, prepared, codes, options)
+            labels_of = [[names[code] for code in row] for row in ranked.labels]
+        else:  # the blend matches kNN labels with the classifier's class names: strings
+            options = self.options
+            ranked = ranking.rank(queries, prepared, np.asarray(names)[codes], options, heads)
+            labels_of = ranked.labels
+        searched = ranking.prepare_queries(queries, prepared, options)
+        return [
+            self._result(labels, scores, searched[i], matrix, queries[i])
+            for i, (labels, scores) in enumerate(zip(labels_of, ranked.scores, strict=True))
+        ]
 
-    def _result(self, labels, scores, sims, rows, photos, query) -> Result:
+    def _result(self, labels, scores, searched, matrix, query) -> Result:
         threshold = self.manifest.threshold_for(self.species_of.get(labels[0]) if labels else None)
         top = insert_new_individual([labels], [scores], threshold)[0]
         score_of = dict(zip(labels, scores, strict=True))
         candidates = []
         for label in top:
             best = []
-            if label in rows:
-                members = np.asarray(rows[label])
-                members = members[members < len(sims)]
-                order = np.argsort(-sims[members])[:PHOTOS_PER_CANDIDATE]
-                best = [(photos[members[j]], float(sims[members[j]])) for j in order]
+            if label in self._rows:  # row lists and photo hashes only grow: no copy needed
+                members = np.asarray(self._rows[label])
+                members = members[members < len(matrix)]
+                sims = matrix[members] @ searched  # only the candidate's photos, not the whole gallery
+                order = np.argsort(-sims)[:PHOTOS_PER_CANDIDATE]
+                best = [(self._photos[members[j]], float(sims[j])) for j in order]
             similarity = score_of.get(label)
             species = self.species_of.get(label) or None
             candidates.append(
@@ -178,16 +200,13 @@ class Engine:
 
     def best(self, queries: np.ndarray) -> list[tuple[str, float, float]]:
         """(best individual, its similarity, its threshold) per query, without the photo comparison."""
-        with self._lock:
-            size, matrix = self._size, self._matrix[: self._size]
-            ids = self._ids[:size]
+        matrix, codes, names = self._snapshot()
         options = ranking.RankOptions(**{**self.manifest.options, "blend": 0.0})
-        ranked = ranking.rank(
-            queries, ranking.PreparedGallery(matrix, self.gallery.whitening), ids, options, n=1
-        )
+        prepared = ranking.PreparedGallery(matrix, self.gallery.whitening)
+        ranked = ranking.rank(queries, prepared, codes, options, n=1)
         out = []
         for labels, scores in zip(ranked.labels, ranked.scores, strict=True):
-            label = labels[0] if labels else NEW_INDIVIDUAL
+            label = names[labels[0]] if labels else NEW_INDIVIDUAL
             score = float(scores[0]) if scores else -1.0
             out.append((label, score, self.manifest.threshold_for(self.species_of.get(label))))
         return out
