@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import time
 
@@ -133,9 +134,10 @@ def main() -> None:
         baseline = 1000 * predict_baseline(engine, size, args.repeats)
         rows.append((label, median, baseline))
     flip = ", flip TTA" if args.flip else ""
+    load = f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     print(f"\nupload -> candidates, one photo (3000x2000 JPEG with a box), gallery {args.gallery:,} photos "
           f"of {args.individuals:,} individuals, {args.folds} fold model(s){flip}; "
-          f"median of {args.repeats} (ms)\n")  # fmt: skip
+          f"median of {args.repeats} (ms); {load}\n")  # fmt: skip
     print("| model | decode/crop | embed | search | render | total | embed via Model.predict (before) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, m, baseline in rows:
