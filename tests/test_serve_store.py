@@ -18,6 +18,8 @@ from tfwhale.serve.blobs import BlobStore
 from tfwhale.serve.schema import SCHEMA_VERSION, SchemaError
 from tfwhale.serve.store import ConflictError, Photo, Store, now
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # A writer that adds photos and decides on them as fast as it can, printing each decision id once its
 # transaction has committed: the parent kills it at a random moment.
 WRITER = textwrap.dedent(
@@ -45,7 +47,7 @@ WRITER = textwrap.dedent(
 
 
 def _kill_during_writes(catalogue, wait: float) -> list[tuple[int, str]]:
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(catalogue)], stdout=subprocess.PIPE, text=True, env=env
     )
