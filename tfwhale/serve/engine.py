@@ -62,6 +62,7 @@ class Engine:
         self.batch = batch
         self.species_of = dict(zip(self.gallery.ids, self.gallery.species, strict=True))
         self._lock = threading.Lock()
+        self._embed_lock = threading.Lock()
         base = self.gallery.embeddings.astype(np.float32)
         self._matrix = np.ascontiguousarray(base)
         self._size = len(base)
@@ -123,7 +124,8 @@ class Engine:
 
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, list]:
         """Combined embeddings [n, D] (the gallery's space, before whitening) and the per-fold ones."""
-        per_run = identify.embed_loaded(images, self.models, self.manifest.flip_tta, self.batch)
+        with self._embed_lock:  # one photo at a time: the models' first call builds their predict step
+            per_run = identify.embed_loaded(images, self.models, self.manifest.flip_tta, self.batch)
         return identify.combine(per_run, self.gallery), per_run
 
     def _snapshot(self):

@@ -79,7 +79,8 @@ class GuardMiddleware(BaseHTTPMiddleware):
         request.state.csrf = csrf
         response = await call_next(request)
         if request.cookies.get(CSRF_COOKIE) != csrf:
-            response.set_cookie(CSRF_COOKIE, csrf, httponly=False, samesite="strict")
+            # the pages read the token from their meta tag: scripts never need the cookie
+            response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict")
         return response
 
     def _check_token(self, request: Request) -> Response | None:
