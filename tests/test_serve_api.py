@@ -186,3 +186,15 @@ def test_review_queue_lists_test_photos_most_uncertain_first(client):
     label = next(c for c in candidates(page.text) if c != "new_individual")
     assert decide(client, first.photo, "confirm", label).json()["ok"]
     assert first.photo not in {item.photo for item in client.catalogue.review_queue()}
+
+
+def test_cli_refuses_a_folder_without_a_gallery_and_needs_a_token_off_loopback(tmp_path, caplog):
+    from tfwhale.serve.__main__ import main
+    from tfwhale.serve.security import access_token
+
+    assert main(["--gallery", str(tmp_path), "--catalogue", str(tmp_path / "c")]) == 1
+    assert "no finished predict output here" in caplog.text
+    assert access_token("127.0.0.1", None) is None and access_token("::1", None) is None
+    assert access_token("localhost", "given") == "given"
+    generated = access_token("0.0.0.0", None)
+    assert generated and len(generated) >= 24 and generated != access_token("0.0.0.0", None)
