@@ -60,6 +60,7 @@ class Catalogue:
         )
         self.test_names = data["test_names"].tolist() if "test_names" in data.files else []
         self.test_embeddings = data["test"] if "test" in data.files else np.zeros((0, 1), np.float32)
+        self._test_row = {name: row for row, name in enumerate(self.test_names)}
         self._import_records(data["train_names"].tolist())
         self.engine.name_photos(self.store.gallery_photo_hashes(), data["train_names"].tolist())
         hashes, ids, embeddings = self.store.grown_embeddings()
@@ -130,8 +131,9 @@ class Catalogue:
             return None
         if found[0] is not None:
             return np.frombuffer(found[0], np.float32)
-        if found[1] == "test" and found[2] in self.test_names:
-            return np.asarray(self.test_embeddings[self.test_names.index(found[2])], np.float32)
+        row = self._test_row.get(found[2]) if found[1] == "test" else None
+        if row is not None:
+            return np.asarray(self.test_embeddings[row], np.float32)
         return None
 
     def result_for(self, photo: str) -> Result | None:
