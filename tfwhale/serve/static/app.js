@@ -80,6 +80,7 @@ async function identifyAll() {
   const items = pending.splice(0);
   pendingBox.textContent = "";
   document.getElementById("identify").disabled = true;
+  let refused = 0;
   for (const [i, item] of items.entries()) {
     say(`identifying ${i + 1} of ${items.length}: ${item.file.name}…`);
     const form = new FormData();
@@ -91,13 +92,17 @@ async function identifyAll() {
       const html = await response.text();
       const holder = document.createElement("div");
       if (response.ok) holder.innerHTML = html;  // server-rendered, autoescaped
-      else holder.append(errorBox(response.status === 413 ? `${item.file.name}: too large` : html));
+      else {
+        refused += 1;
+        holder.append(errorBox(response.status === 413 ? `${item.file.name}: too large` : html));
+      }
       results.prepend(holder);
     } catch (err) {
+      refused += 1;
       results.prepend(errorBox(`${item.file.name}: ${err}`));
     }
   }
-  say(`done: ${items.length} photo(s)`);
+  say(`done: ${items.length - refused} identified` + (refused ? `, ${refused} refused (see below)` : ""), refused > 0);
 }
 function errorBox(text) {
   const box = document.createElement("div");
