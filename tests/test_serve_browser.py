@@ -1,6 +1,7 @@
 """The catalogue app in a real browser (headless Chromium via Playwright): the whole loop, token, bad upload.
 
-Screenshots of each page go to docs/serve-*.png (the README shows them). Skips, saying why, when
+Screenshots of each page go to test-screenshots/serve-*.png (git ignores it); TFWHALE_SCREENSHOTS=docs
+refreshes the README's docs/serve-*.png. Skips, saying why, when
 Playwright or a Chromium is missing; .ci/run installs Debian's chromium so that CI runs them.
 """
 
@@ -22,7 +23,8 @@ from tests.serve_fixture import photo_bytes, second_photo  # noqa: E402
 from tfwhale.serve.app import create_app  # noqa: E402
 from tfwhale.serve.catalogue import Catalogue  # noqa: E402
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / os.environ.get("TFWHALE_SCREENSHOTS", "test-screenshots")
 CHROMIUM = os.environ.get("TFWHALE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
@@ -95,10 +97,10 @@ def _identify(page, path: str):
 
 
 def _shot(page, name: str, at=None) -> None:
-    DOCS.mkdir(exist_ok=True)
+    SHOTS.mkdir(exist_ok=True)
     if at is not None:
         at.evaluate("element => element.scrollIntoView()")
-    page.screenshot(path=str(DOCS / f"serve-{name}.png"))
+    page.screenshot(path=str(SHOTS / f"serve-{name}.png"))
 
 
 def test_the_catalogue_loop_in_a_browser(browser, live, tmp_path):
