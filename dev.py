@@ -3,6 +3,7 @@
 
     python3 dev.py demo    # install into .venv (first time), then run the whole pipeline demo
     python3 dev.py test    # install into .venv (first time), then run the tests (add --slow for all)
+    python3 dev.py serve   # the catalogue app on the demo's output (http://127.0.0.1:8000/)
     python3 dev.py bench NAME  # run benchmarks/NAME.py
     python3 dev.py lint    # ruff check + format check
 
@@ -63,6 +64,9 @@ def main(argv: list[str]) -> int:
         return run(python, ["-m", "pytest", *rest])
     if command == "demo":
         return run(python, ["-m", "tfwhale.demo", *rest])
+    if command == "serve":
+        demo = ["--gallery", "demo_out/predict", "--catalogue", "demo_out/catalogue"]
+        return run(python, ["-m", "tfwhale.serve", *(rest or demo)])
     if command == "bench":
         if not rest:
             print("usage: python3 dev.py bench NAME [args]; NAME from benchmarks/")

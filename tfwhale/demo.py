@@ -81,6 +81,10 @@ def summarize(out: str, steps: list[Step], seconds: list[float]) -> None:
     print("\nThe commands it ran (repeat any of them by hand):")
     for step in steps:
         print("  " + shlex.join(step.shown))
+    catalogue = shlex.join(
+        ["python", "-m", "tfwhale.serve", "--gallery", pred, "--catalogue", files.join(out, "catalogue")]
+    )
+    print(f"\nNext, the catalogue app in the browser (python3 dev.py serve):\n  {catalogue}")
 
 
 def main(argv: list[str] | None = None) -> int:

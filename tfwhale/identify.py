@@ -142,6 +142,30 @@ def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None
     return parsed
 
 
+def image_settings(gallery: Gallery):
+    """The records' crop settings: new photos are cropped exactly as build-tfrecords cropped the gallery."""
+    from tfwhale.contracts.photo_crop import ImageSettings
+
+    crop, size = gallery.manifest.crop, gallery.manifest.image_size
+    if not crop:
+        raise IdentifyError(
+            f"{gallery.out_dir}: the records' manifest has no crop settings (not made by build-tfrecords?)"
+        )
+    return ImageSettings(size, float(crop["enlarge"]), crop["resize_mode"], int(crop["jpeg_quality"]))
+
+
+def prepare_photo_bytes(data: bytes, box: tuple | None, settings, name: str) -> tuple[bytes, np.ndarray]:
+    """(the crop's JPEG, uint8 [S, S, 3]) of one photo's bytes: cropped, resized and encoded as the builder
+    did, then decoded. IdentifyError naming the photo when it is not an image."""
+    from tfwhale.contracts.photo_crop import ImageError, process_image
+
+    try:
+        jpeg, _ = process_image(data, box, settings)
+    except ImageError as err:
+        raise IdentifyError(f"{name}: {err}") from None
+    return jpeg, records.decode_image(jpeg, settings.size).numpy()
+
+
 def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
     """uint8 [n, S, S, 3] of photos that must all be usable: IdentifyError for the first that is not."""
     images, errors = prepare_each(photos, boxes, gallery)
@@ -155,25 +179,17 @@ def prepare_each(
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
     """Per photo: uint8 [S, S, 3] cropped, resized and JPEG-encoded as the builder did, then decoded; or,
     for a photo that cannot be read or decoded, its own error (the other photos are still answered)."""
-    from tfwhale.contracts.photo_crop import ImageError, ImageSettings, process_image
-
-    crop, size = gallery.manifest.crop, gallery.manifest.image_size
-    if not crop:
-        raise IdentifyError(
-            f"{gallery.out_dir}: the records' manifest has no crop settings (not made by build-tfrecords?)"
-        )
-    settings = ImageSettings(size, float(crop["enlarge"]), crop["resize_mode"], int(crop["jpeg_quality"]))
+    settings = image_settings(gallery)
     images: list[np.ndarray | None] = []
     errors: list[str | None] = []
     for photo, box in zip(photos, boxes, strict=True):
         image, error = None, None
         try:
             if not files.exists(photo):
-                raise ImageError("file not found")
-            jpeg, _ = process_image(files.read_bytes(photo), box, settings)
-            image = records.decode_image(jpeg, size).numpy()
-        except ImageError as err:
-            error = f"{photo}: {err}"
+                raise IdentifyError(f"{photo}: file not found")
+            image = prepare_photo_bytes(files.read_bytes(photo), box, settings, photo)[1]
+        except IdentifyError as err:
+            error = str(err)
         except tf.errors.OpError as err:  # storage errors while reading a gs:// photo
             error = files.storage_error_message(err) if files.is_storage_error(err) else f"{photo}: {err}"
         if error:
@@ -183,23 +199,37 @@ def prepare_each(
     return images, errors
 
 
+def load_models(runs: list[list[FoldModel]]) -> list[list]:
+    """The fold embedding models, per run: load once, embed many times (the catalogue app keeps them)."""
+    return [[load_embedding_model(fold) for fold in folds] for folds in runs]
+
+
+def embed_loaded(images: np.ndarray, models: list[list], flip: bool, batch: int) -> list[list[np.ndarray]]:
+    """Per run, per fold model: the photos' L2-normalised embeddings (with flip TTA when predict used it)."""
+
+    def run_model(model, x: np.ndarray) -> np.ndarray:
+        # predict_on_batch reuses the compiled predict step: Model.predict sets up ~200 ms per call
+        # and an eager model(x) runs op by op (measured in benchmarks/serve_latency.py)
+        parts = [np.asarray(model.predict_on_batch(x[i : i + batch])) for i in range(0, len(x), batch)]
+        return np.concatenate(parts)
+
+    per_run = []
+    for run_models in models:
+        per_fold = []
+        for model in run_models:
+            embeddings = run_model(model, images)
+            if flip:
+                embeddings = embeddings + run_model(model, np.ascontiguousarray(images[:, :, ::-1]))
+            per_fold.append(l2_normalise(embeddings))
+        per_run.append(per_fold)
+    return per_run
+
+
 def embed_photos(
     images: np.ndarray, runs: list[list[FoldModel]], flip: bool, batch: int
 ) -> list[list[np.ndarray]]:
     """Per run, per fold model: the photos' L2-normalised embeddings (with flip TTA when predict used it)."""
-    per_run = []
-    for folds in runs:
-        per_fold = []
-        for fold in folds:
-            model = load_embedding_model(fold)
-            embeddings = np.asarray(model.predict(images, batch_size=batch, verbose=0))
-            if flip:
-                embeddings = embeddings + np.asarray(
-                    model.predict(images[:, :, ::-1], batch_size=batch, verbose=0)
-                )
-            per_fold.append(l2_normalise(embeddings))
-        per_run.append(per_fold)
-    return per_run
+    return embed_loaded(images, load_models(runs), flip, batch)
 
 
 def combine(per_run: list[list[np.ndarray]], gallery: Gallery) -> np.ndarray:

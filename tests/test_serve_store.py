@@ -1,0 +1,119 @@
+"""The catalogue's database and image files under a kill -9: no recorded decision lost, no half photo."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tfwhale.serve.blobs import BlobStore
+from tfwhale.serve.schema import SCHEMA_VERSION, SchemaError
+from tfwhale.serve.store import ConflictError, Photo, Store, now
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A writer that adds photos and decides on them as fast as it can, printing each decision id once its
+# transaction has committed: the parent kills it at a random moment.
+WRITER = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    from tfwhale.serve.blobs import BlobStore
+    from tfwhale.serve.store import Photo, Store, now
+
+    store, blobs = Store(sys.argv[1]), BlobStore(sys.argv[1])
+    i = 0
+    while True:
+        data = os.urandom(20000) + str(i).encode()
+        sha = blobs.put(data)
+        crop = blobs.put(data[:5000])
+        with store.transaction() as conn:
+            store.add_photo(conn, Photo(sha, "upload", f"p{i}.jpg", crop, "", None, now(), "w"))
+        action = "register" if i % 3 == 0 else ("confirm" if i % 3 == 1 else "unresolved")
+        individual = f"ind-{i // 3}"
+        decision = store.decide(sha, action, individual, "n", "w", [], np.full(8, i, np.float32))
+        print(decision, sha, flush=True)
+        i += 1
+    """
+)
+
+
+def _kill_during_writes(catalogue, wait: float) -> list[tuple[int, str]]:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(catalogue)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    time.sleep(wait)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    return [(int(line.split()[0]), line.split()[1]) for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("wait", [1.5, 2.3])
+def test_kill_9_mid_writes_loses_no_decision_and_leaves_no_half_photo(tmp_path, wait):
+    catalogue = tmp_path / "catalogue"
+    reported = _kill_during_writes(catalogue, wait)
+    assert len(reported) > 5, "the writer made too little progress to test anything"
+    conn = sqlite3.connect(catalogue / "catalogue.sqlite")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    decided = dict(conn.execute("SELECT id, photo_sha256 FROM decisions").fetchall())
+    for decision, sha in reported:  # every decision the writer saw committed is there
+        assert decided.get(decision) == sha
+    blobs = BlobStore(catalogue)
+    for sha, crop, individual, embedding in conn.execute(
+        "SELECT sha256, crop_sha256, individual_id, embedding FROM photos"
+    ):
+        for digest in (sha, crop):  # every photo row's files are there, whole
+            assert hashlib.sha256(blobs.get(digest)).hexdigest() == digest
+        if individual is not None:  # an assigned photo has its embedding and the decision that assigned it
+            assert embedding is not None and len(embedding) == 8 * 4
+            actions = conn.execute(
+                "SELECT action FROM decisions WHERE photo_sha256 = ? AND action != 'unresolved'", (sha,)
+            ).fetchall()
+            assert len(actions) == 1
+    for path in blobs.root.rglob("*.jpg"):  # no file under a hash name holds other (half-written) bytes
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
+    registered = {r[0] for r in conn.execute("SELECT individual_id FROM decisions WHERE action='register'")}
+    assert registered == {r[0] for r in conn.execute("SELECT id FROM individuals")}
+
+
+def test_decisions_are_checked_in_one_transaction(tmp_path):
+    store, blobs = Store(tmp_path), BlobStore(tmp_path)
+    sha = blobs.put(b"photo")
+    with store.transaction() as conn:
+        store.add_photo(conn, Photo(sha, "upload", "a.jpg", sha, "", None, now(), ""))
+    store.decide(sha, "register", "A", "", "r1", [], np.zeros(4, np.float32))
+    with pytest.raises(ConflictError, match="already assigned to A"):
+        store.decide(sha, "confirm", "A", "", "r2", [])
+    with pytest.raises(ConflictError, match="not in the catalogue"):
+        store.decide("0" * 64, "confirm", "A", "", "r2", [])
+    assert [d["action"] for d in store.decisions(photo=sha)] == ["register"]  # the refused ones left nothing
+    with pytest.raises(ValueError, match="action must be one of"):
+        store.decide(sha, "delete", "A", "", "r2", [])
+
+
+def test_schema_version_and_a_newer_database_is_refused(tmp_path):
+    store = Store(tmp_path)
+    assert store.conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    Store(tmp_path)  # opening again migrates nothing and keeps the data
+    store.conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaError, match="newer than this tfwhale"):
+        Store(tmp_path)
+
+
+def test_blob_names_are_content_hashes(tmp_path):
+    blobs = BlobStore(tmp_path)
+    digest = blobs.put(b"abc")
+    assert digest == hashlib.sha256(b"abc").hexdigest() and blobs.get(digest) == b"abc"
+    assert blobs.put(b"abc") == digest
+    with pytest.raises(ValueError, match="not a sha256"):
+        blobs.path("../../etc/passwd")
+    assert not blobs.has("../x")

@@ -1,0 +1,171 @@
+"""The catalogue web app (serve): server-rendered pages (Jinja2, autoescaped) and the JSON/fragment API.
+
+Every page is plain HTML; static/app.js adds drag and drop, box drawing, fetch() for decisions and the
+review queue's keyboard shortcuts. No build step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader
+
+from tfwhale.contracts.crop_box import parse_box_text
+from tfwhale.serve import export
+from tfwhale.serve.catalogue import Catalogue, UploadError
+from tfwhale.serve.security import MAX_UPLOAD_BYTES, GuardMiddleware
+from tfwhale.serve.store import ConflictError
+
+logger = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+
+
+def _env() -> Environment:
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)  # escapes all user text
+    env.filters["score"] = lambda v: "" if v is None else f"{v:.3f}"
+    return env
+
+
+def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "") -> FastAPI:
+    """The app for one catalogue; token None means no access token (loopback only, see __main__)."""
+    app = FastAPI(title="tfwhale catalogue", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(GuardMiddleware, token=token)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    env = _env()
+
+    def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+        context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
+        return HTMLResponse(env.get_template(name).render(**context), status_code=status)
+
+    def fragment(request: Request, photo: str, result, name: str = "") -> str:
+        return env.get_template("_result.html").render(
+            photo=photo, result=result, name=name, proposed=catalogue.proposed_id(),
+            previous=catalogue.store.decisions(photo=photo),
+            assigned=catalogue.store.photo(photo).individual_id,
+        )  # fmt: skip
+
+    @app.get("/", response_class=HTMLResponse)
+    def identify_page(request: Request):
+        return page(
+            request, "identify.html", gallery_size=catalogue.engine.size, max_mb=MAX_UPLOAD_BYTES >> 20
+        )
+
+    @app.post("/api/identify", response_class=HTMLResponse)
+    def identify_upload(
+        request: Request,
+        photo: Annotated[UploadFile, File()],
+        box: Annotated[str, Form()] = "",
+        who: Annotated[str, Form()] = "",
+    ):
+        name = (photo.filename or "upload")[:200]
+        data = photo.file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            return _error(f"{name}: too large (over {MAX_UPLOAD_BYTES >> 20} MiB); nothing was stored", 413)
+        try:
+            parsed_box = parse_box_text(box) if box.strip() else None
+        except ValueError as err:
+            return _error(f"{name}: box {box!r}: {err}", 400)
+        try:
+            sha, result = catalogue.upload(data, name, parsed_box, who or reviewer)
+        except UploadError as err:
+            return _error(f"{err}; nothing was stored", 400)
+        start = time.perf_counter()
+        html = fragment(request, sha, result, name)
+        result.timings["render"] = time.perf_counter() - start
+        timing = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items())
+        return HTMLResponse(html, headers={"X-Timings": timing})
+
+    @app.post("/api/decide")
+    async def decide(request: Request):
+        body = await request.json()
+        try:
+            catalogue.decide(
+                str(body.get("photo", "")), str(body.get("action", "")), str(body.get("individual", "")),
+                str(body.get("note", "")), str(body.get("reviewer", "") or reviewer),
+                list(body.get("scores", [])), str(body.get("species", "")),
+            )  # fmt: skip
+        except ConflictError as err:
+            return JSONResponse({"ok": False, "message": str(err)}, status_code=409)
+        except ValueError as err:
+            return JSONResponse({"ok": False, "message": str(err)}, status_code=400)
+        return {"ok": True, "message": _done(body), "proposed": catalogue.proposed_id()}
+
+    @app.get("/blob/{digest}.jpg")
+    def blob(digest: str):
+        if not catalogue.blobs.has(digest):
+            raise HTTPException(404, "no such image")
+        headers = {"Cache-Control": "private, max-age=31536000, immutable"}
+        return FileResponse(catalogue.blobs.path(digest), media_type="image/jpeg", headers=headers)
+
+    @app.get("/review", response_class=HTMLResponse)
+    def review(request: Request, at: str = ""):
+        queue = catalogue.review_queue()
+        current = next((item for item in queue if item.photo == at), queue[0] if queue else None)
+        html = ""
+        if current is not None:
+            html = fragment(request, current.photo, catalogue.result_for(current.photo), current.name)
+        return page(
+            request, "review.html", queue=queue[:200], total=len(queue), current=current, result_html=html
+        )
+
+    @app.get("/individuals", response_class=HTMLResponse)
+    def individuals(request: Request, q: str = ""):
+        found = catalogue.store.search_individuals(q.strip())
+        return page(request, "individuals.html", q=q, found=found)
+
+    @app.get("/individuals/{individual_id}", response_class=HTMLResponse)
+    def individual(request: Request, individual_id: str):
+        row = catalogue.store.individual(individual_id)
+        if row is None:
+            return page(
+                request, "error.html", 404, message=f"no individual {individual_id!r} in the catalogue"
+            )
+        photos = catalogue.store.photos_of(individual_id)
+        history = catalogue.store.decisions(individual=individual_id)
+        return page(request, "individual.html", ind=row, photos=photos, history=history)
+
+    @app.get("/photos/{digest}", response_class=HTMLResponse)
+    def photo_page(request: Request, digest: str):
+        photo = catalogue.store.photo(digest)
+        if photo is None:
+            return page(request, "error.html", 404, message="no such photo in the catalogue")
+        result = catalogue.result_for(digest)
+        html = fragment(request, digest, result, photo.name) if result is not None else ""
+        return page(request, "photo.html", photo=photo, result_html=html)
+
+    @app.get("/export", response_class=HTMLResponse)
+    def export_page(request: Request):
+        return page(request, "export.html", done=None)
+
+    @app.post("/api/export")
+    def export_run():
+        out = export.export_catalogue(catalogue)
+        return {"ok": True, "folder": str(out), "command": export.build_command(out)}
+
+    @app.get("/export/decisions.csv")
+    def decisions_csv():
+        return PlainTextResponse(
+            export.decisions_csv(catalogue.store), media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="decisions.csv"'},
+        )  # fmt: skip
+
+    return app
+
+
+def _error(message: str, status: int) -> HTMLResponse:
+    from markupsafe import escape
+
+    return HTMLResponse(f'<div class="error" role="alert">{escape(message)}</div>', status_code=status)
+
+
+def _done(body: dict) -> str:
+    action, individual = body.get("action"), body.get("individual", "")
+    if action == "unresolved":
+        return "left unresolved; the note is recorded"
+    return f"{'registered' if action == 'register' else 'confirmed'} as {individual}; added to the gallery"

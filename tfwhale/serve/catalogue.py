@@ -1,0 +1,204 @@
+"""The catalogue (serve): engine + database + image files, and the operations the pages call.
+
+Each operation writes image files first (content-hash names, atomic), then its rows in one transaction,
+then updates the in-memory gallery: a crash in between leaves at most an unreferenced file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfwhale.contracts.crop_box import format_box
+from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core import files
+from tfwhale.serve.blobs import BlobStore, sha256_hex
+from tfwhale.serve.engine import Engine, Result
+from tfwhale.serve.store import ConflictError, Photo, Store, now
+
+logger = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class UploadError(ValueError):
+    """An upload the catalogue does not accept (not an image, truncated, too large): nothing was stored."""
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    photo: str
+    name: str
+    best: str
+    similarity: float
+    margin: float  # best similarity minus its threshold: near 0 = uncertain
+
+
+def check_id(individual_id: str) -> str:
+    individual_id = individual_id.strip()
+    if not ID_PATTERN.match(individual_id) or individual_id == NEW_INDIVIDUAL:
+        raise ValueError(
+            f"individual id {individual_id!r}: use 1-64 letters, digits, '_', '.' or '-' "
+            f"(starting with a letter or digit), not {NEW_INDIVIDUAL!r}"
+        )
+    return individual_id
+
+
+class Catalogue:
+    def __init__(self, gallery_dir: str, catalogue_dir: str, run_dirs: list[str] | None = None) -> None:
+        self.dir = Path(catalogue_dir)
+        self.store = Store(catalogue_dir)
+        self.blobs = BlobStore(catalogue_dir)
+        self.engine = Engine.load(gallery_dir, run_dirs)
+        data = np.load(
+            io.BytesIO(files.read_bytes(files.join(gallery_dir, self.engine.manifest.embeddings_file)))
+        )
+        self.test_names = data["test_names"].tolist() if "test_names" in data.files else []
+        self.test_embeddings = data["test"] if "test" in data.files else np.zeros((0, 1), np.float32)
+        self._test_row = {name: row for row, name in enumerate(self.test_names)}
+        self._import_records(data["train_names"].tolist())
+        self.engine.name_photos(self.store.gallery_photo_hashes(), data["train_names"].tolist())
+        hashes, ids, embeddings = self.store.grown_embeddings()
+        for sha, individual, embedding in zip(
+            hashes, ids, embeddings if embeddings is not None else [], strict=True
+        ):
+            self.engine.add(sha, individual, embedding)
+        self._test_sha = {name: sha for name, sha in self.store.gallery_photo_hashes().items()}
+        self._queue: list[QueueItem] | None = None
+
+    # -- the gallery's photos, once per gallery
+    def _import_records(self, train_names: list[str]) -> None:
+        """Copy the records' photos (the crops predict embedded) into the catalogue, once per gallery."""
+        manifest = self.engine.manifest
+        if self.store.meta("gallery_embeddings_sha256") == manifest.embeddings_sha256:
+            return
+        from tfwhale.contracts.records import load_manifest
+
+        try:
+            records = load_manifest(manifest.records_root)
+        except Exception as err:  # the catalogue still works, without pictures of the gallery
+            logger.warning("%s: cannot read the records (%s); gallery photos will have no pictures",
+                           manifest.records_root, err)  # fmt: skip
+            records = None
+        photos, individuals = [], {}
+        species_of = self.engine.species_of
+        for split in ("train", "test") if records else ():
+            for name, jpeg, individual in _read_split(records, split):
+                sha = self.blobs.put(jpeg)
+                photos.append(Photo(sha, "gallery" if split == "train" else "test", name, sha, "",
+                                    individual or None, now(), ""))  # fmt: skip
+                if individual:
+                    individuals[individual] = species_of.get(individual, "")
+        for individual in set(self.engine.gallery.ids):
+            individuals.setdefault(individual, species_of.get(individual, ""))
+        with self.store.transaction() as conn:
+            for individual, species in sorted(individuals.items()):
+                conn.execute(
+                    "INSERT OR IGNORE INTO individuals (id, species, origin, created_at) VALUES (?, ?, ?, ?)",
+                    (individual, species, "gallery", now()),
+                )
+            for photo in photos:
+                self.store.add_photo(conn, photo)
+            self.store.set_meta(conn, "gallery_embeddings_sha256", manifest.embeddings_sha256)
+        logger.info("catalogue: imported %d photos of %d individuals", len(photos), len(individuals))
+
+    # -- operations
+    def upload(self, data: bytes, filename: str, box: tuple | None, reviewer: str) -> tuple[str, Result]:
+        """Identify one uploaded photo and keep it (unassigned) for a decision; UploadError if unusable."""
+        from tfwhale.identify import IdentifyError
+
+        try:
+            jpeg, result = self.engine.identify_bytes(data, box, filename)
+        except IdentifyError as err:
+            raise UploadError(str(err)) from None
+        sha = sha256_hex(data)
+        self.blobs.put(data)
+        crop = self.blobs.put(jpeg)
+        photo = Photo(sha, "upload", filename[:200], crop, format_box(box), None, now(), reviewer)
+        with self.store.transaction() as conn:
+            self.store.add_photo(conn, photo, result.embedding)
+        return sha, result
+
+    def embedding_of(self, photo: str) -> np.ndarray | None:
+        row = self.store.conn.execute("SELECT embedding, source, name FROM photos WHERE sha256 = ?", (photo,))
+        found = row.fetchone()
+        if found is None:
+            return None
+        if found[0] is not None:
+            return np.frombuffer(found[0], np.float32)
+        row = self._test_row.get(found[2]) if found[1] == "test" else None
+        if row is not None:
+            return np.asarray(self.test_embeddings[row], np.float32)
+        return None
+
+    def result_for(self, photo: str) -> Result | None:
+        """Candidates of a photo the catalogue holds (an upload or one of predict's test photos)."""
+        embedding = self.embedding_of(photo)
+        return None if embedding is None else self.engine.search(embedding[None])[0]
+
+    def decide(
+        self,
+        photo: str,
+        action: str,
+        individual: str,
+        note: str,
+        reviewer: str,
+        scores: list,
+        species: str = "",
+    ) -> int:
+        """Record a decision; confirm/register add the photo to the gallery at once.
+
+        ConflictError when it collides with a recorded one, ValueError for a bad id."""
+        if action in ("confirm", "register"):
+            individual = check_id(individual)
+        embedding = self.embedding_of(photo)
+        if action != "unresolved" and embedding is None:
+            raise ConflictError(f"photo {photo[:12]} has no embedding: upload it again")
+        decision = self.store.decide(
+            photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species.strip()[:100]
+        )
+        if action != "unresolved":
+            self.engine.add(photo, individual, embedding, species.strip())
+            self._queue = None
+        return decision
+
+    def proposed_id(self) -> str:
+        return self.engine.free_id(self.store.individual_ids())
+
+    def review_queue(self) -> list[QueueItem]:
+        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold)."""
+        if self._queue is None:
+            self._queue = self._rank_tests()
+        decided = self.store.decided_photos()
+        return [item for item in self._queue if item.photo not in decided]
+
+    def _rank_tests(self) -> list[QueueItem]:
+        items = []
+        for start in range(0, len(self.test_names), 256):
+            chunk = self.test_embeddings[start : start + 256]
+            for offset, (label, score, threshold) in enumerate(self.engine.best(chunk)):
+                name = self.test_names[start + offset]
+                sha = self._test_sha.get(name)
+                if sha is not None:
+                    items.append(QueueItem(sha, name, label, score, score - threshold))
+        return sorted(items, key=lambda item: (abs(item.margin), item.name))
+
+
+def _read_split(records, split: str):
+    """(image name, JPEG bytes, individual id or '') of every example of one split of the records."""
+    import tensorflow as tf
+
+    from tfwhale.contracts.records import parse_test_example, parse_train_example
+
+    paths = records.shard_paths(split)
+    if not paths:
+        return
+    parse = parse_train_example if split == "train" else parse_test_example
+    for example in tf.data.TFRecordDataset(paths).map(parse):
+        individual = example["individual_id"].numpy().decode() if split == "train" else ""
+        yield example["image_name"].numpy().decode(), example["image"].numpy(), individual

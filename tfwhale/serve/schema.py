@@ -1,0 +1,74 @@
+"""The catalogue database's schema (serve): tables, and the migrations that lead to the current version."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Migration n takes a database from version n to n + 1; append, never edit an applied one.
+# Statements are split on ';': keep semicolons out of the comments.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE individuals (
+        id TEXT PRIMARY KEY,
+        species TEXT NOT NULL DEFAULT '',
+        origin TEXT NOT NULL,             -- 'gallery' (from predict's gallery) or 'registered'
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE photos (
+        sha256 TEXT PRIMARY KEY,          -- of the bytes as received: the same photo twice is one row
+        source TEXT NOT NULL,             -- 'gallery', 'test' (predict's test photos) or 'upload'
+        name TEXT NOT NULL,               -- image name in the records, or the upload's file name (shown only)
+        crop_sha256 TEXT NOT NULL,        -- the crop the models saw, as the records hold it
+        box TEXT NOT NULL DEFAULT '',
+        individual_id TEXT REFERENCES individuals(id),
+        embedding BLOB,                   -- float32 in the gallery space, for photos the app embedded
+        added_at TEXT NOT NULL,
+        added_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX photos_individual ON photos(individual_id);
+    CREATE INDEX photos_source ON photos(source);
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        photo_sha256 TEXT NOT NULL REFERENCES photos(sha256),
+        action TEXT NOT NULL CHECK (action IN ('confirm', 'register', 'unresolved')),
+        individual_id TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT '',
+        reviewer TEXT NOT NULL DEFAULT '',
+        decided_at TEXT NOT NULL,
+        scores TEXT NOT NULL DEFAULT '[]' -- the candidates and similarities the reviewer saw (JSON)
+    );
+    CREATE INDEX decisions_photo ON decisions(photo_sha256);
+    CREATE INDEX decisions_individual ON decisions(individual_id);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(RuntimeError):
+    """A catalogue database this version of tfwhale cannot use."""
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Bring the database to SCHEMA_VERSION, each migration in one transaction; returns the version.
+
+    `conn` is in autocommit mode (isolation_level=None): transactions are spelled out."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    version = row[0] if row else 0
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"{path}: schema version {version} is newer than this tfwhale's {SCHEMA_VERSION}")
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")  # one transaction: a migration applies whole or not at all
+        try:
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number + 1,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return SCHEMA_VERSION

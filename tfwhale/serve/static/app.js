@@ -1,0 +1,169 @@
+// tfwhale catalogue: drag and drop, box drawing, decisions by fetch(), review-queue keys. No build step.
+"use strict";
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const reviewerInput = document.getElementById("reviewer");
+if (reviewerInput) {
+  reviewerInput.value = localStorage.getItem("tfwhale-reviewer") || reviewerInput.value;
+  reviewerInput.addEventListener("change", () => localStorage.setItem("tfwhale-reviewer", reviewerInput.value));
+}
+const reviewer = () => (reviewerInput ? reviewerInput.value : "");
+const statusBox = document.getElementById("status");
+function say(text, isError) {
+  statusBox.textContent = text;
+  statusBox.className = isError ? "error" : "ok";
+}
+async function post(url, body) {
+  const options = { method: "POST", headers: { "X-CSRF-Token": csrf }, body };
+  if (!(body instanceof FormData)) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  return fetch(url, options);
+}
+
+// -- identify: pending photos, each with an optional box drawn on it
+const pending = [];
+const pendingBox = document.getElementById("pending");
+function addFiles(list) {
+  for (const file of list) {
+    const item = { file, box: null };
+    const wrap = document.createElement("div");
+    wrap.className = "pending";
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(file);
+    img.alt = file.name;
+    const rect = document.createElement("div");
+    rect.className = "box";
+    const caption = document.createElement("div");
+    caption.textContent = file.name + " (drag to draw a box)";
+    wrap.append(img, rect, caption);
+    pendingBox.append(wrap);
+    drawBox(img, rect, caption, item);
+    pending.push(item);
+  }
+  document.getElementById("identify").disabled = pending.length === 0;
+}
+function drawBox(img, rect, caption, item) {
+  let start = null;
+  const at = (e) => {
+    const r = img.getBoundingClientRect();
+    return [Math.min(Math.max(e.clientX - r.left, 0), r.width), Math.min(Math.max(e.clientY - r.top, 0), r.height)];
+  };
+  img.addEventListener("mousedown", (e) => { e.preventDefault(); start = at(e); });
+  window.addEventListener("mousemove", (e) => {
+    if (!start) return;
+    const [x, y] = at(e);
+    Object.assign(rect.style, { display: "block", left: Math.min(x, start[0]) + "px", top: Math.min(y, start[1]) + "px",
+      width: Math.abs(x - start[0]) + "px", height: Math.abs(y - start[1]) + "px" });
+  });
+  window.addEventListener("mouseup", (e) => {
+    if (!start) return;
+    const [x, y] = at(e);
+    const sx = img.naturalWidth / img.clientWidth, sy = img.naturalHeight / img.clientHeight;
+    const box = [Math.min(x, start[0]) * sx, Math.min(y, start[1]) * sy, Math.max(x, start[0]) * sx, Math.max(y, start[1]) * sy];
+    start = null;
+    if (box[2] - box[0] < 4 || box[3] - box[1] < 4) { item.box = null; rect.style.display = "none"; return; }
+    item.box = box.map((v) => Math.round(v)).join(" ");
+    caption.textContent = item.file.name + " box " + item.box;
+  });
+}
+const drop = document.getElementById("drop");
+if (drop) {
+  document.getElementById("files").addEventListener("change", (e) => addFiles(e.target.files));
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); addFiles(e.dataTransfer.files); });
+  document.getElementById("identify").addEventListener("click", identifyAll);
+}
+async function identifyAll() {
+  const results = document.getElementById("results");
+  const items = pending.splice(0);
+  pendingBox.textContent = "";
+  document.getElementById("identify").disabled = true;
+  let refused = 0;
+  for (const [i, item] of items.entries()) {
+    say(`identifying ${i + 1} of ${items.length}: ${item.file.name}…`);
+    const form = new FormData();
+    form.append("photo", item.file);
+    form.append("box", item.box || "");
+    form.append("who", reviewer());
+    try {
+      const response = await post("/api/identify", form);
+      const html = await response.text();
+      const holder = document.createElement("div");
+      if (response.ok) holder.innerHTML = html;  // server-rendered, autoescaped
+      else {
+        refused += 1;
+        holder.append(errorBox(response.status === 413 ? `${item.file.name}: too large` : html));
+      }
+      results.prepend(holder);
+    } catch (err) {
+      refused += 1;
+      results.prepend(errorBox(`${item.file.name}: ${err}`));
+    }
+  }
+  say(`done: ${items.length - refused} identified` + (refused ? `, ${refused} refused (see below)` : ""), refused > 0);
+}
+function errorBox(text) {
+  const box = document.createElement("div");
+  box.className = "error";
+  box.setAttribute("role", "alert");
+  const tmp = document.createElement("div");
+  tmp.innerHTML = text;  // the server's escaped message (or plain text)
+  box.textContent = tmp.textContent;
+  return box;
+}
+
+// -- decisions (identify results, review queue, photo pages)
+async function decide(section, action, individual) {
+  const body = { photo: section.dataset.photo, action, individual: individual || "",
+    note: section.querySelector(".note").value, species: section.querySelector(".new-species").value,
+    reviewer: reviewer(), scores: JSON.parse(section.dataset.scores) };
+  const response = await post("/api/decide", body);
+  const answer = await response.json();
+  const message = section.querySelector(".message");
+  message.textContent = answer.message;
+  message.className = "message " + (answer.ok ? "ok" : "error");
+  if (answer.ok && action !== "unresolved") section.querySelectorAll("button").forEach((b) => (b.disabled = true));
+  if (answer.ok) document.querySelectorAll(".new-id").forEach((input) => {
+    if (input.value === body.individual || input.value === section.dataset.proposed) input.value = answer.proposed;
+  });
+  if (answer.ok && document.querySelector("[data-review]")) setTimeout(() => move(1), 400);
+  return answer;
+}
+document.addEventListener("click", (e) => {
+  const section = e.target.closest(".result");
+  if (!section || e.target.tagName !== "BUTTON") return;
+  if (e.target.classList.contains("confirm")) decide(section, "confirm", e.target.dataset.individual);
+  if (e.target.classList.contains("register")) decide(section, "register", section.querySelector(".new-id").value);
+  if (e.target.classList.contains("unresolved")) decide(section, "unresolved", "");
+});
+
+// -- review queue keys
+function move(step) {
+  const links = [...document.querySelectorAll(".queue a")];
+  const now = links.findIndex((a) => a.parentElement.classList.contains("current"));
+  const next = links[now + step] || links[0];
+  if (next) location.href = next.href;
+}
+document.addEventListener("keydown", (e) => {
+  const section = document.querySelector("[data-review] .result");
+  if (!section || ["INPUT", "TEXTAREA"].includes(e.target.tagName)) return;
+  const candidate = /^[1-5]$/.test(e.key) && section.querySelectorAll(".candidate")[Number(e.key) - 1];
+  if (candidate && candidate.querySelector(".confirm")) candidate.querySelector(".confirm").click();
+  else if (e.key === "n") section.querySelector(".register").click();
+  else if (e.key === "u") section.querySelector(".unresolved").click();
+  else if (e.key === "j") move(1);
+  else if (e.key === "k") move(-1);
+});
+
+// -- export
+const exportButton = document.getElementById("export");
+if (exportButton) exportButton.addEventListener("click", async () => {
+  say("exporting…");
+  const response = await post("/api/export", {});
+  const answer = await response.json();
+  const out = document.getElementById("export-result");
+  out.textContent = response.ok ? `written to ${answer.folder}; next: ${answer.command}` : "export failed";
+  say(response.ok ? "exported" : "export failed", !response.ok);
+});
