@@ -8,6 +8,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tfwhale.contracts import jpeg_region
 from tfwhale.contracts.crop_box import Box, crop_region
 
 RESIZE_MODES = ("square", "letterbox")
@@ -23,7 +24,7 @@ DCT_SCALES = (8, 4, 2)
 
 # Bump when the pixels this module produces change for the same settings: finished shards of an older
 # version then no longer match the build plan and are not reused.
-IMAGING_VERSION = 2
+IMAGING_VERSION = 3  # 3: crops of baseline JPEGs decoded from a window (jpeg_region); may differ by 1 level
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -86,19 +87,47 @@ def process_image(data: bytes, box: Box | None, settings: ImageSettings) -> tupl
     region, fallback = crop_region(box, width, height, settings.enlarge)
     left, top, right, bottom = region
     scale = choose_draft_scale(right - left, bottom - top, settings.size, settings.resize_mode)
-    image = _decode(image, scale, orientation)
-    # The decoded size is ceil(original / scale): scale the region by the exact ratio, not 1 / scale.
-    ratio_x, ratio_y = image.width / width, image.height / height
-    scaled_region = (left * ratio_x, top * ratio_y, right * ratio_x, bottom * ratio_y)
+    image, scaled_region, used_scale = _decode_for_crop(
+        data, image, scale, orientation, region, settings.size
+    )
     try:
         rgb = to_rgb(image)
     except (ValueError, OSError) as error:
         raise ImageError(f"cannot convert image mode {image.mode} to RGB: {error}") from error
     output = _resize(rgb, scaled_region, settings)
-    # Only JPEG honours draft: report the scale the decoder actually used.
-    used_scale = max(1, round(width / image.width))
     info = ImageInfo(width, height, draft_scale=used_scale, no_box=box is None, fallback=fallback)
     return encode_jpeg(output, settings.quality), info
+
+
+def _decode_for_crop(
+    data: bytes,
+    image: Image.Image,
+    scale: int,
+    orientation: int,
+    region: tuple[int, int, int, int],
+    size: int,
+) -> tuple[Image.Image, tuple[float, float, float, float], int]:
+    """Upright decoded pixels holding the crop, the crop box in them, and the DCT scale used.
+
+    A baseline JPEG is decoded only around the crop (jpeg_region); anything else in full by PIL.
+    """
+    left, top, right, bottom = region
+    width, height = (image.height, image.width) if orientation in _SWAPS_AXES else image.size
+    if jpeg_region.takes(image, data):
+        # The size a full decode at 1/scale would have: ceil(original / scale), turned upright.
+        stored_w, stored_h = (-(-side // scale) for side in image.size)
+        ratio_x, ratio_y = (stored_h, stored_w) if orientation in _SWAPS_AXES else (stored_w, stored_h)
+        ratio_x, ratio_y = ratio_x / width, ratio_y / height
+        scaled = (left * ratio_x, top * ratio_y, right * ratio_x, bottom * ratio_y)
+        window = jpeg_region.decode_crop(data, image.size, orientation, scaled, scale, size)
+        if window is not None:
+            return window[0], window[1], scale
+    image = _decode(image, scale, orientation)
+    # The decoded size is ceil(original / scale): scale the region by the exact ratio, not 1 / scale.
+    ratio_x, ratio_y = image.width / width, image.height / height
+    scaled_region = (left * ratio_x, top * ratio_y, right * ratio_x, bottom * ratio_y)
+    # Only JPEG honours draft: report the scale the decoder actually used.
+    return image, scaled_region, max(1, round(width / image.width))
 
 
 def _open(data: bytes) -> Image.Image:
