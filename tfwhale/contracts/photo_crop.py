@@ -80,6 +80,24 @@ def process_image(data: bytes, box: Box | None, settings: ImageSettings) -> tupl
     EXIF orientation. So the crop is computed in displayed coordinates and taken after the rotation.
     Raises ImageError for anything that is not a decodable image.
     """
+    image, scaled_region, info = decode_crop(data, box, settings)
+    try:
+        rgb = to_rgb(image)
+    except (ValueError, OSError) as error:
+        raise ImageError(f"cannot convert image mode {image.mode} to RGB: {error}") from error
+    output = _resize(rgb, scaled_region, settings)
+    return encode_jpeg(output, settings.quality), info
+
+
+def decode_crop(
+    data: bytes, box: Box | None, settings: ImageSettings
+) -> tuple[Image.Image, tuple[float, float, float, float], ImageInfo]:
+    """The decoding half of process_image: upright pixels holding the crop, the crop box in them, the info.
+
+    Decodes no more than the crop needs: the largest DCT scale that keeps it at `settings.size`, and for a
+    baseline JPEG only the window around the crop (jpeg_region). benchmarks/build_speed.py times this alone
+    as the floor of a build.
+    """
     if settings.resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {settings.resize_mode!r}")
     image = _open(data)
@@ -90,13 +108,8 @@ def process_image(data: bytes, box: Box | None, settings: ImageSettings) -> tupl
     image, scaled_region, used_scale = _decode_for_crop(
         data, image, scale, orientation, region, settings.size
     )
-    try:
-        rgb = to_rgb(image)
-    except (ValueError, OSError) as error:
-        raise ImageError(f"cannot convert image mode {image.mode} to RGB: {error}") from error
-    output = _resize(rgb, scaled_region, settings)
     info = ImageInfo(width, height, draft_scale=used_scale, no_box=box is None, fallback=fallback)
-    return encode_jpeg(output, settings.quality), info
+    return image, scaled_region, info
 
 
 def _decode_for_crop(
