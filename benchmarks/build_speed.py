@@ -24,9 +24,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from io import BytesIO, StringIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,6 +46,9 @@ CASES = {"both": ("none", "detic"), "none": ("none",), "detic": ("detic",), "mix
 
 def photo(seed: int) -> Image.Image:
     """A photo-like picture: sky/sea gradient, smooth large-scale variation, shapes, sensor noise."""
+    import numpy as np  # not at the top: spawned builder workers re-import this script, as they would not
+    from PIL import ImageDraw, ImageFilter  # the console script, and their start-up is part of the timing
+
     rng = np.random.default_rng(seed)
     rows = np.linspace(0.0, 1.0, HEIGHT)[:, None, None]
     sky, sea = rng.uniform(120, 230, 3), rng.uniform(10, 90, 3)
@@ -87,6 +93,7 @@ def random_box(rng: np.random.Generator, boxes: str) -> str:
 
 def make_photos(cache: Path, n: int, boxes: str) -> Path:
     """cache/train_images/ with n photos (generated once, kept) and a train CSV for this run; returns it."""
+    import numpy as np
     import pandas as pd  # not at the top: spawned builder workers re-import this script
 
     images = cache / "train_images"
@@ -228,7 +235,7 @@ def main() -> None:
         make_photos(Path(args.cache), args.n, boxes)
     import tensorflow  # noqa: F401 - imported up front so neither side's timing includes it
 
-    from tfrecords_builder.writer import default_workers
+    from tfrecords_builder.imaging import default_workers
     from tfwhale.contracts import jpeg_region
 
     workers = args.workers or default_workers()

@@ -265,6 +265,18 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 
 def run_build(args: argparse.Namespace) -> int:
     """The whole build; returns the exit code (BuildInputError propagates for main to report)."""
+    from tfrecords_builder import imaging
+
+    workers = args.workers or imaging.default_workers()
+    pool = imaging.start_pool(workers)  # first: the workers start while TensorFlow loads and tables are read
+    try:
+        return _run_build(args, workers, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_build(args: argparse.Namespace, workers: int, pool) -> int:
     from tfrecords_builder import manifest, resume, writer
     from tfrecords_builder.tables import photo_counts
     from tfwhale.contracts.photo_crop import ImageSettings
@@ -273,8 +285,9 @@ def run_build(args: argparse.Namespace) -> int:
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
     reusable = resume.prepare_output(args.out, settings, shards, args.overwrite)
     image_settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
-    workers = args.workers or writer.default_workers()
-    outcome = writer.write_shards(shards, args.out, image_settings, workers, reusable, not args.quiet)
+    outcome = writer.write_shards(
+        shards, args.out, image_settings, workers, reusable, not args.quiet, pool=pool
+    )
     image_rejects = [reject for shard in outcome.shards for reject in shard.rejects]
     counts = photo_counts(train[~train["image"].isin({reject.image for reject in image_rejects})])
     rejects += image_rejects
