@@ -191,3 +191,36 @@ def _with_orientation(pixels: np.ndarray, orientation: int) -> Image.Image:
 def test_switching_region_decode_off_uses_pil(monkeypatch):
     monkeypatch.setenv(jpeg_region.ENV_SWITCH, "0")
     assert not jpeg_region.available()
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    ("shape", "box", "size"),
+    [
+        ((211, 317, 3), (0.0, 0.0, 317.0, 211.0), (96, 96)),  # whole image, shrink
+        ((211, 317, 3), (33.3, 47.7, 201.9, 150.2), (300, 300)),  # sub-pixel box, enlarge
+        ((211, 317, 3), (250.0, 160.0, 317.0, 211.0), (40, 64)),  # at the bottom-right edge, mixed
+        ((190, 257), (5.5, 0.0, 257.0, 189.5), (64, 48)),  # greyscale
+        ((3, 5, 3), (0.0, 0.0, 5.0, 3.0), (7, 2)),  # tiny
+    ],
+)
+def test_extension_resize_matches_pil_bilinear_within_a_level(shape, box, size):
+    pixels = np.asarray(photo(shape[1], shape[0]).convert("RGB" if len(shape) == 3 else "L"))
+    window = jpeg_region.Window(pixels.tobytes(), shape[1], shape[0], 3 if len(shape) == 3 else 1)
+    ours = jpeg_region.resize(window, box, size, reducing_gap=3.0)
+    theirs = Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    assert ours.size == theirs.size and ours.mode == theirs.mode
+    assert np.abs(np.asarray(ours).astype(int) - np.asarray(theirs)).max() <= 1
+
+
+@needs_extension
+def test_extension_resize_leaves_pil_the_crops_it_would_first_reduce():
+    window = jpeg_region.Window(bytes(700 * 10 * 3), 700, 10, 3)
+    assert jpeg_region.resize(window, (0.0, 0.0, 700.0, 10.0), (100, 10), reducing_gap=3.0) is None  # 7x
+    assert jpeg_region.resize(window, (0.0, 0.0, 500.0, 10.0), (100, 10), reducing_gap=3.0) is not None
+
+
+@needs_extension
+def test_extension_resize_refuses_a_box_outside_the_pixels():
+    with pytest.raises(ValueError, match="box inside the image"):
+        jpeg_region._jpeg_region.resize(bytes(30), 5, 2, 3, 0.0, 0.0, 6.0, 2.0, 3, 3)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -44,6 +45,23 @@ _TRANSPOSE = {
 Rect = tuple[int, int, int, int]  # left, top, right, bottom; half-open, in pixels
 
 
+@dataclass(frozen=True)
+class Window:
+    """Decoded pixels of a window of a photo, upright: row-major, 3 bytes (RGB) or 1 (greyscale) a pixel."""
+
+    pixels: bytes
+    width: int
+    height: int
+    components: int
+
+    @property
+    def mode(self) -> str:
+        return "RGB" if self.components == 3 else "L"
+
+    def image(self) -> Image.Image:
+        return Image.frombuffer(self.mode, (self.width, self.height), self.pixels, "raw", self.mode, 0, 1)
+
+
 def available() -> bool:
     """Whether region decoding is on: the extension was built and TFWHALE_REGION_DECODE is not 0."""
     return _jpeg_region is not None and os.environ.get(ENV_SWITCH, "1") != "0"
@@ -68,7 +86,7 @@ def decode_crop(
     scaled_box: tuple[float, float, float, float],
     scale: int,
     out_size: int,
-) -> tuple[Image.Image, tuple[float, float, float, float]] | None:
+) -> tuple[Window, tuple[float, float, float, float]] | None:
     """The window of the photo decoded at 1/scale around `scaled_box`, upright, and the box inside it.
 
     `scaled_box` is in the coordinates of the whole photo decoded at 1/scale and turned upright (EXIF), as
@@ -83,13 +101,27 @@ def decode_crop(
     except ValueError as error:  # anything libjpeg objects to: PIL decodes the whole photo instead
         logger.debug("region decode refused (%s): decoding the whole photo", error)
         return None
-    mode = "RGB" if components == 3 else "L"
-    size = (stored[2] - stored[0], stored[3] - stored[1])
-    pixels_image = Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)
-    if orientation in _TRANSPOSE:
-        pixels_image = pixels_image.transpose(_TRANSPOSE[orientation])
+    decoded = Window(pixels, stored[2] - stored[0], stored[3] - stored[1], components)
+    if orientation in _TRANSPOSE:  # rare: turned by PIL, then back to plain bytes for resize()
+        upright = decoded.image().transpose(_TRANSPOSE[orientation])
+        decoded = Window(upright.tobytes(), upright.width, upright.height, components)
     left, top, right, bottom = scaled_box
-    return pixels_image, (left - window[0], top - window[1], right - window[0], bottom - window[1])
+    return decoded, (left - window[0], top - window[1], right - window[0], bottom - window[1])
+
+
+def resize(
+    window: Window, box: tuple[float, float, float, float], size: tuple[int, int], reducing_gap: float
+) -> Image.Image | None:
+    """PIL's Image.resize(size, BILINEAR, box, reducing_gap) of the window, by the extension (4x faster).
+
+    None where PIL would first reduce by an integer factor (a crop over 2 x reducing_gap times the output):
+    the caller then resizes with PIL, so that the result stays within a level of PIL's.
+    """
+    width, height = box[2] - box[0], box[3] - box[1]
+    if int(width / size[0] / reducing_gap) > 1 or int(height / size[1] / reducing_gap) > 1:
+        return None
+    pixels = _jpeg_region.resize(window.pixels, window.width, window.height, window.components, *box, *size)
+    return Image.frombytes(window.mode, size, pixels)
 
 
 def _window(box: tuple[float, float, float, float], width: int, height: int, out_size: int) -> Rect:

@@ -79,18 +79,14 @@ def process_image(data: bytes, box: Box | None, settings: ImageSettings) -> tupl
     EXIF orientation. So the crop is computed in displayed coordinates and taken after the rotation.
     Raises ImageError for anything that is not a decodable image.
     """
-    image, scaled_region, info = decode_crop(data, box, settings)
-    try:
-        rgb = to_rgb(image)
-    except (ValueError, OSError) as error:
-        raise ImageError(f"cannot convert image mode {image.mode} to RGB: {error}") from error
-    output = _resize(rgb, scaled_region, settings)
+    pixels, scaled_region, info = decode_crop(data, box, settings)
+    output = _resize(pixels, scaled_region, settings)
     return encode_jpeg(output, settings.quality), info
 
 
 def decode_crop(
     data: bytes, box: Box | None, settings: ImageSettings
-) -> tuple[Image.Image, tuple[float, float, float, float], ImageInfo]:
+) -> tuple[Image.Image | jpeg_region.Window, tuple[float, float, float, float], ImageInfo]:
     """The decoding half of process_image: upright pixels holding the crop, the crop box in them, the info.
 
     Decodes no more than the crop needs: the largest DCT scale that keeps it at `settings.size`, and for a
@@ -118,7 +114,7 @@ def _decode_for_crop(
     orientation: int,
     region: tuple[int, int, int, int],
     size: int,
-) -> tuple[Image.Image, tuple[float, float, float, float], int]:
+) -> tuple[Image.Image | jpeg_region.Window, tuple[float, float, float, float], int]:
     """Upright decoded pixels holding the crop, the crop box in them, and the DCT scale used.
 
     A baseline JPEG is decoded only around the crop (jpeg_region); anything else in full by PIL.
@@ -205,7 +201,15 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
-def _resize(image: Image.Image, region: tuple[float, float, float, float], settings: ImageSettings):
+# PIL first reduces by an integer factor (a box filter) where the crop is over 2 x this times the output.
+REDUCING_GAP = 3.0
+
+
+def _resize(
+    pixels: Image.Image | jpeg_region.Window,
+    region: tuple[float, float, float, float],
+    settings: ImageSettings,
+) -> Image.Image:
     """Crop `region` and resize it in one resampling pass (PIL's box argument keeps subpixel accuracy).
 
     Bilinear: PIL's resize antialiases every filter, and after the DCT downscale the remaining factor is
@@ -214,13 +218,29 @@ def _resize(image: Image.Image, region: tuple[float, float, float, float], setti
     size = settings.size
     left, top, right, bottom = region
     if settings.resize_mode == "square":
-        return image.resize((size, size), Image.Resampling.BILINEAR, box=region, reducing_gap=3.0)
+        return _resize_to(pixels, region, (size, size))
     shrink = size / max(right - left, bottom - top)
     inner = (max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink)))
-    content = image.resize(inner, Image.Resampling.BILINEAR, box=region, reducing_gap=3.0)
+    content = _resize_to(pixels, region, inner)
     canvas = Image.new("RGB", (size, size), NEUTRAL_GREY)
     canvas.paste(content, ((size - inner[0]) // 2, (size - inner[1]) // 2))
     return canvas
+
+
+def _resize_to(
+    pixels: Image.Image | jpeg_region.Window, region: tuple[float, float, float, float], size: tuple[int, int]
+) -> Image.Image:
+    """RGB, `size`: a decoded window goes through the extension's resize (PIL's filter, 4x faster)."""
+    if isinstance(pixels, jpeg_region.Window):
+        resized = jpeg_region.resize(pixels, region, size, REDUCING_GAP)
+        if resized is not None:
+            return resized.convert("RGB") if resized.mode == "L" else resized  # grey: the same per channel
+        pixels = pixels.image()
+    try:
+        rgb = to_rgb(pixels)
+    except (ValueError, OSError) as error:
+        raise ImageError(f"cannot convert image mode {pixels.mode} to RGB: {error}") from error
+    return rgb.resize(size, Image.Resampling.BILINEAR, box=region, reducing_gap=REDUCING_GAP)
 
 
 def encode_jpeg(image: Image.Image, quality: int) -> bytes:
