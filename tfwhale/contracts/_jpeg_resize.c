@@ -93,7 +93,9 @@ static void horizontal_row(const uint8_t *in, uint8_t *out, int out_width, int c
                 memcpy(&b32, p + t * 3 + 3, 4);
                 __m128i ab = _mm_unpacklo_epi8(_mm_cvtsi32_si128((int)a32), _mm_cvtsi32_si128((int)b32));
                 ab = _mm_unpacklo_epi8(ab, zero); /* R0 R1 G0 G1 B0 B1 x x as int16 */
-                __m128i kk = _mm_set1_epi32((int)(((uint32_t)(uint16_t)k[t + 1] << 16) | (uint16_t)k[t]));
+                int32_t pair; /* k[t] and k[t + 1], adjacent: the low and high halves of one 32-bit load */
+                memcpy(&pair, k + t, 4);
+                __m128i kk = _mm_set1_epi32(pair);
                 acc = _mm_add_epi32(acc, _mm_madd_epi16(ab, kk));
             }
             if (t < n) {
