@@ -108,7 +108,8 @@ static void horizontal_row(const uint8_t *in, uint8_t *out, int out_width, int c
             acc = _mm_packs_epi32(acc, acc);
             acc = _mm_packus_epi16(acc, acc);
             uint32_t rgbx = (uint32_t)_mm_cvtsi128_si32(acc);
-            memcpy(out + xx * 3, &rgbx, 3);
+            /* 4 bytes: the 4th lands on the next pixel (written next) or the padding after the last row */
+            memcpy(out + xx * 3, &rgbx, 4);
 #else
             int32_t r = 1 << (WEIGHT_BITS - 1), g = r, b = r;
             for (t = 0; t < n; t++) {
