@@ -23,7 +23,7 @@ DCT_SCALES = (8, 4, 2)
 
 # Bump when the pixels this module produces change for the same settings: finished shards of an older
 # version then no longer match the build plan and are not reused.
-IMAGING_VERSION = 3  # 3: crops of baseline JPEGs decoded from a window (jpeg_region); may differ by 1 level
+IMAGING_VERSION = 3  # 3: baseline JPEGs decoded from a window and resized by jpeg_region (within 1 level)
 
 
 _EXIF_ORIENTATION = 0x0112
