@@ -1,8 +1,22 @@
 """tfwhale: identify individual whales and dolphins from photos."""
 
+import os
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# Region decode for the crop contract (tfwhale/contracts/jpeg_region.py): needs libjpeg-turbo's headers
+# (Debian/Ubuntu: libjpeg-dev or libjpeg-turbo8-dev). Optional: where it does not build, pip goes on and
+# every photo is decoded whole by PIL, as before (same crops, slower with detector boxes).
+# TFWHALE_PURE_WHEEL=1 leaves it out: a py3-none-any wheel that installs on any Python (Kaggle).
+JPEG_REGION = Extension(
+    "tfwhale.contracts._jpeg_region",
+    ["tfwhale/contracts/_jpeg_region.c", "tfwhale/contracts/_jpeg_resize.c"],
+    depends=["tfwhale/contracts/_jpeg_region.h"],
+    libraries=["jpeg", "m"],
+    extra_compile_args=["-O2"],
+    optional=True,
+)
 
 TF = "2.21.*"
 # The catalogue app (python -m tfwhale.serve)
@@ -22,6 +36,7 @@ setup(
     # The repo keeps its configs at the top level; installed, they live inside the package.
     package_dir={"tfwhale.configs": "configs"},
     package_data={"tfwhale.configs": ["*.yaml"], "tfwhale.serve": ["templates/*.html", "static/*"]},
+    ext_modules=[] if os.environ.get("TFWHALE_PURE_WHEEL") == "1" else [JPEG_REGION],
     install_requires=[
         # TensorFlow itself comes from an extra (cpu / gpu) or from the platform
         # (Kaggle, Colab, TPU VMs ship their own build, which pip must not replace).

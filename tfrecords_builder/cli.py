@@ -279,13 +279,20 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 
 def run_build(args: argparse.Namespace) -> int:
     """The whole build under the lock on --out; the exit code (BuildInputError propagates to main)."""
+    from tfrecords_builder import imaging
     from tfrecords_builder.lock import build_lock
 
     with build_lock(args.out):
-        return _build(args)
+        workers = args.workers or imaging.default_workers()
+        pool = imaging.start_pool(workers)  # first: workers start while TensorFlow loads and tables are read
+        try:
+            return _run_build(args, workers, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _build(args: argparse.Namespace) -> int:
+def _run_build(args: argparse.Namespace, workers: int, pool) -> int:
     from tfrecords_builder import manifest, resume, writer
     from tfrecords_builder.tables import photo_counts
     from tfwhale.contracts.photo_crop import ImageSettings
@@ -296,8 +303,9 @@ def _build(args: argparse.Namespace) -> int:
     image_settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
     if args.max_pixels:
         image_settings = replace(image_settings, max_pixels=args.max_pixels)
-    workers = args.workers or writer.default_workers()
-    outcome = writer.write_shards(shards, args.out, image_settings, workers, reusable, not args.quiet)
+    outcome = writer.write_shards(
+        shards, args.out, image_settings, workers, reusable, not args.quiet, pool=pool
+    )
     image_rejects = [reject for shard in outcome.shards for reject in shard.rejects]
     counts = photo_counts(train[~train["image"].isin({reject.image for reject in image_rejects})])
     rejects += image_rejects

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from tfrecords_builder.workers import spawn_pool
 from tfwhale.contracts.crop_box import Box
 from tfwhale.contracts.photo_crop import ImageError, ImageInfo, ImageSettings, process_image
 
@@ -54,3 +57,29 @@ def _read_local(path: str) -> bytes:
             return file.read()
     except OSError as error:
         raise ImageError(f"cannot read image file: {error.strerror or error}") from error
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity mask, which may be fewer than the host has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Spawn the image workers now (None for one worker: images are then processed in the parent).
+
+    Called before the parent imports TensorFlow and reads the tables: a spawned worker needs a few hundred
+    ms of CPU to start (Python, PIL), which then overlaps that work instead of delaying the first image.
+    Spawned, never forked: the parent is about to load TensorFlow, whose threads do not survive a fork.
+    """
+    if workers <= 1:
+        return None
+    pool = spawn_pool(workers)  # its workers exit when the build process dies
+    for _ in range(workers):  # one submit per worker: the executor starts a process for each while none idles
+        pool.submit(_started)
+    return pool
+
+
+def _started() -> None:
+    """A worker's first task: nothing, since importing this module in the worker is the start-up."""

@@ -17,10 +17,15 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfrecords_builder.errors import Reject
-from tfrecords_builder.imaging import ImageResult, ImageTask, process_chunk, process_task
+from tfrecords_builder.imaging import (
+    ImageResult,
+    ImageTask,
+    process_chunk,
+    process_task,
+    start_pool,
+)
 from tfrecords_builder.plan import PlanItem, PlannedShard
 from tfrecords_builder.resume import ShardRecord, parts_path
-from tfrecords_builder.workers import spawn_pool
 from tfwhale.contracts import records
 from tfwhale.contracts.photo_crop import ImageSettings
 from tfwhale.core import files
@@ -39,13 +44,6 @@ class BuildOutcome:
     shards: tuple[ShardRecord, ...]
     reused: tuple[str, ...]
     built: tuple[str, ...]
-
-
-def default_workers() -> int:
-    """The CPUs this process may run on (its affinity mask, which may be fewer than the host has)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def _bounded_map(pool: Executor, function: Callable, items: Iterable, window: int) -> Iterator:
@@ -89,23 +87,28 @@ def _chunks(tasks: Iterable[ImageTask], size: int) -> Iterator[list[ImageTask]]:
 
 
 def process_in_order(
-    tasks: Iterable[ImageTask], settings: ImageSettings, workers: int
+    tasks: Iterable[ImageTask], settings: ImageSettings, workers: int, pool: Executor | None = None
 ) -> Iterator[ImageResult]:
     """Results in task order; with workers > 1 from a spawn pool, a bounded number of chunks ahead.
 
-    The parent has TensorFlow loaded, so workers are spawned, never forked; they exit if it dies.
+    `pool` is one imaging.start_pool already started (and shut down by whoever started it); without it a
+    pool is started here and shut down at the end. The parent has TensorFlow loaded: spawned, never forked;
+    the workers exit if it dies.
     """
     if workers <= 1:
         yield from (process_task(task, settings) for task in tasks)
         return
-    pool = spawn_pool(workers)
+    own_pool = pool is None
+    if own_pool:
+        pool = start_pool(workers)
     try:
         process = functools.partial(process_chunk, settings=settings)
         window = workers * CHUNKS_IN_FLIGHT_PER_WORKER
         for results in _bounded_map(pool, process, _chunks(tasks, CHUNK_SIZE), window):
             yield from results
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own_pool:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _encode(shard: PlannedShard, item: PlanItem, jpeg: bytes) -> bytes:
@@ -189,6 +192,7 @@ def write_shards(
     workers: int,
     reusable: dict[str, ShardRecord],
     progress: bool = True,
+    pool: Executor | None = None,
 ) -> BuildOutcome:
     """Build every planned shard that is not in `reusable` (the finished shards prepare_output found)."""
     pending = [shard for shard in plan if shard.name not in reusable]
@@ -199,7 +203,7 @@ def write_shards(
     tasks = _tasks(item for shard in pending for item in shard.items)
     built: dict[str, ShardRecord] = {}
     bar = tqdm(total=total, unit="img", desc="build-tfrecords", disable=None if progress else True)
-    with bar, closing(tasks), closing(process_in_order(tasks, settings, workers)) as results:
+    with bar, closing(tasks), closing(process_in_order(tasks, settings, workers, pool)) as results:
         for number, shard in enumerate(pending, 1):
             record = built[shard.name] = _write_shard(shard, results, out, bar.update)
             if bar.disable:  # no bar on a pipe (CI, notebooks): a line per shard instead
