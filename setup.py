@@ -41,6 +41,11 @@ setup(
         "gcs": ["google-cloud-storage>=2.14"],
         "jax": ["jax>=0.4.30"],
         "faiss": ["faiss-cpu>=1.8"],
+        # keras-hub backbones (model.backbone: hub:PRESET). keras-hub requires tensorflow-text, which requires
+        # the `tensorflow` distribution: install this extra WITHOUT `cpu` (tensorflow-cpu beside tensorflow
+        # is two distributions writing one package; measured: pip installs both). keras-hub is pinned to a
+        # minor version because tfwhale fixes EfficientNetBackbone.get_config there (nets/hub_backbone.py).
+        "hub": [f"tensorflow=={TF}", "keras-hub==0.32.*"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
