@@ -111,6 +111,24 @@ def test_each_family_builds_embeds_and_reloads_without_its_preset(presets, famil
 
 
 @needs_hub
+@pytest.mark.parametrize("family", ["efficientnetv2", "dinov2"])
+def test_mixed_bfloat16_computes_the_backbone_in_bf16_and_embeds_in_float32(presets, family):
+    from tfwhale.nets.model import build_models
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        train_model, embedding_model = build_models(
+            backbone=f"hub:{presets[family]}", weights="preset", image_size=32, n_classes=5, embedding_dim=8
+        )
+        backbone = train_model.get_layer("hub_backbone")
+        assert {layer.dtype_policy.name for layer in backbone.layers[1:]} == {"mixed_bfloat16"}
+        embeddings = _embed(embedding_model)
+        assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@needs_hub
 def test_preset_weights_are_loaded_and_weights_null_is_a_fresh_init(presets):
     from tfwhale.nets.hub_backbone import build_hub_backbone
 
