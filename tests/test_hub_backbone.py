@@ -76,6 +76,18 @@ def test_unknown_backbone_names_the_hub_form():
             check_backbone(bad)
 
 
+def test_train_refuses_a_missing_preset_or_keras_hub_before_any_work(tmp_path, caplog):
+    from tests.records_fixture import make_records
+    from tfwhale import train
+
+    records = make_records(tmp_path, n_individuals=3, size=32)
+    args = [*TRAIN, "--records", records, "--out", str(tmp_path / "run"), "--fold", "0"]
+    missing = "keras-hub" if importlib.util.find_spec("keras_hub") is None else "not a keras-hub preset"
+    assert train.main([*args, "--set", f"model.backbone=hub:{tmp_path}/nowhere"]) == 1
+    assert missing in caplog.text
+    assert not os.path.exists(tmp_path / "run")
+
+
 @pytest.fixture(scope="module")
 def presets(tmp_path_factory):
     pytest.importorskip("keras_hub", reason="keras-hub is not installed (the `hub` extra)")

@@ -16,7 +16,9 @@ weights, so a run folder reloads without the preset or the network.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
+import os
 import zipfile
 from dataclasses import dataclass
 
@@ -39,15 +41,31 @@ def uses_keras_hub(keras_file: str) -> bool:
         return b'"keras_hub' in archive.read("config.json")
 
 
+def check_hub(backbone: str) -> None:
+    """Before any device is set up: keras-hub is installed and a local preset directory has a config."""
+    if importlib.util.find_spec("keras_hub") is None:
+        raise ImportError(_INSTALL)
+    preset = preset_handle(backbone)
+    local = "://" not in preset and ("/" in preset or os.sep in preset or os.path.exists(preset))
+    if local and not os.path.isfile(os.path.join(preset, "config.json")):
+        raise FileNotFoundError(
+            f"{preset}: not a keras-hub preset directory (no config.json); a preset name has no '/', "
+            "a local preset is the folder save_to_preset wrote"
+        )
+
+
+_INSTALL = (
+    "model.backbone 'hub:...' needs keras-hub. Install the extra: pip install 'tfwhale[hub]' "
+    "(the `tensorflow` distribution, not tensorflow-cpu; see README)"
+)
+
+
 def import_keras_hub():
     """keras_hub, with tfwhale's fixes applied; a clear error naming the extra when it is missing."""
     try:
         import keras_hub
     except ImportError as error:
-        raise ImportError(
-            f"model.backbone 'hub:...' needs keras-hub ({error}). Install the extra: "
-            "pip install 'tfwhale[hub]' (the `tensorflow` distribution, not tensorflow-cpu; see README)"
-        ) from error
+        raise ImportError(f"{_INSTALL} ({error})") from error
     _patch_efficientnet_config(keras_hub.models.EfficientNetBackbone)
     return keras_hub
 
