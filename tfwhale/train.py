@@ -17,7 +17,8 @@ from tfwhale.contracts.records import ManifestError, load_manifest, read_error_m
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, load_config, save_config
 from tfwhale.feed.data import with_records_image_size
-from tfwhale.nets.model import BACKBONES
+from tfwhale.nets.hub_backbone import check_hub, is_hub
+from tfwhale.nets.model import check_backbone
 from tfwhale.training.distribute import DeviceError, get_runtime, split_cpu
 from tfwhale.training.fold_trainer import TrainingError, plan_fold, train_fold
 
@@ -79,10 +80,12 @@ def selected_folds(args: argparse.Namespace, n_folds: int) -> list[int | None]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     cfg = load_config(args.config, args.set)
-    if cfg.model.backbone not in BACKBONES:
-        raise ConfigError(
-            f"model.backbone={cfg.model.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}"
-        )
+    try:
+        check_backbone(cfg.model.backbone)
+        if is_hub(cfg.model.backbone):
+            check_hub(cfg.model.backbone)
+    except (ValueError, ImportError, FileNotFoundError) as error:
+        raise ConfigError(f"model.backbone: {error}") from None
     manifest = load_manifest(args.records)
     cfg = with_records_image_size(cfg, manifest)  # before any device is set up
     if args.cpu_devices > 1:

@@ -74,6 +74,9 @@ class ModelConfig:
     weights: str | None = "imagenet"
     embedding_dim: int = 512
     pooling: Literal["gem", "avg"] = "avg"
+    # hub: transformer backbones (DINOv2, ViT): class token, mean or GeM of the patch tokens;
+    # auto = the class token where the backbone has one, else mean
+    token_pooling: Literal["auto", "cls", "mean", "gem"] = "auto"
     gem_p: float = 3.0
     gem_trainable: bool = True
     dropout: float = 0.0

@@ -30,6 +30,7 @@ import keras
 from tfwhale.core import files
 from tfwhale.core.config import ModelConfig
 from tfwhale.nets import efficientnet_lite
+from tfwhale.nets.hub_backbone import build_hub_backbone, import_keras_hub, is_hub, uses_keras_hub
 from tfwhale.nets.layers import ArcMarginProduct, GeMPooling, L2Normalize
 
 logger = logging.getLogger(__name__)
@@ -81,9 +82,18 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
 }
 
 
+def check_backbone(name: str) -> None:
+    if name not in BACKBONES and not (is_hub(name) and name[4:].strip()):
+        raise ValueError(
+            f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}, or hub:PRESET "
+            "(a keras-hub preset name, kaggle:// handle or local preset directory)"
+        )
+
+
 def backbone_constructor(name: str) -> Callable[..., keras.Model]:
-    if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    check_backbone(name)
+    if is_hub(name):
+        raise ValueError(f"{name} is a keras-hub backbone: build it through build_models")
     return BACKBONES[name]
 
 
@@ -206,11 +216,17 @@ def _assemble(m: ModelConfig, image_size: int, n_classes: int, n_species: int, m
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     label = keras.Input(shape=(), dtype="int32", name="label")
 
-    features = build_backbone(backbone, image_size, m.weights)(image)
+    if is_hub(backbone):  # keras-hub: its own input size, normalisation and token handling
+        hub = build_hub_backbone(backbone, image_size, m.weights, pooling, m.token_pooling)
+        features, pooling = hub.model(image), hub.pooling
+    else:
+        features = build_backbone(backbone, image_size, m.weights)(image)
     if pooling == "gem":
         pooled = GeMPooling(p=m.gem_p, trainable_p=m.gem_trainable, name="gem_pool")(features)
-    else:
+    elif pooling == "avg":
         pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    else:  # the backbone gave one vector per image already (a transformer's class token)
+        pooled = features
     if m.dropout > 0:
         pooled = keras.layers.Dropout(m.dropout, name="dropout")(pooled)
     neck = keras.layers.Dense(m.embedding_dim, name="neck_dense")(pooled)
@@ -268,4 +284,6 @@ def load_saved_model(path: str, compile: bool = False) -> keras.Model:  # noqa: 
     from tfwhale.nets import accumulate, losses  # noqa: F401 - importing registers their classes
 
     with files.local_copy(path) as local:
+        if uses_keras_hub(local):  # keras-hub registers its classes on import; only pay for it when needed
+            import_keras_hub()
         return keras.models.load_model(local, compile=compile)
