@@ -47,17 +47,23 @@ WRITER = textwrap.dedent(
 
 
 def _kill_during_writes(catalogue, wait: float) -> list[tuple[int, str]]:
+    """Kill the writer `wait` seconds after its 8th committed decision (not after a fixed time from start:
+    on a loaded machine its imports alone can take seconds); the decisions it reported before dying."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(catalogue)], stdout=subprocess.PIPE, text=True, env=env
     )
+    lines = [proc.stdout.readline() for _ in range(8)]
     time.sleep(wait)
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
-    return [(int(line.split()[0]), line.split()[1]) for line in out.splitlines() if line.strip()]
+    lines += out.split("\n")
+    # The kill can cut the last line short: only whole lines ("id sha\n") were reported.
+    whole = [line.split() for line in lines if len(line.split()) == 2 and len(line.split()[1]) == 64]
+    return [(int(decision), sha) for decision, sha in whole]
 
 
-@pytest.mark.parametrize("wait", [1.5, 2.3])
+@pytest.mark.parametrize("wait", [0.3, 1.1])
 def test_kill_9_mid_writes_loses_no_decision_and_leaves_no_half_photo(tmp_path, wait):
     catalogue = tmp_path / "catalogue"
     reported = _kill_during_writes(catalogue, wait)
