@@ -342,8 +342,9 @@ def flip_tta_refusal(flip: bool | str) -> str:
         why = "its model learned a mirrored photo as another individual (id_flip)"
     else:
         why = "its model never saw a mirrored photo (left and right sides differ)"
+    shown = "false" if flip is False else flip
     return (
-        f"flip TTA needs augment.flip=true, the run has augment.flip={flip}: {why}, so the mean of a photo "
+        f"flip TTA needs augment.flip=true, the run has augment.flip={shown}: {why}, so the mean of a photo "
         "and its mirror would mix two sides; predict without --tta flip (predict.tta_flip=false)"
     )
 
