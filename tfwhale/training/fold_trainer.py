@@ -23,9 +23,8 @@ from tfwhale.nets.accumulate import with_accumulation
 from tfwhale.nets.layers import dynamic_margins
 from tfwhale.nets.losses import losses_for
 from tfwhale.nets.model import build_models
-from tfwhale.training import checkpoint, run_record
+from tfwhale.training import checkpoint, finetune, run_record
 from tfwhale.training.distribute import Runtime
-from tfwhale.training.schedules import learning_rate_schedule
 from tfwhale.training.validate import validate_fold
 
 logger = logging.getLogger(__name__)
@@ -82,32 +81,21 @@ def build_compiled(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Run
             m, image_size=manifest.image_size, n_classes=n_classes,
             n_species=len(manifest.species), dynamic_margins=margins,
         )  # fmt: skip
+        backbone = finetune.backbone_of(train_model)
+        if cfg.train.freeze_bn:
+            logger.info("%s: %d BatchNorm layers frozen", backbone.name, finetune.freeze_batch_norm(backbone))
         model = with_accumulation(train_model, cfg.train.accumulate_steps)
+        # The schedule counts optimizer calls, which on JAX with accumulation are micro-steps.
+        optimizer = finetune.make_optimizer(
+            cfg.train, model, backbone, plan.fit_steps, plan.global_batch, runtime.backend
+        )
         model.compile(
-            optimizer=make_optimizer(cfg, plan, runtime),
+            optimizer=optimizer,
             loss=losses_for(train_model.output.keys(), triplet_margin=m.triplet_margin),
             loss_weights=loss_weights(cfg, train_model.output.keys()),
             jit_compile=runtime.kind != "cpu" or runtime.backend == "jax",
         )
     return model, train_model, embedding_model
-
-
-def make_optimizer(cfg: Config, plan: FoldPlan, runtime: Runtime) -> keras.optimizers.Optimizer:
-    t = cfg.train
-    # The schedule counts optimizer calls, which on JAX with accumulation are micro-steps.
-    schedule = learning_rate_schedule(t, plan.fit_steps, plan.global_batch)
-    options: dict[str, Any] = {"learning_rate": schedule}
-    if t.clipnorm:
-        options["clipnorm"] = t.clipnorm
-    if t.ema_momentum:
-        # Keras swaps the averaged weights in when fit ends; FoldMonitor validates and keeps them.
-        options.update(use_ema=True, ema_momentum=t.ema_momentum)
-    if runtime.backend == "jax" and t.accumulate_steps > 1:
-        # No tf.distribute on JAX, so Keras' own accumulation is safe there (see accumulate.py).
-        options["gradient_accumulation_steps"] = t.accumulate_steps
-    if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(weight_decay=t.weight_decay, **options)
-    return keras.optimizers.Adam(**options)
 
 
 def loss_weights(cfg: Config, outputs) -> dict[str, float]:
