@@ -132,12 +132,12 @@ def make_task(args: argparse.Namespace) -> tuple[str, str, pd.DataFrame, pd.Data
 def train_and_predict(args, key: str, row: Row, records: str, solution: str) -> dict:
     """The row's run folder (fold 0) and predict output; results cached in results/<key>.json."""
     result_path = os.path.join(args.work, "results", f"{key}.json")
-    overrides = ["data.image_size=null", "train.verbose=2", *row.overrides, *args.set]
-    epochs = args.epochs or load_config(row.config, overrides).train.epochs
+    # --epochs first: a row that sets its own (the untrained one: 1) keeps it
+    epochs_set = [f"train.epochs={args.epochs}"] if args.epochs else []
+    overrides = ["data.image_size=null", "train.verbose=2", *epochs_set, *row.overrides, *args.set]
+    epochs = load_config(row.config, overrides).train.epochs
     if row.all_epochs_frozen:
         overrides.append(f"train.frozen_epochs={epochs}")
-    if args.epochs and "train.epochs=1" not in row.overrides:
-        overrides.insert(0, f"train.epochs={epochs}")
     settings = {"config": row.config, "overrides": overrides, "records": records}
     if os.path.exists(result_path):
         with open(result_path) as f:
