@@ -12,16 +12,17 @@ from tfwhale.nets.model import build_models
 
 
 def make_run(
-    run_dir: str, manifest: Manifest, folds=("fold0", "fold1"), dim: int = 8, seed: int = 0, nan: bool = False
-) -> str:
-    """A run folder as tfwhale.train leaves it, with untrained TinyConvNet models (fast: no training).
+    run_dir: str, manifest: Manifest, folds=("fold0", "fold1"), dim: int = 8, seed: int = 0,
+    nan: bool = False, backbone: str = "TinyConvNet",
+) -> str:  # fmt: skip
+    """A run folder as tfwhale.train leaves it, with untrained models (fast: no training; TinyConvNet).
 
     nan=True poisons the neck so every embedding is NaN.
     """
     for offset, name in enumerate(folds):
         keras.utils.set_random_seed(seed + offset)
         train_model, embedding_model = build_models(
-            backbone="TinyConvNet", weights=None, image_size=manifest.image_size,
+            backbone=backbone, weights=None, image_size=manifest.image_size,
             n_classes=len(manifest.individuals), embedding_dim=dim, pooling="avg", dropout=0.0,
         )  # fmt: skip
         if nan:

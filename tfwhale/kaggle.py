@@ -175,6 +175,8 @@ def train_kernel() -> str:
     paths = kaggle_paths()
     tpu = tpu_present()
     os.environ["KERAS_BACKEND"] = choose_backend(tpu)
+    # Internet may be off here too; the wheel is installed without its extras (no Lite .pth packages).
+    install_imagenet_weights(paths.input)
     from tfwhale import train
     from tfwhale.core import config
 
