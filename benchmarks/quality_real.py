@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -91,7 +92,7 @@ def parse_args() -> argparse.Namespace:
         help=f"the default recipe the Lite0 rows start from ({DEFAULT_CONFIG})",
     )
     add("--extra", action="append", default=[], metavar="TITLE:K=V[,K=V]", help="one more row: the default "
-        "recipe with these overrides (repeatable)")  # fmt: skip
+        "recipe with these overrides (repeatable; kept under its title)")  # fmt: skip
     add("--size", type=int, default=224, help="records' image size (224)")
     add("--folds", type=int, default=5, help="folds of the build; fold 0 is trained (5)")
     add("--epochs", type=int, help="train.epochs of every trained row (default: each config's)")
@@ -232,7 +233,8 @@ def selected(args: argparse.Namespace) -> dict[str, Row]:
     chosen = {k: table[k] for k in keys}
     for i, extra in enumerate(args.extra):
         title, _, changes = extra.partition(":")
-        chosen[f"extra{i}"] = Row(title.strip(), args.config, tuple(c for c in changes.split(",") if c))
+        key = "extra-" + (re.sub(r"[^A-Za-z0-9]+", "-", title).strip("-").lower() or str(i))
+        chosen[key] = Row(title.strip(), args.config, tuple(c for c in changes.split(",") if c))
     return chosen
 
 
