@@ -22,9 +22,9 @@ from tfwhale.contracts.gallery_manifest import (
 from tfwhale.contracts.records import Manifest, ManifestError, load_manifest, read_error_message
 from tfwhale.contracts.run_folder import CONFIG_NAME, Run, RunError, load_run
 from tfwhale.core import files
-from tfwhale.core.config import ConfigError, PredictConfig, load_config
+from tfwhale.core.config import ConfigError, PredictConfig, flip_tta_refusal, load_config
 from tfwhale.core.metrics import map_at_k
-from tfwhale.inference import oof, report
+from tfwhale.inference import examples, oof, report
 from tfwhale.inference.gallery import check_oof_files, embed_runs
 from tfwhale.inference.prediction import (
     Prediction,
@@ -102,6 +102,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--solution", help="CSV image,individual_id of the test set: also report test MAP@5")
     add("--batch-size", type=int, help="images per embedding batch (default: run config)")
     add("--examples", type=int, default=8, metavar="N", help="example queries in examples.png (0: none)")
+    add(
+        "--examples-seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="which test queries examples.png shows, drawn at random (default: a new draw each run, "
+        "its seed in report.json)",
+    )
     add("--recompute", action="store_true", help="ignore cached embeddings")
     return parser.parse_args(argv)
 
@@ -122,10 +130,21 @@ def resolve_settings(args: argparse.Namespace, runs: Sequence[Run]) -> Settings:
         k=k, backend=args.knn, dba=args.dba, qe=args.qe, whiten=args.whiten, blend=args.blend
     )
     flip = cfg.tta_flip if args.tta is None else args.tta == "flip"
+    if flip:
+        check_flip_tta(runs)
     return Settings(
         flip, batch, threshold, options, new_share, args.per_species,
         calibrate=cfg.calibrate_threshold and not args.no_calibrate, seed=cfg.new_share_seed,
     )  # fmt: skip
+
+
+def check_flip_tta(runs: Sequence[Run]) -> None:
+    """Flip TTA only for runs trained with mirrored photos as the same individual (augment.flip=true)."""
+    for run in runs:
+        path = files.join(run.run_dir, CONFIG_NAME)
+        flip = load_config(path).augment.flip if files.exists(path) else True
+        if flip is not True:
+            raise PredictError(f"{run.run_dir}: {flip_tta_refusal(flip)}")
 
 
 def _threshold(text: str) -> float | None:
@@ -198,9 +217,10 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
     write_embeddings(args.out, p.emb, p.gallery, manifest.individuals)
     if p.outcome is not None:
         plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME), _threshold_value(p.outcome))
-    rows = report.example_rows(p, manifest, args.examples)
+    seed = examples.new_seed() if args.examples_seed is None else args.examples_seed
+    rows = examples.example_rows(p, manifest, args.examples, seed)
     if rows:
-        report.plot_examples(files.join(args.out, EXAMPLES_NAME), rows)
+        examples.plot_examples(files.join(args.out, EXAMPLES_NAME), rows)
     outputs = {
         "submission": SUBMISSION_NAME,
         "embeddings": EMBEDDINGS_NAME,
@@ -208,6 +228,8 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
         "examples": EXAMPLES_NAME if rows else None,
     }
     body = report.build_report(args.out, args.solution, manifest, p, measure_variants(p, manifest), outputs)
+    missed = [r.name for r in rows if r.missed]
+    body["examples"] = {"seed": seed, "queries": [r.name for r in rows], "missed": missed}
     report.write_report(args.out, body)
     write_gallery_manifest(args.out, gallery_manifest(args.out, manifest, p))
     return body

@@ -47,7 +47,10 @@ class DataConfig:
 class AugmentConfig:
     """Training augmentation; every op is off at 0 / False. Defaults are the TPU baseline's."""
 
-    flip: bool = True  # horizontal, p=0.5
+    # horizontal mirror, p=0.5. true: same individual (symmetric markings); false: never mirrored (left and
+    # right sides differ); new_class: a mirrored photo is labelled as another individual, id + "_flip"
+    # (Humpback-challenge trick: twice the classes). Flip TTA at predict needs true.
+    flip: bool | Literal["new_class"] = True
     random_resized_crop: bool = False
     crop_scale: tuple[float, float] = (0.8, 1.0)  # fraction of the image area kept
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)  # width / height of the crop
@@ -243,7 +246,7 @@ def _convert(value: Any, hint: Any) -> Any:
         is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
         if is_null and type(None) in args:
             return None
-        return _convert(value, next(a for a in args if a is not type(None)))
+        return _convert_union(value, [a for a in args if a is not type(None)])
     if origin is Literal:
         if value not in args:
             raise ValueError(f"not one of {args}")
@@ -267,6 +270,17 @@ def _convert(value: Any, hint: Any) -> Any:
             raise TypeError("not a string")
         return str(value)
     raise TypeError(f"unsupported field type {hint}")
+
+
+def _convert_union(value: Any, options: list[Any]) -> Any:
+    """`value` as the first of the union's types that takes it (bool | Literal["new_class"])."""
+    error: Exception = TypeError("no type")
+    for option in options:
+        try:
+            return _convert(value, option)
+        except (TypeError, ValueError) as err:
+            error = err
+    raise error
 
 
 def _convert_tuple(value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -328,8 +342,23 @@ def validate(cfg: Config) -> None:
             f"data.batch_size={d.batch_size} must equal data.ids_per_batch x data.photos_per_id "
             f"({d.ids_per_batch} x {d.photos_per_id}) with the PK sampler"
         )
+    if cfg.predict.tta_flip and a.flip is not True:
+        problems.append(flip_tta_refusal(a.flip))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def flip_tta_refusal(flip: bool | str) -> str:
+    """Why flip TTA cannot go with a run trained with augment.flip=`flip` (false or new_class)."""
+    if flip == "new_class":
+        why = "its model learned a mirrored photo as another individual (id_flip)"
+    else:
+        why = "its model never saw a mirrored photo (left and right sides differ)"
+    shown = "false" if flip is False else flip
+    return (
+        f"flip TTA needs augment.flip=true, the run has augment.flip={shown}: {why}, so the mean of a photo "
+        "and its mirror would mix two sides; predict without --tta flip (predict.tta_flip=false)"
+    )
 
 
 def uses_pk_sampler(cfg: Config) -> bool:

@@ -32,6 +32,24 @@ def flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_flip_left_right(image, seed)
 
 
+FLIP_SUFFIX = "_flip"  # augment.flip=new_class: the mirrored photos' individual is id + FLIP_SUFFIX
+
+
+def training_classes(cfg: AugmentConfig, n_individuals: int) -> int:
+    """Classes the training head learns: with flip=new_class each individual's mirror is one more."""
+    return 2 * n_individuals if cfg.flip == "new_class" else n_individuals
+
+
+def flip_as_new_class(
+    image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, n_individuals: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """With p=0.5 the mirrored image, labelled as the mirror class label + n_individuals."""
+    mirrored = tf.random.stateless_uniform([], seed) < 0.5
+    image = tf.where(mirrored, tf.image.flip_left_right(image), image)
+    label = tf.where(mirrored, label + tf.cast(n_individuals, label.dtype), label)
+    return image, label
+
+
 def random_resized_crop(
     image: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> tf.Tensor:
@@ -148,7 +166,7 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.T
     image = tf.cast(image, tf.float32)
     shape = image.shape
     seeds = tf.random.experimental.stateless_split(seed, 7)
-    if cfg.flip:
+    if cfg.flip is True:  # new_class flips in the pipeline, where the label is (flip_as_new_class)
         image = flip(image, seeds[0])
     if cfg.random_resized_crop:
         image = random_resized_crop(image, seeds[1], cfg.crop_scale, cfg.crop_ratio)

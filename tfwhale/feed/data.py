@@ -26,7 +26,7 @@ from tfwhale.contracts import records
 from tfwhale.contracts.records import Manifest, ManifestError
 from tfwhale.core import files
 from tfwhale.core.config import Config, ConfigError, uses_pk_sampler
-from tfwhale.feed.augment import augment_image
+from tfwhale.feed.augment import augment_image, flip_as_new_class
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 _READ_BUFFER = 8 << 20  # bytes per open shard; large reads matter on gs://
 _EVAL_CYCLE = 8  # a fixed shard interleave keeps the eval order the same on every machine
 _TRAIN_CYCLE = 16
-# independent random streams under one seed: which photos a PK batch draws, how each example is augmented
-_PK_STREAM, _AUGMENT_STREAM = 0, 1
+# independent random streams under one seed: which photos a PK batch draws, how each example is augmented,
+# which examples become their individual's mirror class (augment.flip=new_class)
+_PK_STREAM, _AUGMENT_STREAM, _FLIP_CLASS_STREAM = 0, 1, 2
 
 
 def with_records_image_size(cfg: Config, manifest: Manifest) -> Config:
@@ -176,7 +177,7 @@ def train_dataset(
     """Endless augmented training batches of `global_batch` examples from the shards of `folds`
     (see the module doc for their structure)."""
     paths = shard_paths(manifest, "train", folds)
-    size, augment = _image_size(cfg, manifest), cfg.augment
+    size, augment, n_individuals = _image_size(cfg, manifest), cfg.augment, len(manifest.individuals)
     if uses_pk_sampler(cfg):
         group = cfg.data.ids_per_batch * cfg.data.photos_per_id
         if global_batch % group:
@@ -190,6 +191,12 @@ def train_dataset(
             tf.constant([seed, _AUGMENT_STREAM], tf.int64), index
         )
         image = augment_image(records.decode_image(example["image"], size), example_seed, augment)
+        if augment.flip == "new_class":
+            flip_seed = tf.random.experimental.stateless_fold_in(
+                tf.constant([seed, _FLIP_CLASS_STREAM], tf.int64), index
+            )
+            image, label = flip_as_new_class(image, example["label"], flip_seed, n_individuals)
+            example = {**example, "label": label}
         return _training_example(example, image)
 
     batches = examples.enumerate().map(prepare, num_parallel_calls=cfg.data.num_parallel_calls or AUTOTUNE)

@@ -204,9 +204,11 @@ def load_centres(fold: FoldModel, n_classes: int) -> tuple[np.ndarray, int]:
         head = model.get_layer(ARCFACE_LAYER)
     except ValueError as err:
         raise RunError(f"{path}: no ArcFace head ({ARCFACE_LAYER!r} layer): the blend needs one") from err
-    if head.n_classes != n_classes:
+    # augment.flip=new_class trains a mirror class per individual after the real ones (class-major
+    # columns); answers are real individuals only, so the mirror centres are dropped
+    if head.n_classes not in (n_classes, 2 * n_classes):
         raise RunError(f"{path}: ArcFace head has {head.n_classes} classes, the records {n_classes}")
-    kernel = np.asarray(head.kernel.numpy(), np.float32)
+    kernel = np.asarray(head.kernel.numpy(), np.float32)[:, : n_classes * int(head.k)]
     return l2_normalise(kernel.T).T.copy(), int(head.k)
 
 

@@ -1,15 +1,12 @@
-"""Stage 3 (predict) outputs for people: report.json, the printed summary table, the example-queries PNG."""
+"""Stage 3 (predict) outputs for people: report.json and the printed summary table (examples.py: the PNG)."""
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from tfwhale.contracts import records
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
 from tfwhale.core.metrics import average_precision_at_k, map_at_k
@@ -257,109 +254,3 @@ def _tuning_lines(threshold: dict) -> list[str]:
         )
     lines += [f"    WARNING: {warning}" for warning in threshold.get("warnings", [])]
     return lines
-
-
-def example_rows(p: Prediction, manifest: Manifest, count: int) -> list[ExampleRow]:
-    """Evenly spread test queries, each answer shown with its individual's closest gallery photo."""
-    if count <= 0 or not p.order:
-        return []
-    picks = np.unique(np.linspace(0, len(p.order) - 1, min(count, len(p.order))).astype(int))
-    chosen = [p.order[i] for i in picks]
-    position = {name: i for i, name in enumerate(p.emb.index.test_names)}
-    closest = _closest_gallery_photos(p, chosen, position)
-    queries = fetch_images(manifest, "test", set(chosen))
-    thumbnails = fetch_images(manifest, "train", set(closest.values()))
-    rows = []
-    for name in chosen:
-        row = position[name]
-        scores = dict(zip(p.ranked.labels[row], p.ranked.scores[row], strict=True))
-        shown = [
-            (label, scores.get(label), thumbnails.get(closest.get((name, label), "")))
-            for label in p.answers[name]
-        ]
-        rows.append(ExampleRow(name, queries.get(name), (p.solution or {}).get(name), shown))
-    return rows
-
-
-def _closest_gallery_photos(p: Prediction, chosen: Sequence[str], position: dict[str, int]) -> dict:
-    """(query, individual) -> the individual's gallery photo most similar to the query."""
-    train, test = p.emb.combined("train"), p.emb.combined("test")
-    ids = np.asarray(p.emb.index.train_ids)
-    closest = {}
-    for name in chosen:
-        sims = train @ test[position[name]]
-        for label in p.answers[name]:
-            if label != NEW:
-                rows = np.flatnonzero(ids == label)
-                closest[name, label] = p.emb.index.train_names[rows[np.argmax(sims[rows])]]
-    return closest
-
-
-def fetch_images(manifest: Manifest, split: str, names: set[str]) -> dict[str, np.ndarray]:
-    """Decoded images of the named records of a split (one pass over its shards; stops once all are found)."""
-    import tensorflow as tf
-
-    if not names:
-        return {}
-    wanted = tf.constant(sorted(names))
-    parse = records.parse_test_example if split == "test" else records.parse_train_example
-
-    def fields(serialized):
-        example = parse(serialized)
-        return example["image_name"], example["image"]
-
-    found: dict[str, np.ndarray] = {}
-    paths = manifest.shard_paths(split)
-    examples = tf.data.TFRecordDataset(paths, num_parallel_reads=min(len(paths), 8)).map(fields)
-    examples = examples.filter(lambda name, _: tf.reduce_any(tf.equal(wanted, name)))
-    for name, jpeg in examples.as_numpy_iterator():
-        found[name.decode()] = tf.io.decode_jpeg(jpeg, channels=3).numpy()
-        if len(found) == len(names):
-            break
-    return found
-
-
-@dataclass(frozen=True)
-class ExampleRow:
-    """One query of the examples PNG and its answers (label, score, gallery image or None for new)."""
-
-    name: str
-    image: np.ndarray | None
-    truth: str | None
-    answers: list[tuple[str, float | None, np.ndarray | None]]
-
-
-def plot_examples(path: str, rows: Sequence[ExampleRow]) -> None:
-    """A grid: each query, then its five answers with the matched gallery photo; correct ones framed green."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns = 1 + max((len(r.answers) for r in rows), default=5)
-    figure = Figure(figsize=(2.0 * columns, 2.3 * max(1, len(rows))), dpi=80)
-    FigureCanvasAgg(figure)
-    for r, row in enumerate(rows):
-        query_axes = figure.add_subplot(len(rows), columns, r * columns + 1)
-        _tile(query_axes, row.image, f"{row.name}\ntruth: {row.truth}" if row.truth else row.name, None)
-        for c, (label, score, image) in enumerate(row.answers):
-            axes = figure.add_subplot(len(rows), columns, r * columns + c + 2)
-            correct = None if row.truth is None else label == row.truth
-            score_text = "" if score is None else f"\n{score:.3f}"
-            _tile(axes, image, f"{c + 1}. {label[:16]}{score_text}", correct)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    files.write_bytes(path, buffer.getvalue())
-
-
-def _tile(axes, image: np.ndarray | None, title: str, correct: bool | None) -> None:
-    if image is not None:
-        axes.imshow(image)
-    else:
-        axes.set_facecolor("#dddddd")
-    axes.set_xticks([])
-    axes.set_yticks([])
-    axes.set_title(title, fontsize=7)
-    if correct is not None:
-        for spine in axes.spines.values():
-            spine.set_edgecolor("tab:green" if correct else "tab:red")
-            spine.set_linewidth(4 if correct else 1)

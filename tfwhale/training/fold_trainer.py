@@ -17,6 +17,7 @@ from tfwhale.contracts import run_folder
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
 from tfwhale.core.config import Config, save_config
+from tfwhale.feed.augment import training_classes
 from tfwhale.feed.data import train_dataset, val_loss_dataset
 from tfwhale.nets.accumulate import with_accumulation
 from tfwhale.nets.layers import dynamic_margins
@@ -69,12 +70,15 @@ def plan_fold(
 def build_compiled(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime):
     """(compiled model to fit, plain training model, embedding model), built in the runtime's scope."""
     m = cfg.model
+    n_classes = training_classes(cfg.augment, len(manifest.individuals))
     margins = None
     if m.dynamic_margins:
-        margins = dynamic_margins(manifest.photo_counts, a=m.margin_a, lam=m.margin_lambda, b=m.margin_b)
+        # mirror classes (flip=new_class) hold about half of each individual's photos, as many as the other
+        counts = (list(manifest.photo_counts) * 2)[:n_classes]
+        margins = dynamic_margins(counts, a=m.margin_a, lam=m.margin_lambda, b=m.margin_b)
     with runtime.scope():
         train_model, embedding_model = build_models(
-            m, image_size=manifest.image_size, n_classes=len(manifest.individuals),
+            m, image_size=manifest.image_size, n_classes=n_classes,
             n_species=len(manifest.species), dynamic_margins=margins,
         )  # fmt: skip
         backbone = finetune.backbone_of(train_model)
