@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os.path
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from tfwhale.core import files
+from tfwhale.core.config_values import closest, convert, show, type_name
 
 # Configs shipped with the package; a bare name like "tiny_cpu" means CONFIGS_DIR/tiny_cpu.yaml.
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tfwhale/
@@ -192,7 +191,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...), got {_show(data)}")
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...), got {show(data)}")
     return data
 
 
@@ -213,7 +212,7 @@ def _merge(changes: dict[str, dict[str, Any]], new: Mapping[str, Any], source: s
     sections = _sections()
     for section, values in new.items():
         if section not in sections:
-            raise ConfigError(f"{source}: unknown config section {section!r}{_closest(section, sections)}")
+            raise ConfigError(f"{source}: unknown config section {section!r}{closest(section, sections)}")
         if values is None:  # a section header whose keys are all commented out
             continue
         if not isinstance(values, dict):
@@ -222,88 +221,14 @@ def _merge(changes: dict[str, dict[str, Any]], new: Mapping[str, Any], source: s
         for key, value in values.items():
             if key not in hints:
                 keys = [f"{section}.{k}" for k in hints]
-                raise ConfigError(
-                    f"{source}: unknown key {section}.{key}{_closest(f'{section}.{key}', keys)}"
-                )
+                raise ConfigError(f"{source}: unknown key {section}.{key}{closest(f'{section}.{key}', keys)}")
             try:
-                converted = _convert(value, hints[key])
+                converted = convert(value, hints[key])
             except (TypeError, ValueError) as err:
                 raise ConfigError(
-                    f"{source}: {section}.{key} expects {_type_name(hints[key])}, got {_show(value)}"
+                    f"{source}: {section}.{key} expects {type_name(hints[key])}, got {show(value)}"
                 ) from err
             changes.setdefault(section, {})[key] = converted
-
-
-def _closest(name: str, valid: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else f" (valid: {', '.join(valid)})"
-
-
-def _convert(value: Any, hint: Any) -> Any:
-    """`value` (from YAML) as the field type `hint`; TypeError/ValueError when it cannot be."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        if is_null and type(None) in args:
-            return None
-        return _convert_union(value, [a for a in args if a is not type(None)])
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"not one of {args}")
-        return value
-    if origin is tuple:
-        return _convert_tuple(value, args)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise TypeError("not a bool")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError("not an int")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise TypeError("not a number")
-        return float(value)  # YAML reads 1e-6 (no dot) as a string
-    if hint is str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise TypeError("not a string")
-        return str(value)
-    raise TypeError(f"unsupported field type {hint}")
-
-
-def _convert_union(value: Any, options: list[Any]) -> Any:
-    """`value` as the first of the union's types that takes it (bool | Literal["new_class"])."""
-    error: Exception = TypeError("no type")
-    for option in options:
-        try:
-            return _convert(value, option)
-        except (TypeError, ValueError) as err:
-            error = err
-    raise error
-
-
-def _convert_tuple(value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    if not isinstance(value, list | tuple):
-        raise TypeError("not a list")
-    if len(value) != len(args):
-        raise ValueError(f"needs {len(args)} items")
-    return tuple(_convert(v, a) for v, a in zip(value, args, strict=True))
-
-
-def _type_name(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is tuple:
-        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def _show(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
 
 
 def validate(cfg: Config) -> None:

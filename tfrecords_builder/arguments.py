@@ -1,0 +1,145 @@
+"""build-tfrecords command line arguments: the build's and `verify`'s parsers, help text and examples."""
+
+from __future__ import annotations
+
+import argparse
+
+# Light on purpose, like cli.py: spawned image workers re-import the console script's modules.
+
+EXAMPLES = """\
+examples:
+  # Kaggle layout: DIR/train.csv, DIR/train_images/, DIR/test_images/ (+ DIR/sample_submission.csv)
+  build-tfrecords --data happywhale --out records768 --size 768
+
+  # crop with YOLOv5 boxes for train and test, keep only confident ones, 512 px letterboxed
+  build-tfrecords --data happywhale --out gs://bucket/rec512 --size 512 \\
+      --boxes fullbody_charm.csv --min-conf 0.5 --resize letterbox
+
+  # explicit files instead of the Kaggle layout (a 'box' column in the CSV is used for cropping)
+  build-tfrecords --train-csv train2.csv --train-images photos/ --no-test --out rec --size 384
+
+  # check a finished build: every shard's sha256 and every image decoded
+  build-tfrecords verify records768
+
+An interrupted build resumes when run again with the same command: finished shards are kept (each
+checked against its sha256; a changed one is rebuilt). A storage error (e.g. a gs:// outage) ends the
+build with one line naming the object; the same command then resumes.
+One build at a time per --out: a build holds OUT/.build.lock (host, pid, start, a heartbeat every
+minute) and a second build stops at once naming the holder. The lock of a killed build is stale, and
+taken over, once its pid is gone (same host) or its heartbeat is 15 minutes old; or delete the file.
+exit codes: 0 all built; 1 fatal error (nothing usable); 3 built, but some images rejected
+(listed in OUT/rejects.csv); 2 bad command line.
+"""
+
+
+def _at_least(kind: type, minimum: float):
+    """An argparse type: `kind`(text), refused below `minimum`."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build-tfrecords",
+        description="Crop photos to their detector boxes, resize them, and write sharded TFRecords:\n"
+        "training records split into folds, test records, manifest.json and rejects.csv.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inputs = parser.add_argument_group("input (Kaggle layout under --data, or explicit files)")
+    inputs.add_argument("--data", metavar="DIR", help="folder with train.csv, train_images/, test_images/")
+    inputs.add_argument(
+        "--train-csv", metavar="CSV", help="training CSV: image, species, individual_id [, box]"
+    )
+    inputs.add_argument("--train-images", metavar="DIR", help="folder of training photos")
+    inputs.add_argument("--test-images", metavar="DIR", help="folder of test photos")
+    inputs.add_argument(
+        "--test-csv",
+        metavar="CSV",
+        help="test images to build (default: every image in "
+        "--test-images, or DIR/sample_submission.csv when there is one)",
+    )
+    inputs.add_argument("--no-test", action="store_true", help="build training records only")
+    crop = parser.add_argument_group("cropping and images")
+    crop.add_argument(
+        "--boxes",
+        metavar="CSV",
+        help="detector boxes for train and test: Detic 'box', "
+        "YOLOv5 'bbox' + 'conf', or x1,y1,x2,y2 (default: the input CSVs' own box column)",
+    )
+    crop.add_argument(
+        "--min-conf",
+        metavar="C",
+        type=_at_least(float, 0.0),
+        default=0.0,
+        help="ignore --boxes boxes with confidence below C (0)",
+    )
+    crop.add_argument(
+        "--enlarge",
+        metavar="F",
+        type=_at_least(float, 0.01),
+        default=1.2,
+        help="grow each box about its centre by F before cropping (1.2)",
+    )
+    crop.add_argument(
+        "--size", metavar="PX", type=_at_least(int, 1), required=True, help="output images are PX x PX"
+    )
+    crop.add_argument(
+        "--resize",
+        choices=("square", "letterbox"),
+        default="square",
+        help="square: stretch the crop (default); letterbox: keep aspect, pad with grey",
+    )
+    crop.add_argument(
+        "--quality",
+        type=int,
+        default=90,
+        choices=range(1, 101),
+        metavar="1-100",
+        help="JPEG quality of the stored images (90)",
+    )
+    crop.add_argument(
+        "--max-pixels",
+        metavar="N",
+        type=_at_least(int, 1),
+        help="refuse photos with more than N pixels before decoding them, a guard against decompression "
+        "bombs (default 178956970, PIL's limit: a 20000x10000 photo is refused)",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", required=True, help="output folder, local or gs://")
+    out.add_argument("--folds", metavar="K", type=_at_least(int, 2), default=5, help="number of folds (5)")
+    out.add_argument("--seed", metavar="N", type=int, default=0, help="seed of folds and shard order (0)")
+    out.add_argument(
+        "--images-per-shard",
+        metavar="N",
+        type=_at_least(int, 1),
+        default=1000,
+        help="at most N images per shard (1000)",
+    )
+    out.add_argument(
+        "--workers",
+        metavar="N",
+        type=_at_least(int, 1),
+        help="image worker processes (default: every CPU this process may use)",
+    )
+    out.add_argument("--overwrite", action="store_true", help="discard an earlier build in --out first")
+    out.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    return parser
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build-tfrecords verify",
+        description="Re-read every shard of a finished build: sha256 and counts against manifest.json, "
+        "every image decoded and checked to be SIZE x SIZE x 3, missing or unlisted shards reported. "
+        "Exit code 0 when all is well, 1 otherwise.",
+    )
+    parser.add_argument("out", help="the build folder (local or gs://)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only the result")
+    return parser
