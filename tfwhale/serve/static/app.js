@@ -150,7 +150,8 @@ document.addEventListener("keydown", (e) => {
   const section = document.querySelector("[data-review] .result");
   if (!section || ["INPUT", "TEXTAREA"].includes(e.target.tagName)) return;
   const candidate = /^[1-5]$/.test(e.key) && section.querySelectorAll(".candidate")[Number(e.key) - 1];
-  if (candidate && candidate.querySelector(".confirm")) candidate.querySelector(".confirm").click();
+  // the new_individual row has nothing to confirm: its key registers, like n
+  if (candidate) (candidate.querySelector(".confirm") || section.querySelector(".register")).click();
   else if (e.key === "n") section.querySelector(".register").click();
   else if (e.key === "u") section.querySelector(".unresolved").click();
   else if (e.key === "j") move(1);
