@@ -19,7 +19,7 @@ from tfwhale.contracts.gallery_manifest import (
     remove_gallery_manifest,
     write_gallery_manifest,
 )
-from tfwhale.contracts.records import Manifest, ManifestError, load_manifest, read_error_message
+from tfwhale.contracts.records import Manifest, ManifestError, load_manifest, records_error_message
 from tfwhale.contracts.run_folder import CONFIG_NAME, Run, RunError, load_run
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, PredictConfig, flip_tta_refusal, load_config
@@ -293,13 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunError, ManifestError, PredictError, ConfigError) as err:
         logger.error("%s", err)
         return 1
-    except tf.errors.DataLossError as err:
-        logger.error("%s", read_error_message(args.records, err))
-        return 1
     except tf.errors.OpError as err:
-        if not files.is_storage_error(err):
+        if (message := records_error_message(args.records, err)) is None:
             raise
-        logger.error("%s", files.storage_error_message(err))
+        logger.error("%s", message)
         return 1
     print(report.format_table(body))
     return 0

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from tfwhale.contracts import run_folder
-from tfwhale.contracts.records import ManifestError, load_manifest, read_error_message
+from tfwhale.contracts.records import ManifestError, load_manifest, records_error_message
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, load_config, save_config
 from tfwhale.feed.data import with_records_image_size
@@ -119,13 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, DeviceError, TrainingError) as err:
         logger.error("%s", err)
         return 1
-    except tf.errors.DataLossError as err:
-        logger.error("%s", read_error_message(args.records, err))
-        return 1
     except tf.errors.OpError as err:
-        if not files.is_storage_error(err):
+        if (message := records_error_message(args.records, err)) is None:
             raise
-        logger.error("%s", files.storage_error_message(err))
+        logger.error("%s", message)
         return 1
     for info in results:
         best = info.get("best") or {}

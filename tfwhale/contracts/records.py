@@ -211,6 +211,16 @@ def damaged_shards(manifest: Manifest) -> list[str]:
     return [entry["name"] for entry in manifest.data["shards"] if not intact(entry)]
 
 
+def records_error_message(root: str, error: tf.errors.OpError) -> str | None:
+    """One line for a TF error met while reading the records under `root`: a damaged record (which shard,
+    what next) or a storage outage (the same command resumes); None for any other error (a bug: raise it)."""
+    if isinstance(error, tf.errors.DataLossError):
+        return read_error_message(root, error)
+    if files.is_storage_error(error):
+        return files.storage_error_message(error)
+    return None
+
+
 def read_error_message(root: str, error: Exception) -> str:
     """One line for a record that cannot be read during training or prediction: which shard, what next."""
     detail = getattr(error, "message", str(error)).splitlines()[0]
