@@ -60,7 +60,9 @@ def test_a_test_photo_gets_the_submission_answer_and_the_records_embedding(galle
     # the photo's embedding through identify is the records pass's embedding of the same photo
     loaded = identify.load_gallery(out)
     runs = identify.recorded_runs(loaded, None)
-    pixels = identify.prepare_photos(args.photos, identify.parse_boxes(args.box, 1), loaded)
+    images, errors = identify.prepare_each(args.photos, identify.parse_boxes(args.box, 1), loaded)
+    assert errors == [None]
+    pixels = np.stack(images)
     embedding = identify.combine(identify.embed_photos(pixels, runs, flip=True, batch=4), loaded)
     saved = np.load(f"{out}/embeddings.npz")
     row = saved["test_names"].tolist().index(image)

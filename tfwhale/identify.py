@@ -166,14 +166,6 @@ def prepare_photo_bytes(data: bytes, box: tuple | None, settings, name: str) -> 
     return jpeg, records.decode_image(jpeg, settings.size).numpy()
 
 
-def prepare_photos(photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery) -> np.ndarray:
-    """uint8 [n, S, S, 3] of photos that must all be usable: IdentifyError for the first that is not."""
-    images, errors = prepare_each(photos, boxes, gallery)
-    if failed := next((error for error in errors if error), None):
-        raise IdentifyError(failed)
-    return np.stack(images)
-
-
 def prepare_each(
     photos: Sequence[str], boxes: Sequence[tuple | None], gallery: Gallery
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
