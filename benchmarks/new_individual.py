@@ -1,7 +1,7 @@
 """Benchmark of the new_individual threshold on a catalogue where every individual has 3+ photos (quality).
 
 The README's path (tiny_cpu, 5 folds, predict --threshold auto) on synthetic whales built like a real
-photo-ID set: every training individual has at least 3 photos (singletons dropped), and about 20% of
+photo-ID set: every animal has at least 3 photos (`--no-singletons`), and about 20% of
 the test photos show animals never seen. Then, from the same cached embeddings, predict with:
   before        --new-share 0 --no-calibrate  (tuning on the real OOF queries only: the old method)
   simulated     --no-calibrate                (simulated new individuals, OOF threshold used as is)
@@ -60,21 +60,12 @@ def make_records(args: argparse.Namespace, work: str) -> tuple[str, str]:
     data, records = os.path.join(work, "data"), os.path.join(work, "records")
     if not os.path.exists(os.path.join(data, "test_solution.csv")):
         run([sys.executable, "-m", "tfwhale.synthetic", data, "--individuals", str(args.individuals),
-             "--min-photos", "3", "--new-fraction", str(args.new_fraction), "--seed", str(args.seed),
-             "--no-progress"])  # fmt: skip
-        drop_small_individuals(os.path.join(data, "train.csv"), minimum=3)
+             "--min-photos", "3", "--no-singletons", "--new-fraction", str(args.new_fraction),
+             "--seed", str(args.seed), "--no-progress"])  # fmt: skip
     if not os.path.exists(os.path.join(records, "manifest.json")):
         run([sys.executable, "-m", "tfrecords_builder", "--data", data, "--out", records, "--size",
              str(args.size), "--boxes", os.path.join(data, "boxes.csv"), "-q"])  # fmt: skip
     return data, records
-
-
-def drop_small_individuals(train_csv: str, minimum: int) -> None:
-    """Like the real set: every training individual has at least `minimum` photos (the synthetic set keeps
-    singletons, which out of fold would be new individuals the old tuning could already learn from)."""
-    train = pd.read_csv(train_csv)
-    counts = train["individual_id"].map(train["individual_id"].value_counts())
-    train[counts >= minimum].to_csv(train_csv, index=False)
 
 
 def floors(solution: pd.DataFrame, train: pd.DataFrame) -> dict[str, list[list[str]]]:

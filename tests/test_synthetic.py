@@ -10,6 +10,7 @@ from PIL import Image
 from tfwhale.contracts.records import NEW_INDIVIDUAL
 from tfwhale.core import files
 from tfwhale.core.metrics import map_at_k
+from tfwhale.synthetic import cli as synthetic_cli
 from tfwhale.synthetic import dataset as synthetic
 from tfwhale.synthetic import identity as identities
 from tfwhale.synthetic.render import render_photo
@@ -121,6 +122,19 @@ def test_photos_per_individual_are_long_tailed(dataset):
     assert photos.max() >= 8
 
 
+def test_no_singletons_gives_every_animal_min_photos():
+    rng = np.random.default_rng(0)
+    _, _, is_new, photos = synthetic._plan(rng, 180, 0.2, 0.05, min_photos=3, singletons=False)
+    per_animal = np.bincount([p.individual for p in photos], minlength=180)
+    in_train = np.bincount([p.individual for p in photos if p.split == "train"], minlength=180)
+    assert per_animal.min() == 3
+    assert (in_train[~is_new] >= 1).all() and (in_train[is_new] == 0).all()
+    _, _, _, long_tail = synthetic._plan(np.random.default_rng(0), 180, 0.2, 0.05, min_photos=3)
+    assert (np.bincount([p.individual for p in long_tail]) == 1).mean() > 0.4
+    with pytest.raises(ValueError, match="min_photos >= 2"):
+        synthetic.generate("unused", singletons=False)
+
+
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     def snapshot(folder: str, seed: int) -> dict[str, bytes]:
         out = str(tmp_path / folder)
@@ -205,17 +219,17 @@ def test_shape_descriptor_identifies_when_pose_is_fixed():
 
 def test_cli_help_and_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        synthetic.main(["--help"])
+        synthetic_cli.main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     for option in ("--individuals", "--seed", "--image-size", "--test-fraction", "--new-fraction"):
         assert option in help_text
     out = str(tmp_path / "cli")
     args = [out, "--individuals", "5", "--image-size", "96", "--seed", "2", "--no-progress"]
-    assert synthetic.main(args) == 0
+    assert synthetic_cli.main(args) == 0
     assert len(_csv(files.join(out, "train.csv"))) > 0
-    assert synthetic.main(args) == 2  # refuses to mix with the set already there
-    assert synthetic.main([*args, "--overwrite"]) == 0
+    assert synthetic_cli.main(args) == 2  # refuses to mix with the set already there
+    assert synthetic_cli.main([*args, "--overwrite"]) == 0
 
 
 def test_bad_arguments_name_the_problem(tmp_path):

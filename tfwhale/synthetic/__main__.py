@@ -2,7 +2,7 @@
 
 import sys
 
-from tfwhale.synthetic.dataset import main
+from tfwhale.synthetic.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

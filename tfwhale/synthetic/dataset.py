@@ -10,10 +10,8 @@ true species and individual_id, for checks) and sample_submission.csv (image,pre
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,21 +73,30 @@ def _hex_names(rng: np.random.Generator, count: int, nbytes: int) -> list[str]:
     return names
 
 
-def _photo_counts(rng: np.random.Generator, individuals: int, min_photos: int = 1) -> np.ndarray:
+def _photo_counts(
+    rng: np.random.Generator, individuals: int, min_photos: int = 1, singletons: bool = True
+) -> np.ndarray:
     counts = np.minimum(rng.zipf(ZIPF_EXPONENT, individuals), MAX_PHOTOS)
-    # Singletons stay singletons: out of fold they are the new individuals the threshold is tuned on.
-    counts[counts > 1] = np.maximum(counts[counts > 1], min_photos)
+    # By default singletons stay singletons, as in Happywhale; a curated catalogue (every animal seen
+    # min_photos times) is what singletons=False gives.
+    thinned = counts > 1 if singletons else np.ones(individuals, dtype=bool)
+    counts[thinned] = np.maximum(counts[thinned], min_photos)
     counts[int(np.argmax(counts))] = max(int(counts.max()), HEAD_PHOTOS)
     return counts
 
 
 def _plan(
-    rng: np.random.Generator, individuals: int, test_fraction: float, new_fraction: float, min_photos: int = 1
+    rng: np.random.Generator,
+    individuals: int,
+    test_fraction: float,
+    new_fraction: float,
+    min_photos: int = 1,
+    singletons: bool = True,
 ) -> tuple[list[str], list[str], np.ndarray, list[_Photo]]:
     """Species, ids, which individuals are new, and every photo with its split."""
     species = [str(s) for s in rng.choice(SPECIES, size=individuals, p=SPECIES_SHARE)]
     ids = _hex_names(rng, individuals, 6)
-    counts = _photo_counts(rng, individuals, min_photos)
+    counts = _photo_counts(rng, individuals, min_photos, singletons)
     new_count = min(round(new_fraction * individuals), individuals - 1)
     is_new = np.zeros(individuals, dtype=bool)
     is_new[rng.choice(individuals, size=new_count, replace=False)] = True
@@ -164,6 +171,7 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     min_photos: int = 1,
+    singletons: bool = True,
 ) -> SyntheticSummary:
     """Write a synthetic data set to out_dir (local or gs://); the same arguments give the same bytes.
 
@@ -171,7 +179,8 @@ def generate(
     of the other animals' photos move to the test set, never an animal's only train photo. train.csv is
     written last: while it is missing, the set is unfinished. `min_photos` > 1 thins the long tail: every
     animal photographed more than once gets at least that many photos (a catalogue a tiny model can learn
-    in minutes); singletons stay.
+    in minutes); singletons stay unless `singletons` is False, when every animal gets at least
+    `min_photos` (a curated photo-ID catalogue rather than Happywhale's long tail).
     """
     fractions = {
         "test_fraction": test_fraction,
@@ -181,9 +190,13 @@ def generate(
     _check_args(individuals, image_size, fractions)
     if min_photos < 1:
         raise ValueError(f"min_photos must be >= 1, got {min_photos}")
+    if not singletons and min_photos < 2:
+        raise ValueError("without singletons every animal needs at least 2 photos: set min_photos >= 2")
     _prepare(out_dir, overwrite)
     plan_rng = np.random.default_rng([seed, 1])
-    species, ids, is_new, photos = _plan(plan_rng, individuals, test_fraction, new_fraction, min_photos)
+    species, ids, is_new, photos = _plan(
+        plan_rng, individuals, test_fraction, new_fraction, min_photos, singletons
+    )
     boxes = _render_all(out_dir, photos, species, seed, image_size, missing_box_fraction, progress)
     rows = pd.DataFrame(
         {
@@ -262,50 +275,3 @@ def _write_tables(out_dir: str, rows: pd.DataFrame) -> SyntheticSummary:
         missing_boxes=int((rows.box == "").sum()),
         species=tuple(sorted(set(rows.species))),
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tfwhale.synthetic",
-        description="Write a synthetic whale and dolphin photo-ID data set in the Kaggle Happywhale layout: "
-        "train.csv, train_images/, test_images/, boxes.csv, test_solution.csv, test_full.csv and "
-        "sample_submission.csv. Each animal keeps its own outline notches and marks; colour, light, pose, "
-        "water and background change from photo to photo.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add = parser.add_argument
-    add("out_dir", metavar="OUT_DIR", help="folder to write (local path or gs://bucket/prefix)")
-    add("--individuals", type=int, default=60, metavar="N", help="number of animals, new ones included")
-    add("--seed", type=int, default=0, metavar="N", help="random seed; the same seed gives the same bytes")
-    add("--image-size", type=int, default=384, metavar="PX", help="long side of every photo, in pixels")
-    add(
-        "--test-fraction", type=float, default=0.2, metavar="F", help="share of known animals' photos in test"
-    )
-    add("--new-fraction", type=float, default=0.1, metavar="F", help="share of animals seen only in test")
-    add("--missing-box-fraction", type=float, default=0.03, metavar="F", help="share of photos with no box")
-    add("--min-photos", type=int, default=1, metavar="N", help="photos per non-singleton animal, at least")
-    add("--overwrite", action="store_true", help="replace a data set already in OUT_DIR")
-    add("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        generate(
-            args.out_dir,
-            individuals=args.individuals,
-            seed=args.seed,
-            image_size=args.image_size,
-            test_fraction=args.test_fraction,
-            new_fraction=args.new_fraction,
-            missing_box_fraction=args.missing_box_fraction,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            min_photos=args.min_photos,
-        )
-    except (ValueError, FileExistsError) as error:
-        logger.error("%s", error)
-        return 2
-    return 0
