@@ -1,8 +1,8 @@
 """Benchmark of the new_individual threshold on a catalogue where every individual has 3+ photos (quality).
 
-The README's path (tiny_cpu, 5 folds, predict --threshold auto) on synthetic whales built like a real
-photo-ID set: every animal has at least 3 photos (`--no-singletons`), and about 20% of
-the test photos show animals never seen. Then, from the same cached embeddings, predict with:
+The README's path for your own photos (lite0_224: ImageNet EfficientNet-Lite0 fine-tuned; 5 folds;
+predict --threshold auto) on synthetic whales built like a real photo-ID set: every animal has at
+least 3 photos (`--no-singletons`), and about 20% of the test photos show animals never seen. Then, from the same cached embeddings, predict with:
   before        --new-share 0 --no-calibrate  (tuning on the real OOF queries only: the old method)
   simulated     --no-calibrate                (simulated new individuals, OOF threshold used as is)
   default       the README path               (simulated new individuals + calibration onto the test scale)
@@ -10,8 +10,9 @@ the test photos show animals never seen. Then, from the same cached embeddings, 
 and the floors computed on the solution: new_individual first (then the most frequent individuals), and
 the most frequent individuals alone. Prints one table of test MAP@5 (known / new) and new-first rates.
 
-    python3 dev.py bench new_individual                     # ~10-20 min on 2 cores
-    python3 dev.py bench new_individual --individuals 80 --epochs 30   # quicker look
+    python3 dev.py bench new_individual                       # ~20-30 min on 2 cores
+    python3 dev.py bench new_individual --config tiny_cpu --epochs 60   # the from-scratch model
+    python3 dev.py bench new_individual --individuals 80 --epochs 6     # quicker look
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ def parse_args() -> argparse.Namespace:
     add = parser.add_argument
     add("--individuals", type=int, default=180, help="animals, new ones included (180)")
     add("--new-fraction", type=float, default=0.05, help="share of animals seen only in test (0.05)")
-    add("--epochs", type=int, default=60, help="tiny_cpu epochs per fold (60)")
+    add("--epochs", type=int, help="epochs per fold (default: the config's)")
     add("--size", type=int, default=96, help="record image size (96, the README's)")
+    add("--min-photos", type=int, default=3, help="photos per animal, at least (3, no singletons)")
+    add("--config", default="lite0_224", help="training recipe (lite0_224, the README's for your own "
+        "photos; tiny_cpu learns too little here to tell known from new)")  # fmt: skip
     add("--seed", type=int, default=0)
     add("--work", help="working folder (default: a temporary one); reruns reuse what is finished")
     return parser.parse_args()
@@ -60,8 +64,8 @@ def make_records(args: argparse.Namespace, work: str) -> tuple[str, str]:
     data, records = os.path.join(work, "data"), os.path.join(work, "records")
     if not os.path.exists(os.path.join(data, "test_solution.csv")):
         run([sys.executable, "-m", "tfwhale.synthetic", data, "--individuals", str(args.individuals),
-             "--min-photos", "3", "--no-singletons", "--new-fraction", str(args.new_fraction),
-             "--seed", str(args.seed), "--no-progress"])  # fmt: skip
+             "--min-photos", str(args.min_photos), "--no-singletons", "--new-fraction",
+             str(args.new_fraction), "--seed", str(args.seed), "--no-progress"])  # fmt: skip
     if not os.path.exists(os.path.join(records, "manifest.json")):
         run([sys.executable, "-m", "tfrecords_builder", "--data", data, "--out", records, "--size",
              str(args.size), "--boxes", os.path.join(data, "boxes.csv"), "-q"])  # fmt: skip
@@ -105,8 +109,9 @@ def main() -> None:
     work = args.work or tempfile.mkdtemp(prefix="tfwhale-new-")
     data, records = make_records(args, work)
     runs = os.path.join(work, "runs")
-    run([sys.executable, "-m", "tfwhale.train", "--config", "tiny_cpu", "--records", records, "--out", runs,
-         "--folds", "all", "--set", f"train.epochs={args.epochs}"])  # fmt: skip
+    epochs = ["--set", f"train.epochs={args.epochs}"] if args.epochs else []
+    run([sys.executable, "-m", "tfwhale.train", "--config", args.config, "--records", records, "--out", runs,
+         "--folds", "all", "--set", "data.image_size=null", *epochs])  # fmt: skip
     solution = pd.read_csv(os.path.join(data, "test_solution.csv"))
     truths = solution["individual_id"].tolist()
     rows = {name: scores(truths, answers) for name, answers in
@@ -124,7 +129,7 @@ def main() -> None:
 def print_table(rows: dict, details: dict, solution: pd.DataFrame, args: argparse.Namespace) -> None:
     share = (solution["individual_id"] == NEW_INDIVIDUAL).mean()
     print(f"\n{len(solution)} test queries, {share:.1%} of them new; {args.individuals} animals, "
-          f"tiny_cpu 5 folds x {args.epochs} epochs at {args.size} px")  # fmt: skip
+          f"{args.config} 5 folds x {args.epochs or 'its'} epochs at {args.size} px")  # fmt: skip
     print(f"| {'answer':<44} | MAP@5 | known | new | new first | threshold |")
     print(f"|{'-' * 46}|------:|------:|----:|----------:|----------:|")
     for name, row in rows.items():
