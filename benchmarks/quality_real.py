@@ -32,9 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import yaml
 from _real_split import NEW_INDIVIDUAL, make_split, read_photo_folder, write_task
 
-from tfwhale.core.config import load_config
+from tfwhale.core.config import Config, config_to_dict, load_config
 from tfwhale.core.metrics import map_at_k
 from tfwhale.retrieval.threshold import insert_new_individual
 
@@ -140,12 +141,12 @@ def train_and_predict(args, key: str, row: Row, records: str, solution: str) -> 
     if row.all_epochs_frozen:
         overrides.append(f"train.frozen_epochs={epochs}")
     settings = {"config": row.config, "overrides": overrides, "records": records}
+    runs, out = os.path.join(args.work, "runs", key), os.path.join(args.work, "predict", key)
     if os.path.exists(result_path):
         with open(result_path) as f:
             cached = json.load(f)
-        if cached["settings"] == settings:
+        if cached["settings"] == settings and same_recipe(runs, load_config(row.config, overrides)):
             return cached
-    runs, out = os.path.join(args.work, "runs", key), os.path.join(args.work, "predict", key)
     for folder in (runs, out):
         shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(os.path.dirname(result_path), exist_ok=True)
@@ -162,6 +163,19 @@ def train_and_predict(args, key: str, row: Row, records: str, solution: str) -> 
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def same_recipe(runs: str, wanted: Config) -> bool:
+    """Whether the run folder was trained with `wanted` (a config file edited since makes it stale)."""
+    path = os.path.join(runs, "config.yaml")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        saved = yaml.safe_load(f)
+    expected = config_to_dict(wanted)
+    for resolved in (saved, expected):
+        resolved["data"].pop("image_size", None)  # null here, the records' size in the run
+    return saved == expected
 
 
 def ranked_queries(out: str, names: list[str]) -> tuple[list[list[str]], list[list[float]]]:
