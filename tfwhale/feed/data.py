@@ -27,16 +27,16 @@ from tfwhale.contracts.records import Manifest, ManifestError
 from tfwhale.core import files
 from tfwhale.core.config import Config, ConfigError, uses_pk_sampler
 from tfwhale.feed.augment import augment_image, flip_as_new_class
+from tfwhale.feed.pk_sampler import pk_examples
+from tfwhale.feed.shards import TRAIN_CYCLE, read_records, training_fields
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-_READ_BUFFER = 8 << 20  # bytes per open shard; large reads matter on gs://
 _EVAL_CYCLE = 8  # a fixed shard interleave keeps the eval order the same on every machine
-_TRAIN_CYCLE = 16
-# independent random streams under one seed: which photos a PK batch draws, how each example is augmented,
+# independent random streams under one seed (pk_sampler.PK_STREAM is 0): how each example is augmented,
 # which examples become their individual's mirror class (augment.flip=new_class)
-_PK_STREAM, _AUGMENT_STREAM, _FLIP_CLASS_STREAM = 0, 1, 2
+_AUGMENT_STREAM, _FLIP_CLASS_STREAM = 1, 2
 
 
 def with_records_image_size(cfg: Config, manifest: Manifest) -> Config:
@@ -79,83 +79,13 @@ def shard_paths(manifest: Manifest, split: str, folds: list[int] | None) -> list
     return paths
 
 
-def _read_records(paths: list[str], cycle: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    if shuffle_seed is not None:
-        files = files.shuffle(len(paths), seed=shuffle_seed)
-    return files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER),
-        cycle_length=min(len(paths), cycle),
-        block_length=1,
-        num_parallel_calls=AUTOTUNE,
-    )
-
-
-def _training_fields(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    example = records.parse_train_example(serialized)
-    return {k: example[k] for k in ("image", "label", "species_label")}
-
-
 def _random_examples(paths: list[str], cfg: Config, seed: int) -> tf.data.Dataset:
     """Training examples (encoded images) in shuffled order, forever."""
-    examples = _read_records(paths, _TRAIN_CYCLE, shuffle_seed=seed)
-    examples = examples.map(_training_fields, num_parallel_calls=AUTOTUNE)
+    examples = read_records(paths, TRAIN_CYCLE, shuffle_seed=seed)
+    examples = examples.map(training_fields, num_parallel_calls=AUTOTUNE)
     if cfg.data.cache:
         examples = examples.cache()  # encoded bytes: about the size of the shards, not of decoded images
     return examples.shuffle(cfg.data.shuffle_buffer, seed=seed).repeat()
-
-
-def _load_sorted_by_label(paths: list[str]) -> dict[str, np.ndarray]:
-    """All (encoded) training examples of the shards in memory, sorted by label."""
-    columns: dict[str, list[np.ndarray]] = {"image": [], "label": [], "species_label": []}
-    batches = _read_records(paths, _TRAIN_CYCLE).map(_training_fields, num_parallel_calls=AUTOTUNE)
-    for batch in batches.batch(1024).as_numpy_iterator():
-        for key, values in batch.items():
-            columns[key].append(values)
-    table = {key: np.concatenate(parts) for key, parts in columns.items()}
-    order = np.argsort(table["label"], kind="stable")
-    return {key: values[order] for key, values in table.items()}
-
-
-def _pk_examples(paths: list[str], cfg: Config, seed: int) -> tf.data.Dataset:
-    """Forever: groups of P distinct individuals x K photos each, one group per replica batch.
-
-    The encoded examples of the folds are held in host memory (about the shards' size) so any
-    individual's photos can be drawn; individuals with fewer than K photos repeat some (each copy
-    gets its own augmentation). Only individuals with >= data.pk_min_photos photos are drawn.
-    """
-    ids, photos = cfg.data.ids_per_batch, cfg.data.photos_per_id
-    table = _load_sorted_by_label(paths)
-    _, starts, counts = np.unique(table["label"], return_index=True, return_counts=True)
-    eligible = counts >= cfg.data.pk_min_photos
-    if eligible.sum() < ids:
-        raise ConfigError(
-            f"PK sampler: {int(eligible.sum())} individuals in these folds have at least "
-            f"data.pk_min_photos={cfg.data.pk_min_photos} photos; data.ids_per_batch={ids} needs {ids}"
-        )
-    starts_t = tf.constant(starts[eligible], tf.int64)
-    counts_t = tf.constant(counts[eligible], tf.int64)
-    max_count = int(counts[eligible].max())
-    columns = {key: tf.constant(values) for key, values in table.items()}
-    logger.info(
-        "PK sampler: %d examples in memory, %d individuals drawable", len(table["label"]), eligible.sum()
-    )
-
-    def group_indices(step: tf.Tensor) -> tf.Tensor:
-        group_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, _PK_STREAM], tf.int64), step)
-        seeds = tf.random.experimental.stateless_split(group_seed, 2)
-        chosen = tf.argsort(tf.random.stateless_uniform([len(starts_t)], seeds[0]))[:ids]
-        start, count = tf.gather(starts_t, chosen), tf.gather(counts_t, chosen)
-        # a random order of each chosen individual's photos: positions past its count sort last
-        keys = tf.random.stateless_uniform([ids, max_count], seeds[1])
-        keys = tf.where(tf.range(max_count, dtype=tf.int64)[None] < count[:, None], keys, 2.0)
-        shuffled = tf.argsort(keys, axis=1)
-        slots = tf.range(photos, dtype=tf.int64)[None] % count[:, None]
-        within = tf.gather(shuffled, slots, batch_dims=1)
-        return tf.reshape(start[:, None] + tf.cast(within, tf.int64), [-1])
-
-    indices = tf.data.Dataset.counter().map(group_indices).unbatch()
-    return indices.map(lambda i: {key: tf.gather(values, i) for key, values in columns.items()})
 
 
 def _inputs_and_labels(batch: dict[str, tf.Tensor]) -> tuple[dict, dict]:
@@ -182,7 +112,7 @@ def train_dataset(
         group = cfg.data.ids_per_batch * cfg.data.photos_per_id
         if global_batch % group:
             raise ConfigError(f"PK sampler: global batch {global_batch} is not a multiple of P x K = {group}")
-        examples = _pk_examples(paths, cfg, seed)
+        examples = pk_examples(paths, cfg, seed)
     else:
         examples = _random_examples(paths, cfg, seed)
 
@@ -214,11 +144,11 @@ def val_loss_dataset(manifest: Manifest, folds: list[int], cfg: Config, global_b
     size = _image_size(cfg, manifest)
 
     def prepare(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        example = _training_fields(serialized)
+        example = training_fields(serialized)
         return _training_example(example, records.decode_image(example["image"], size))
 
     n_batches = max(1, manifest.count("train", folds) // global_batch)
-    examples = _read_records(paths, _EVAL_CYCLE).map(prepare, num_parallel_calls=AUTOTUNE)
+    examples = read_records(paths, _EVAL_CYCLE).map(prepare, num_parallel_calls=AUTOTUNE)
     batches = examples.repeat().batch(global_batch, drop_remainder=True).take(n_batches)
     options = tf.data.Options()
     options.deterministic = True
@@ -263,7 +193,7 @@ def eval_dataset(
         raise ValueError(f"eval batch must be at least 1, got {batch}")
     paths = shard_paths(manifest, split, folds)
     size = manifest.image_size
-    rows = _read_records(paths, _EVAL_CYCLE).map(_eval_fields(split, size), num_parallel_calls=AUTOTUNE)
+    rows = read_records(paths, _EVAL_CYCLE).map(_eval_fields(split, size), num_parallel_calls=AUTOTUNE)
     # batch - 1 padding rows always complete the last batch; drop_remainder then drops only padding
     padding = tf.data.Dataset.from_tensors(_padding_row(split, size)).repeat(batch - 1)
     batches = rows.concatenate(padding).batch(batch, drop_remainder=True)
@@ -297,7 +227,7 @@ def _read_metadata(manifest: Manifest, split: str, folds: list[int] | None) -> d
     paths = shard_paths(manifest, split, folds)
     parse = records.parse_test_example if split == "test" else records.parse_train_example
     keys = ["image_name"] if split == "test" else ["image_name", "individual_id", "species", "label"]
-    rows = _read_records(paths, _EVAL_CYCLE).map(lambda s: {k: parse(s)[k] for k in keys})
+    rows = read_records(paths, _EVAL_CYCLE).map(lambda s: {k: parse(s)[k] for k in keys})
     options = tf.data.Options()
     options.deterministic = True
     columns: dict[str, list[Any]] = {k: [] for k in keys}
