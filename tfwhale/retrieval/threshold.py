@@ -197,7 +197,7 @@ def reliability_warnings(top1: np.ndarray, is_new: np.ndarray) -> tuple[str, ...
     auc = separation_auc(top1, is_new)
     if auc is not None and auc < MIN_SEPARATION_AUC:
         warnings.append(
-            f"known and new OOF queries barely separate by top-1 similarity (ROC AUC {auc:.2f} < "
+            f"known and new OOF queries barely separate by top-1 similarity (ROC AUC {auc:.3f} < "
             f"{MIN_SEPARATION_AUC}): new_individual answers will be close to guesses"
         )
     return tuple(warnings)
