@@ -25,8 +25,9 @@
 typedef struct {
     int *first;     /* first input pixel of each output pixel */
     int *count;     /* number of taps of each output pixel */
-    int16_t *taps;  /* weights, `width` per output pixel */
-    int width;
+    int16_t *taps;  /* weights, `stride` per output pixel (zero past `count`) */
+    int width;      /* taps an output pixel can have */
+    int stride;     /* width rounded up to 4: the SSSE3 pass reads taps 4 at a time */
 } Weights;
 
 static void free_weights(Weights *w) {
@@ -40,9 +41,10 @@ static int triangle_weights(Weights *w, int in_size, double in0, double in1, int
     double support = filterscale, *exact;
     int xx, x;
     w->width = (int)ceil(support) * 2 + 1;
+    w->stride = (w->width + 3) & ~3;
     w->first = malloc(sizeof(int) * out_size);
     w->count = malloc(sizeof(int) * out_size);
-    w->taps = calloc((size_t)out_size * w->width, sizeof(int16_t));
+    w->taps = calloc((size_t)out_size * w->stride, sizeof(int16_t));
     exact = malloc(sizeof(double) * w->width);
     if (!w->first || !w->count || !w->taps || !exact) {
         free(exact);
@@ -62,7 +64,7 @@ static int triangle_weights(Weights *w, int in_size, double in0, double in1, int
         }
         for (x = 0; x < xmax; x++) {
             double value = total != 0.0 ? exact[x] / total : 0.0;
-            w->taps[xx * w->width + x] = (int16_t)floor(value * (1 << WEIGHT_BITS) + 0.5);
+            w->taps[xx * w->stride + x] = (int16_t)floor(value * (1 << WEIGHT_BITS) + 0.5);
         }
         w->first[xx] = xmin;
         w->count[xx] = xmax;
@@ -80,7 +82,7 @@ static inline uint8_t clip8(int32_t v) {
 static void horizontal_row(const uint8_t *in, uint8_t *out, int out_width, int components, const Weights *w) {
     int xx, t;
     for (xx = 0; xx < out_width; xx++) {
-        const int16_t *k = w->taps + (size_t)xx * w->width;
+        const int16_t *k = w->taps + (size_t)xx * w->stride;
         const uint8_t *p = in + (size_t)w->first[xx] * components;
         int n = w->count[xx];
         if (components == 3) {
@@ -129,6 +131,44 @@ static void horizontal_row(const uint8_t *in, uint8_t *out, int out_width, int c
     }
 }
 
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+#include <tmmintrin.h>
+#define HAVE_SSSE3_ROW 1
+
+/* horizontal_row for RGB, 4 taps an iteration: one 16-byte load, two byte shuffles into (pixel t, pixel t+1)
+ * int16 pairs per channel, two multiply-adds. The same integer sums as horizontal_row (the taps past `count`
+ * are zero), so the same bytes, about twice as fast. Reads up to 13 bytes past the last tap's pixel. */
+__attribute__((target("ssse3"))) static void horizontal_row_rgb_ssse3(const uint8_t *in, uint8_t *out, int out_width,
+                                                                       const Weights *w) {
+    const __m128i pair01 = _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
+    const __m128i pair23 = _mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1);
+    int xx, t;
+    for (xx = 0; xx < out_width; xx++) {
+        const int16_t *k = w->taps + (size_t)xx * w->stride;
+        const uint8_t *p = in + (size_t)w->first[xx] * 3;
+        int n = w->count[xx];
+        __m128i acc = _mm_set1_epi32(1 << (WEIGHT_BITS - 1));
+        for (t = 0; t < n; t += 4) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(p + t * 3));
+            __m128i kv = _mm_loadl_epi64((const __m128i *)(k + t));
+            acc = _mm_add_epi32(acc, _mm_madd_epi16(_mm_shuffle_epi8(x, pair01), _mm_shuffle_epi32(kv, 0x00)));
+            acc = _mm_add_epi32(acc, _mm_madd_epi16(_mm_shuffle_epi8(x, pair23), _mm_shuffle_epi32(kv, 0x55)));
+        }
+        acc = _mm_srai_epi32(acc, WEIGHT_BITS);
+        acc = _mm_packs_epi32(acc, acc);
+        acc = _mm_packus_epi16(acc, acc);
+        uint32_t rgbx = (uint32_t)_mm_cvtsi128_si32(acc);
+        memcpy(out + xx * 3, &rgbx, 4); /* the 4th byte: the next pixel's, or the padding after the row */
+    }
+}
+
+static int has_ssse3(void) {
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("ssse3") ? 1 : 0;
+    return known;
+}
+#endif
+
 /* One output row from `n` input rows of `length` bytes, `stride` bytes apart. */
 static void vertical_row(const uint8_t *in, size_t stride, int n, const int16_t *k, uint8_t *out, int length) {
     int i = 0, t;
@@ -173,15 +213,24 @@ static int resample(const uint8_t *in, int width, int height, int components, co
     middle = malloc(middle_stride * (size_t)(last_row - first_row) + 16);
     if (middle == NULL) goto done;
     row_bytes = (size_t)width * components;
-    last = malloc(row_bytes + 4); /* the last row, padded: a pixel is read as 4 bytes */
+    last = calloc(row_bytes + 16, 1); /* the last row, padded: the passes read past a row's last pixel */
     if (last == NULL) goto done;
     memcpy(last, in + (size_t)(height - 1) * row_bytes, row_bytes);
-    for (y = first_row; y < last_row; y++)
-        horizontal_row(y == height - 1 ? last : in + (size_t)y * row_bytes,
-                       middle + (size_t)(y - first_row) * middle_stride, out_w, components, &h);
+    for (y = first_row; y < last_row; y++) {
+        const uint8_t *row = y == height - 1 ? last : in + (size_t)y * row_bytes;
+        uint8_t *into = middle + (size_t)(y - first_row) * middle_stride;
+#ifdef HAVE_SSSE3_ROW
+        /* 16 bytes past any row but the last lie in the rows below once a row holds 16 bytes */
+        if (components == 3 && row_bytes >= 16 && has_ssse3()) {
+            horizontal_row_rgb_ssse3(row, into, out_w, &h);
+            continue;
+        }
+#endif
+        horizontal_row(row, into, out_w, components, &h);
+    }
     for (yy = 0; yy < out_h; yy++)
         vertical_row(middle + (size_t)(v.first[yy] - first_row) * middle_stride, middle_stride, v.count[yy],
-                     v.taps + (size_t)yy * v.width, out + (size_t)yy * middle_stride, (int)middle_stride);
+                     v.taps + (size_t)yy * v.stride, out + (size_t)yy * middle_stride, (int)middle_stride);
     status = 0;
 done:
     free(middle);
