@@ -175,10 +175,11 @@ def decode_chunk(items: list[tuple[str, str]], size: int) -> float:
 
 
 def start_pool(workers: int) -> ProcessPoolExecutor:
-    """Spawned like the builder's workers, and warmed up so that the floor excludes their start-up."""
-    import multiprocessing
+    """The builder's own worker processes (same spawn, same initializer: allocator settings included),
+    warmed up so that the floor excludes their start-up."""
+    from tfrecords_builder.workers import spawn_pool
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = spawn_pool(workers)
     list(pool.map(decode_chunk, [[]] * workers, [0] * workers))
     return pool
 
