@@ -233,3 +233,16 @@ def test_workers_keep_freed_memory_between_photos():
     # it again after the pool's initializer did.
     with workers.spawn_pool(1) as pool:
         assert pool.submit(workers.keep_freed_memory).result()
+
+
+def test_the_build_starts_its_workers_before_tensorflow_loads(tmp_path):
+    # Worker start-up is meant to overlap TensorFlow's import (seconds of CPU); the lock's imports load it.
+    code = (
+        "import sys; from tfrecords_builder import cli, imaging; seen = []; "
+        "imaging.start_pool = lambda workers: seen.append('tensorflow' in sys.modules); "
+        f"cli.main(['--data', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'out')!r}, "
+        "'--size', '32', '-q']); "
+        "print(seen)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[False]"
