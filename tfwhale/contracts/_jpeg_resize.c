@@ -12,7 +12,8 @@
  * PIL's antialiased bilinear resize (Image.resize(..., BILINEAR, box=...)): a triangle filter widened by the
  * shrink factor, weights computed and normalised the same way, horizontal pass then vertical pass with an
  * 8-bit intermediate. Weights are 14-bit integers (PIL keeps 22 bits), so a pixel can come out one level
- * apart; in exchange both passes run on SSE2 (every x86-64 CPU), several times faster than PIL's.
+ * apart; in exchange both passes run on SSE2 (every x86-64 CPU), several times faster than PIL's, and on
+ * SSSE3 / AVX2 where the CPU has them (checked at run time; the same integer sums, so the same bytes).
  */
 #if defined(__SSE2__)
 #include <emmintrin.h>
