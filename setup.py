@@ -14,9 +14,10 @@ JPEG_REGION = Extension(
     [
         "tfwhale/contracts/_jpeg_region.c",
         "tfwhale/contracts/_jpeg_resize.c",
+        "tfwhale/contracts/_jpeg_resize_simd.c",
         "tfwhale/contracts/_jpeg_encode.c",
     ],
-    depends=["tfwhale/contracts/_jpeg_region.h"],
+    depends=["tfwhale/contracts/_jpeg_region.h", "tfwhale/contracts/_jpeg_resize.h"],
     libraries=["jpeg", "m"],
     extra_compile_args=["-O2"],
     optional=True,
