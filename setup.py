@@ -11,8 +11,13 @@ from setuptools import Extension, find_packages, setup
 # TFWHALE_PURE_WHEEL=1 leaves it out: a py3-none-any wheel that installs on any Python (Kaggle).
 JPEG_REGION = Extension(
     "tfwhale.contracts._jpeg_region",
-    ["tfwhale/contracts/_jpeg_region.c", "tfwhale/contracts/_jpeg_resize.c"],
-    depends=["tfwhale/contracts/_jpeg_region.h"],
+    [
+        "tfwhale/contracts/_jpeg_region.c",
+        "tfwhale/contracts/_jpeg_resize.c",
+        "tfwhale/contracts/_jpeg_resize_simd.c",
+        "tfwhale/contracts/_jpeg_encode.c",
+    ],
+    depends=["tfwhale/contracts/_jpeg_region.h", "tfwhale/contracts/_jpeg_resize.h"],
     libraries=["jpeg", "m"],
     extra_compile_args=["-O2"],
     optional=True,

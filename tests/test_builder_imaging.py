@@ -1,5 +1,6 @@
 """build-tfrecords imaging: draft scaling, EXIF orientation, colour modes, crops, letterbox, bad data."""
 
+import platform
 import subprocess
 import sys
 from io import BytesIO
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tfrecords_builder import workers
 from tfrecords_builder.imaging import ImageTask, process_task
 from tfwhale.contracts.photo_crop import (
     NEUTRAL_GREY,
@@ -221,3 +223,26 @@ def test_worker_modules_do_not_load_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
+def test_workers_keep_freed_memory_between_photos():
+    # The allocator setting must take on glibc (else every photo faults ~10 MB back in); a worker can set
+    # it again after the pool's initializer did.
+    with workers.spawn_pool(1) as pool:
+        assert pool.submit(workers.keep_freed_memory).result()
+
+
+def test_the_build_starts_its_workers_before_tensorflow_loads(tmp_path):
+    # Worker start-up is meant to overlap TensorFlow's import (seconds of CPU); the lock's imports load it.
+    code = (
+        "import sys; from tfrecords_builder import cli, imaging; seen = []; "
+        "imaging.start_pool = lambda workers: seen.append('tensorflow' in sys.modules); "
+        f"cli.main(['--data', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'out')!r}, "
+        "'--size', '32', '-q']); "
+        "print(seen)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[False]"

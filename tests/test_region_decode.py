@@ -44,9 +44,13 @@ def jpeg(image: Image.Image, orientation: int = 1, **options) -> bytes:
 def pixels_of(data: bytes, box, settings: ImageSettings, monkeypatch, region: bool):
     """process_image's output before JPEG encoding (so the comparison is not blurred by quantisation)."""
     monkeypatch.setenv(jpeg_region.ENV_SWITCH, "1" if region else "0")
-    monkeypatch.setattr(photo_crop, "encode_jpeg", lambda image, quality: np.asarray(image).tobytes())
+    monkeypatch.setattr(photo_crop, "encode_jpeg", lambda image, quality: _array(image).tobytes())
     raw, info = process_image(data, box, settings)
     return np.frombuffer(raw, np.uint8).reshape(settings.size, settings.size, 3).astype(int), info
+
+
+def _array(image: Image.Image | jpeg_region.Window) -> np.ndarray:
+    return np.asarray(image.image() if isinstance(image, jpeg_region.Window) else image)
 
 
 class CountingDecoder:
@@ -224,3 +228,23 @@ def test_extension_resize_leaves_pil_the_crops_it_would_first_reduce():
 def test_extension_resize_refuses_a_box_outside_the_pixels():
     with pytest.raises(ValueError, match="box inside the image"):
         jpeg_region._jpeg_region.resize(bytes(30), 5, 2, 3, 0.0, 0.0, 6.0, 2.0, 3, 3)
+
+
+@needs_extension
+@pytest.mark.parametrize("size, quality", [(768, 90), (255, 75), (64, 95)])
+def test_extension_encode_gives_the_bytes_pil_saves(size, quality):
+    # Builds keep their bytes whichever encoder ran: the extension's settings must be PIL's exactly.
+    pixels = photo(size, size, seed=size).tobytes()
+    ours = jpeg_region.encode(jpeg_region.Window(pixels, size, size, 3), quality)
+    buffer = BytesIO()
+    Image.frombytes("RGB", (size, size), pixels).save(buffer, "JPEG", quality=quality)
+    assert ours == buffer.getvalue()
+
+
+@needs_extension
+def test_region_path_encodes_with_the_extension(monkeypatch):
+    calls = []
+    inner = jpeg_region._jpeg_region.encode
+    monkeypatch.setattr(jpeg_region._jpeg_region, "encode", lambda *args: calls.append(1) or inner(*args))
+    out, _ = process_image(jpeg(photo(400, 300)), (50, 40, 300, 260), ImageSettings(size=96))
+    assert calls and Image.open(BytesIO(out)).size == (96, 96)

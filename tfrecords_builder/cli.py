@@ -143,16 +143,19 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 def run_build(args: argparse.Namespace) -> int:
     """The whole build under the lock on --out; the exit code (BuildInputError propagates to main)."""
     from tfrecords_builder import imaging
-    from tfrecords_builder.lock import build_lock
 
-    with build_lock(args.out):
-        workers = args.workers or imaging.default_workers()
-        pool = imaging.start_pool(workers)  # first: workers start while TensorFlow loads and tables are read
-        try:
+    workers = args.workers or imaging.default_workers()
+    # First, even before the lock (lock.py imports core/files, which loads TensorFlow: seconds of CPU): the
+    # workers start while TensorFlow loads and the tables are read. A refused lock just stops them again.
+    pool = imaging.start_pool(workers)
+    try:
+        from tfrecords_builder.lock import build_lock
+
+        with build_lock(args.out):
             return _run_build(args, workers, pool)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_build(args: argparse.Namespace, workers: int, pool) -> int:

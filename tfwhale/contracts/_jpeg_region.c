@@ -8,6 +8,7 @@
  *   colour conversion (jpeg_crop_scanline). The GIL is released while libjpeg works.
  * info(data) -> (width, height, components, colour_space, progressive)   header only
  * resize(...): PIL's bilinear resize of such a window, several times faster (_jpeg_resize.c)
+ * encode(...): RGB pixels to the JPEG bytes PIL's save(quality=q) gives (_jpeg_encode.c)
  *
  * Anything unusual (progressive, CMYK/YCCK, 12-bit, a corrupt or truncated stream, any libjpeg warning)
  * raises ValueError; the caller then decodes the whole file with PIL, which reports errors its own way.
@@ -192,6 +193,7 @@ static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS, "decode(data, scale, left, top, right, bottom) -> (pixels, components)"},
     {"resize", jpeg_region_resize, METH_VARARGS,
      "resize(pixels, width, height, components, left, top, right, bottom, out_w, out_h) -> bytes"},
+    {"encode", jpeg_region_encode, METH_VARARGS, "encode(pixels, width, height, quality) -> JPEG bytes"},
     {"info", info, METH_VARARGS, "info(data) -> (width, height, components, colour_space, progressive)"},
     {NULL, NULL, 0, NULL},
 };

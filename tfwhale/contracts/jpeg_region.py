@@ -117,11 +117,27 @@ def resize(
     None where PIL would first reduce by an integer factor (a crop over 2 x reducing_gap times the output):
     the caller then resizes with PIL, so that the result stays within a level of PIL's.
     """
+    resized = resize_window(window, box, size, reducing_gap)
+    return None if resized is None else Image.frombytes(resized.mode, size, resized.pixels)
+
+
+def resize_window(
+    window: Window, box: tuple[float, float, float, float], size: tuple[int, int], reducing_gap: float
+) -> Window | None:
+    """resize() as raw pixels: what encode() takes without a PIL image in between."""
     width, height = box[2] - box[0], box[3] - box[1]
     if int(width / size[0] / reducing_gap) > 1 or int(height / size[1] / reducing_gap) > 1:
         return None
     pixels = _jpeg_region.resize(window.pixels, window.width, window.height, window.components, *box, *size)
-    return Image.frombytes(window.mode, size, pixels)
+    return Window(pixels, size[0], size[1], window.components)
+
+
+def encode(window: Window, quality: int) -> bytes:
+    """RGB pixels as JPEG: the bytes PIL's save(quality=quality) gives (same libjpeg-turbo settings), without
+    PIL's unpacking into its own image and packing back (0.5 of 1.9 ms at 768 px)."""
+    if window.components != 3:
+        raise ValueError(f"encode takes RGB pixels, not {window.components} component(s)")
+    return _jpeg_region.encode(window.pixels, window.width, window.height, quality)
 
 
 def _window(box: tuple[float, float, float, float], width: int, height: int, out_size: int) -> Rect:
