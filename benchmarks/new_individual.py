@@ -2,7 +2,8 @@
 
 The README's path for your own photos (lite0_224: ImageNet EfficientNet-Lite0 fine-tuned; 5 folds;
 predict --threshold auto) on synthetic whales built like a real photo-ID set: every animal has at
-least 3 photos (`--no-singletons`), and about 20% of the test photos show animals never seen. Then, from the same cached embeddings, predict with:
+least 3 photos (`--no-singletons`), and about 20% of the test photos show animals never seen.
+Then, from the same cached embeddings, predict with:
   before        --new-share 0 --no-calibrate  (tuning on the real OOF queries only: the old method)
   simulated     --no-calibrate                (simulated new individuals, OOF threshold used as is)
   default       the README path               (simulated new individuals + calibration onto the test scale)
