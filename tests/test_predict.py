@@ -133,6 +133,23 @@ def test_rerun_with_fixed_threshold_uses_the_cache_and_the_threshold(
     assert firsts == [bool(b <= 0.5) for b in best]
 
 
+def test_calibration_is_opt_in_and_moves_the_threshold_by_quantiles(trained, first_predict, tmp_path):
+    data, records, run_dir = trained
+    default = files.read_json(f"{first_predict}/report.json")["threshold"]
+    assert default["calibration"] is None and default["value"] == default["tuned_on_oof"]
+    out = reuse_cache(first_predict, tmp_path)
+    argv = ["--runs", run_dir, "--records", records, "--out", out, "--examples", "0", "--calibrate",
+            "--solution", f"{data}/test_solution.csv"]  # fmt: skip
+    assert predict.main(argv) == 0
+    report = files.read_json(f"{out}/report.json")
+    calibration = report["threshold"]["calibration"]
+    assert calibration["tuned_threshold"] == default["tuned_on_oof"]
+    assert report["threshold"]["value"] == pytest.approx(calibration["test_threshold"])
+    assert "map5_uncalibrated" in report["test"]  # the uncalibrated score, for comparison
+    with pytest.raises(SystemExit):
+        predict.main([*argv, "--no-calibrate"])  # one or the other
+
+
 def test_two_runs_are_concatenated(trained, tmp_path):
     _, records, run_dir = trained
     other = make_run(str(tmp_path / "other"), load_manifest(records), dim=8)

@@ -36,7 +36,7 @@ class Settings:
     options: RankOptions
     new_share: float  # share of OOF queries made new for tuning (0: only the really new ones)
     per_species: bool
-    calibrate: bool = True  # carry the OOF-tuned threshold onto the fold-averaged test scale
+    calibrate: bool = False  # carry the OOF-tuned threshold onto the fold-averaged test scale
     seed: int = 0  # which individuals the simulation leaves out
 
 

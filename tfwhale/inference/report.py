@@ -157,7 +157,8 @@ NOTES = [
     "OOF tuning: a share (threshold.new_share) of the OOF queries is made new by leaving their individual "
     "out of the gallery, so the threshold learns to say new_individual as often as a real batch needs.",
     "OOF queries are embedded by one fold model, test queries by the mean of all fold models, whose "
-    "similarities run higher: the tuned threshold is carried onto the test scale (threshold.calibration).",
+    "similarities run on another scale; with --calibrate the tuned threshold is carried onto the test scale "
+    "(threshold.calibration).",
     "With --per-species, test queries take the species of their best-matching gallery individual; the OOF "
     "section scores OOF queries the same way.",
 ]
