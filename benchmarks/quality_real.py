@@ -166,7 +166,7 @@ def train_and_predict(args, key: str, row: Row, records: str, solution: str) -> 
 
 
 def same_recipe(runs: str, wanted: Config) -> bool:
-    """Whether the run folder was trained with `wanted` (a config file edited since makes it stale)."""
+    """Whether the run was trained with `wanted`'s training sections (an edited config makes it stale)."""
     path = os.path.join(runs, "config.yaml")
     if not os.path.exists(path):
         return False
@@ -175,6 +175,7 @@ def same_recipe(runs: str, wanted: Config) -> bool:
     expected = config_to_dict(wanted)
     for resolved in (saved, expected):
         resolved["data"].pop("image_size", None)  # null here, the records' size in the run
+        resolved.pop("predict", None)  # predict's own defaults do not change what was trained
     return saved == expected
 
 
