@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     add("--individuals", type=int, default=180, help="animals, new ones included (180)")
     add("--new-fraction", type=float, default=0.05, help="share of animals seen only in test (0.05)")
     add("--epochs", type=int, help="epochs per fold (default: the config's)")
-    add("--size", type=int, default=96, help="record image size (96, the README's)")
+    add("--size", type=int, default=96, help="record image size (96: the synthetic whales' marks show)")
     add("--min-photos", type=int, default=3, help="photos per animal, at least (3, no singletons)")
     add("--config", default="lite0_224", help="training recipe (lite0_224, the README's for your own "
         "photos; tiny_cpu learns too little here to tell known from new)")  # fmt: skip
@@ -62,7 +62,9 @@ def run(command: list[str]) -> None:
 
 
 def make_records(args: argparse.Namespace, work: str) -> tuple[str, str]:
-    data, records = os.path.join(work, "data"), os.path.join(work, "records")
+    # named by what shapes them, so a rerun with other options under one --work never reuses them
+    name = f"{args.individuals}x{args.min_photos}-new{args.new_fraction}-seed{args.seed}"
+    data, records = os.path.join(work, f"data-{name}"), os.path.join(work, f"records-{name}-{args.size}px")
     if not os.path.exists(os.path.join(data, "test_solution.csv")):
         run([sys.executable, "-m", "tfwhale.synthetic", data, "--individuals", str(args.individuals),
              "--min-photos", str(args.min_photos), "--no-singletons", "--new-fraction",
@@ -109,7 +111,8 @@ def main() -> None:
     args = parse_args()
     work = args.work or tempfile.mkdtemp(prefix="tfwhale-new-")
     data, records = make_records(args, work)
-    runs = os.path.join(work, "runs")
+    recipe = f"{os.path.basename(records)}-{args.config}-{args.epochs or 'its'}-epochs"
+    runs = os.path.join(work, f"runs-{recipe}")
     epochs = ["--set", f"train.epochs={args.epochs}"] if args.epochs else []
     run([sys.executable, "-m", "tfwhale.train", "--config", args.config, "--records", records, "--out", runs,
          "--folds", "all", "--set", "data.image_size=null", *epochs])  # fmt: skip
@@ -119,7 +122,7 @@ def main() -> None:
             floors(solution, pd.read_csv(os.path.join(data, "train.csv"))).items()}  # fmt: skip
     details = {}
     # One output folder: each variant rewrites the outputs and reuses the cached embeddings.
-    out = os.path.join(work, "predict")
+    out = os.path.join(work, f"predict-{recipe}")
     for name, extra in VARIANTS.items():
         report, answers = predict_variant(records, runs, out, os.path.join(data, "test_solution.csv"), extra)
         rows[name] = scores(truths, [answers[image] for image in solution["image"]])

@@ -4,7 +4,7 @@ A folder of ID/photo images (default ../shared/data/lion: 94 lions, 3-11 photos 
 the Kaggle layout (benchmarks/_real_split.py): one held-out query photo per individual with >= 3 photos,
 about 20% of the queries showing individuals absent from training (truth new_individual). Every row runs
 the project's own commands: build-tfrecords once, then python -m tfwhale.train (fold 0 of --folds) and
-python -m tfwhale.predict (threshold tuned on the fold's out-of-fold predictions, calibrated), and is
+python -m tfwhale.predict (threshold tuned on the fold's out-of-fold predictions), and is
 scored on the same queries. Columns: MAP@5, known-only MAP@5, known top-1 of the plain ranking (no
 new_individual inserted), new_individual precision and recall (as the first answer), the threshold
 predict used (tuned on OOF) next to the best threshold on the queries themselves, and the wall and CPU

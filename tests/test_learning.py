@@ -66,7 +66,7 @@ def test_threshold_tuned_with_simulated_new_individuals_answers_new_animals(trai
     """The test set holds animals never seen; the threshold, tuned out of fold with simulated new
     individuals, must put new_individual first for a good share of them while still ranking known ones.
     (Beating the new_individual-first floor takes a model that separates known from new: the tiny one
-    here barely does, ROC AUC ~0.5-0.6, so that is shown in benchmarks/new_individual.py, not asserted.)"""
+    here barely does, ROC AUC ~0.5-0.6; test_new_individual.py asserts it with lite0_224.)"""
     solution = os.path.join(trained["data"], "test_solution.csv")
     out = str(tmp_path / "predict")
     argv = ["--runs", trained["run"], "--records", trained["rec"], "--solution", solution, "--examples", "0"]

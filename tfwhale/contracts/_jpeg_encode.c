@@ -24,7 +24,8 @@ typedef struct {
 
 static void on_encode_error(j_common_ptr cinfo) { longjmp(((EncodeErrors *)cinfo->err)->escape, 1); }
 
-/* 0 on success, with *out (malloc'd by libjpeg) holding *size bytes. Runs without the GIL. */
+/* 0 on success, with *out holding *size bytes (the caller's buffer of *size bytes unless libjpeg had to
+   grow it). Runs without the GIL. */
 static int compress(const unsigned char *pixels, int width, int height, int quality, unsigned char **out,
                     unsigned long *size) {
     struct jpeg_compress_struct cinfo;
@@ -58,7 +59,7 @@ static int compress(const unsigned char *pixels, int width, int height, int qual
 PyObject *jpeg_region_encode(PyObject *self, PyObject *args) {
     Py_buffer data;
     int width, height, quality, status;
-    unsigned char *out = NULL;
+    unsigned char *out = NULL, *owned = NULL;
     unsigned long size = 0;
     PyObject *result;
 
@@ -68,16 +69,27 @@ PyObject *jpeg_region_encode(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "encode: bad arguments (width x height RGB pixels, quality 0-100)");
         return NULL;
     }
+    /* Our own buffer, twice the raw pixels: libjpeg never has to grow it. A buffer libjpeg allocates
+       itself is freed by libjpeg when it grows while *out still points to it, so an error after a
+       growth would free it twice. */
+    size = 2 * (unsigned long)width * height * 3 + 65536;
+    owned = malloc(size);
+    if (owned == NULL) {
+        PyBuffer_Release(&data);
+        return PyErr_NoMemory();
+    }
+    out = owned;
     Py_BEGIN_ALLOW_THREADS;
     status = compress(data.buf, width, height, quality, &out, &size);
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&data);
     if (status != 0) {
-        free(out);
+        free(owned);
         PyErr_SetString(PyExc_ValueError, "encode: libjpeg failed");
         return NULL;
     }
     result = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)size);
-    free(out);
+    if (out != owned) free(out); /* grown after all: libjpeg's buffer, ours untouched */
+    free(owned);
     return result;
 }

@@ -168,15 +168,17 @@ static int resample(const uint8_t *in, int width, int height, int components, co
     middle = malloc(middle_stride * (size_t)(last_row - first_row) + 16);
     if (middle == NULL) goto done;
     row_bytes = (size_t)width * components;
-    last = calloc(row_bytes + 16, 1); /* the last row, padded: the passes read past a row's last pixel */
+    /* the last row, padded: the passes read past a row's last pixel, the AVX2 one by up to a pixel
+       pair's larger tap count (3 bytes a tap) beyond the shorter pixel's taps */
+    last = calloc(row_bytes + 3 * (size_t)h.stride + 16, 1);
     if (last == NULL) goto done;
     memcpy(last, in + (size_t)(height - 1) * row_bytes, row_bytes);
     for (y = first_row; y < last_row; y++) {
         const uint8_t *row = y == height - 1 ? last : in + (size_t)y * row_bytes;
         uint8_t *into = middle + (size_t)(y - first_row) * middle_stride;
 #ifdef HAVE_SIMD_ROWS
-        /* 16 bytes past any row but the last lie in the rows below once a row holds 16 bytes */
-        if (components == 3 && row_bytes >= 16 && has_avx2()) {
+        /* what the passes read past any row but the last lies in the rows below once a row holds it */
+        if (components == 3 && row_bytes >= 3 * (size_t)h.stride + 16 && has_avx2()) {
             horizontal_row_rgb_avx2(row, into, out_w, &h);
             continue;
         }

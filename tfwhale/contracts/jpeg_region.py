@@ -26,6 +26,11 @@ except ImportError:  # built at install time only where libjpeg-turbo's headers 
 
 logger = logging.getLogger(__name__)
 
+if _jpeg_region is not None and not hasattr(_jpeg_region, "encode"):
+    # an extension built by an older version (an editable install not rebuilt): PIL does it all
+    logger.warning("the _jpeg_region extension is out of date (pip install -e . rebuilds it); using PIL")
+    _jpeg_region = None
+
 ENV_SWITCH = "TFWHALE_REGION_DECODE"
 
 # The resize reads up to support x shrink pixels outside the crop box (bilinear support 1): twice that,

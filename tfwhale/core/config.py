@@ -140,7 +140,7 @@ class PredictConfig:
     new_share: float = 0.2
     new_share_seed: int = 0  # which individuals the simulation leaves out
     # true: move the OOF-tuned threshold onto the fold-averaged test scale (quantile mapping); off by
-    # default: it lost 0.01-0.014 MAP@5 in every run of benchmarks/new_individual.py
+    # default: it lost 0.009-0.014 MAP@5 in every run of benchmarks/new_individual.py
     calibrate_threshold: bool = False
 
 

@@ -73,11 +73,11 @@ def out_of_fold(
     answers = predictions_with_new(predictions.ranked, used, species)
     if settings.threshold is not None:
         return OOFOutcome(predictions, tuned, answers, settings.threshold)
+    for warning in tuned.warnings:
+        logger.warning("threshold: %s", warning)
     if not settings.calibrate:
         return OOFOutcome(predictions, tuned, answers, tuned)
     calibrated, calibration = _calibrated(emb, settings, class_names, tuned, top1(test_ranked))
-    for warning in tuned.warnings:
-        logger.warning("threshold: %s", warning)
     return OOFOutcome(predictions, tuned, answers, calibrated, calibration)
 
 

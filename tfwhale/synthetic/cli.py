@@ -30,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--new-fraction", type=float, default=0.1, metavar="F", help="share of animals seen only in test")
     add("--missing-box-fraction", type=float, default=0.03, metavar="F", help="share of photos with no box")
-    add("--min-photos", type=int, default=1, metavar="N", help="photos per non-singleton animal, at least")
+    add(
+        "--min-photos",
+        type=int,
+        default=1,
+        metavar="N",
+        help="photos per animal, at least (singletons excepted unless --no-singletons)",
+    )
     add(
         "--no-singletons",
         action="store_true",
