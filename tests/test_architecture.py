@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {
     "tfwhale.core": 0,
     "tfwhale.nets": 1,
+    "tfwhale.imaging": 1,  # photo bytes + box -> crop: below the contracts that name its settings
     "tfwhale.contracts": 2,
     "tfwhale.retrieval": 3,
     "tfwhale.feed": 3,

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.core.metrics import map_at_k
 from tfwhale.synthetic import cli as synthetic_cli
 from tfwhale.synthetic import dataset as synthetic

@@ -54,7 +54,7 @@ def resolve_inputs(args: argparse.Namespace) -> Inputs:
 
 
 def _table_boxes(table) -> dict[str, Any]:
-    from tfwhale.contracts.crop_box import parse_box_text
+    from tfwhale.imaging.crop_box import parse_box_text
 
     return {
         image: parse_box_text(text) for image, text in zip(table["image"], table["box_text"], strict=True)
@@ -80,7 +80,7 @@ def resolve_boxes(args: argparse.Namespace, train, test) -> tuple[dict, dict, st
 def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
     """Everything that decides the output; a resumed build must match these exactly."""
     from tfwhale.contracts import records
-    from tfwhale.contracts.photo_crop import IMAGING_VERSION
+    from tfwhale.imaging.photo_crop import IMAGING_VERSION
 
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -161,7 +161,7 @@ def run_build(args: argparse.Namespace) -> int:
 def _run_build(args: argparse.Namespace, workers: int, pool) -> int:
     from tfrecords_builder import manifest, resume, writer
     from tfrecords_builder.tables import photo_counts
-    from tfwhale.contracts.photo_crop import ImageSettings
+    from tfwhale.imaging.photo_crop import ImageSettings
 
     inputs = resolve_inputs(args)
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)

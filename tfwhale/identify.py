@@ -125,7 +125,7 @@ def recorded_runs(gallery: Gallery, run_dirs: Sequence[str] | None) -> list[list
 
 
 def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None]:
-    from tfwhale.contracts.crop_box import parse_box_text
+    from tfwhale.imaging.crop_box import parse_box_text
 
     if not boxes:
         return [None] * n_photos
@@ -144,7 +144,7 @@ def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None
 
 def image_settings(gallery: Gallery):
     """The records' crop settings: new photos are cropped exactly as build-tfrecords cropped the gallery."""
-    from tfwhale.contracts.photo_crop import ImageSettings
+    from tfwhale.imaging.photo_crop import ImageSettings
 
     crop, size = gallery.manifest.crop, gallery.manifest.image_size
     if not crop:
@@ -157,7 +157,7 @@ def image_settings(gallery: Gallery):
 def prepare_photo_bytes(data: bytes, box: tuple | None, settings, name: str) -> tuple[bytes, np.ndarray]:
     """(the crop's JPEG, uint8 [S, S, 3]) of one photo's bytes: cropped, resized and encoded as the builder
     did, then decoded. IdentifyError naming the photo when it is not an image."""
-    from tfwhale.contracts.photo_crop import ImageError, process_image
+    from tfwhale.imaging.photo_crop import ImageError, process_image
 
     try:
         jpeg, _ = process_image(data, box, settings)

@@ -12,12 +12,12 @@ from typing import Any
 import tensorflow as tf
 
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.csv"
 SHARD_SUFFIX = ".tfrec"
-NEW_INDIVIDUAL = "new_individual"
 
 TRAIN_FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
 from tfwhale.contracts.run_folder import fold_dir_name
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.core.metrics import map_at_k
 from tfwhale.inference.class_heads import class_heads
 from tfwhale.inference.gallery import PredictEmbeddings, concat_runs

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL, label_problem
+from tfwhale.contracts.records import label_problem
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
 
 if TYPE_CHECKING:
     from tfwhale.inference.gallery import PredictEmbeddings

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions, prepare_gallery, rank
 
 TOP_N = 5

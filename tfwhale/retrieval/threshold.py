@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL as NEW
+from tfwhale.core.labels import NEW_INDIVIDUAL as NEW
 from tfwhale.core.metrics import map_at_k
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tfwhale.contracts.crop_box import format_box
-from tfwhale.contracts.records import NEW_INDIVIDUAL
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.imaging.crop_box import format_box
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
 from tfwhale.serve.store import ConflictError, Photo, Store, now

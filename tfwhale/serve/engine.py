@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfwhale import identify
-from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.retrieval import ranking
 from tfwhale.retrieval.threshold import insert_new_individual
 

@@ -9,8 +9,8 @@ from io import BytesIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tfwhale.contracts import jpeg_region
-from tfwhale.contracts.crop_box import Box, crop_region
+from tfwhale.imaging import jpeg_region
+from tfwhale.imaging.crop_box import Box, crop_region
 
 RESIZE_MODES = ("square", "letterbox")
 

@@ -1,0 +1,3 @@
+"""The answer label every stage shares: the one that means "not in the catalogue"."""
+
+NEW_INDIVIDUAL = "new_individual"
