@@ -197,13 +197,11 @@ def train_kernel() -> str:
 
 
 def _trained_image_size(run_dir: str) -> int:
-    from tfwhale.contracts.run_folder import RUN_JSON
-    from tfwhale.core import files
+    from tfwhale.contracts.run_folder import RUN_JSON, read_run_record
 
     for name in sorted(os.listdir(run_dir)):
-        info = os.path.join(run_dir, name, RUN_JSON)
-        if os.path.exists(info):
-            return int(files.read_json(info)["records"]["image_size"])
+        if os.path.exists(os.path.join(run_dir, name, RUN_JSON)):
+            return read_run_record(os.path.join(run_dir, name)).records.image_size
     raise SystemExit(f"{run_dir}: no finished fold (run.json)")
 
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tfwhale.core import files
 from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.imaging.photo_crop import ImageSettings
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -138,6 +139,16 @@ class Manifest:
     @property
     def image_size(self) -> int:
         return int(self.data["image_size"])
+
+    @property
+    def image_settings(self) -> ImageSettings:
+        """How the build cropped, resized and encoded its photos: identify crops new photos the same way."""
+        crop = self.data.get("crop")
+        if not crop:
+            raise ManifestError(
+                f"{self.root}: the manifest has no crop settings (not made by build-tfrecords?)"
+            )
+        return ImageSettings.from_manifest(self.image_size, crop)
 
     @property
     def n_folds(self) -> int:
