@@ -50,8 +50,9 @@ def test_gallery_manifest_round_trips(tmp_path):
     write_gallery_manifest(str(tmp_path), written)
     loaded = load_gallery_manifest(str(tmp_path))
     assert loaded == written
-    assert loaded.threshold_for("beluga") == 0.5 and loaded.threshold_for("orca") == 0.42
-    assert loaded.threshold_for(None) == 0.42 and loaded.image_size == 96
+    policy = loaded.threshold
+    assert policy.threshold_for("beluga") == 0.5 and policy.threshold_for("orca") == 0.42
+    assert policy.threshold_for(None) == 0.42 and loaded.image_size == 96
     assert loaded.threshold.fixed(0.3).threshold_for("beluga") == 0.3
 
 

@@ -152,4 +152,8 @@ def verify_parser() -> argparse.ArgumentParser:
 def image_settings(args: argparse.Namespace) -> ImageSettings:
     """The crop flags as the one settings object the workers, the manifest and identify use."""
     settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
-    return settings if not args.max_pixels else ImageSettings(**{**vars(settings), "max_pixels": args.max_pixels})
+    return (
+        settings
+        if not args.max_pixels
+        else ImageSettings(**{**vars(settings), "max_pixels": args.max_pixels})
+    )

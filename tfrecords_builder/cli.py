@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 # Only light imports up here: spawned image workers re-import the main module (the console script, which
@@ -161,9 +161,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _run_build(args: argparse.Namespace, workers: int, pool) -> int:
-    from tfrecords_builder import manifest, resume, writer
+    from tfrecords_builder import arguments, manifest, resume, writer
     from tfrecords_builder.tables import photo_counts
-    from tfrecords_builder import arguments
 
     inputs = resolve_inputs(args)
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)

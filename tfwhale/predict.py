@@ -24,6 +24,7 @@ from tfwhale.contracts.records import Manifest, ManifestError, load_manifest, re
 from tfwhale.contracts.run_folder import Run, RunError, load_run
 from tfwhale.core import files
 from tfwhale.core.config import ConfigError, PredictConfig, flip_tta_refusal
+from tfwhale.core.labels import check_new_share
 from tfwhale.core.metrics import map_at_k
 from tfwhale.inference import examples, oof, report
 from tfwhale.inference.gallery import check_oof_files, embed_runs
@@ -133,8 +134,10 @@ def resolve_settings(args: argparse.Namespace, runs: Sequence[Run]) -> Settings:
     if k < 1 or batch < 1 or args.dba < 0 or args.qe < 0 or not 0 <= args.blend <= 1:
         raise PredictError("--k and --batch-size must be >= 1, --dba/--qe >= 0, --blend in [0, 1]")
     new_share = cfg.new_share if args.new_share is None else args.new_share
-    if not 0 <= new_share < 1:
-        raise PredictError(f"--new-share must be in [0, 1), got {new_share}")
+    try:
+        check_new_share(new_share, "--new-share")
+    except ValueError as err:
+        raise PredictError(str(err)) from None
     if args.per_species and threshold is not None:
         raise PredictError("--per-species tunes thresholds on OOF: it needs --threshold auto")
     options = RankOptions(

@@ -72,9 +72,6 @@ class GalleryManifest:
     def image_size(self) -> int:
         return self.image.size
 
-    def threshold_for(self, species: str | None) -> float:
-        return self.threshold.threshold_for(species)
-
 
 def write_gallery_manifest(out_dir: str, manifest: GalleryManifest) -> str:
     """Atomically write gallery.json; call it after every file it names is written."""

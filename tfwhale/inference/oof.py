@@ -14,15 +14,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tfwhale.contracts.gallery_arrays import FoldCentres
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.contracts.run_folder import RunError, fold_dir_name
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.core.metrics import map_at_k
 from tfwhale.inference.gallery import FoldEmbeddings, PredictEmbeddings
+from tfwhale.query.answers import answer_labels
 from tfwhale.query.combine import concat_runs
 from tfwhale.query.heads import class_heads
 from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions
 from tfwhale.retrieval.scoring import rank_out_of_fold, simulate_new
-from tfwhale.retrieval.threshold import ThresholdResult, insert_new_individual, tune_threshold
+from tfwhale.retrieval.threshold import ThresholdResult, tune_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def measure(
     tuned = tune(oof, per_species=False)
     if fixed_threshold is None:
         return variant_summary(options, tuned.threshold, tuned.best_map, tuned.new_rate)
-    answers = insert_new_individual(oof.ranked.labels, oof.ranked.scores, fixed_threshold)
+    answers = answer_labels(oof.ranked, ThresholdPolicy(fixed_threshold), {})
     return variant_summary(options, fixed_threshold, map_at_k(oof.truths, answers), _new_first(answers))
 
 
