@@ -18,6 +18,7 @@ from tfwhale.imaging.crop_box import format_box
 from tfwhale.query.gallery import QueryError
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
+from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class Catalogue:
         self.test_names = arrays.test_names
         self.test_embeddings = arrays.test
         self._test_row = {name: row for row, name in enumerate(self.test_names)}
+        # before anything is added to the searched gallery: stored vectors must be in this gallery's space
+        reembed_if_needed(
+            self.store, self.blobs, self.engine, dict(zip(self.test_names, self.test_embeddings, strict=True))
+        )
         self._import_records()
         self.engine.name_photos(self.store.gallery_photo_hashes(), arrays.train_names)
         hashes, ids, embeddings = self.store.grown_embeddings()
