@@ -48,3 +48,23 @@ def test_the_build_refuses_a_species_with_a_carriage_return(tmp_path, caplog):
     _set_column(data, "species", {5: "orca\rx"})
     assert build(data, tmp_path / "out") == cli.EXIT_FATAL
     assert "row 7, field 'species': 'orca\\rx' contains the control character" in caplog.text
+
+
+# Fails 8: an absurd box is a bad box everywhere -------------------------------------------------------
+
+
+def test_an_absurd_box_is_counted_as_a_bad_box_in_build_and_identify(tmp_path, caplog):
+    from tfwhale import identify
+    from tfwhale.contracts.crop_box import parse_box_text
+    from tfwhale.contracts.photo_crop import ImageSettings
+
+    data = make_kaggle(tmp_path / "data")
+    _set_column(data, "box", {1: "-1e308 0 1e308 1e308", 2: "1e400 0 5 5"})
+    with caplog.at_level(logging.INFO):
+        assert build(data, tmp_path / "out") == cli.EXIT_OK
+    fallbacks = records.load_manifest(str(tmp_path / "out")).data["box_fallbacks"]
+    assert sum(fallbacks.values()) >= 2, fallbacks
+    photo = (data / "train_images" / "tr001.jpg").read_bytes()
+    box = parse_box_text("-1e308 0 1e308 1e308")
+    jpeg, image = identify.prepare_photo_bytes(photo, box, ImageSettings(32), "tr001.jpg")
+    assert image.shape == (32, 32, 3) and jpeg[:2] == b"\xff\xd8"
