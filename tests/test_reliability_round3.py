@@ -68,3 +68,62 @@ def test_an_absurd_box_is_counted_as_a_bad_box_in_build_and_identify(tmp_path, c
     box = parse_box_text("-1e308 0 1e308 1e308")
     jpeg, image = identify.prepare_photo_bytes(photo, box, ImageSettings(32), "tr001.jpg")
     assert image.shape == (32, 32, 3) and jpeg[:2] == b"\xff\xd8"
+
+
+# Fails 7: a resume on other records or another config ------------------------------------------------
+
+TINY = [
+    "--config", "tiny_cpu", "--set", "data.image_size=32", "--set", "model.backbone=TinyConvNet",
+    "--set", "data.batch_size=4", "--set", "model.embedding_dim=16", "--set", "train.epochs=2",
+]  # fmt: skip
+
+
+def _train(rec: str, out: str, *extra: str) -> int:
+    from tfwhale import train
+
+    return train.main([*TINY, "--records", rec, "--out", out, "--fold", "0", *extra])
+
+
+def test_a_resume_on_other_records_or_another_config_is_refused(tmp_path, caplog, monkeypatch):
+    from tests.records_fixture import make_records
+    from tfwhale import train
+    from tfwhale.core import files
+    from tfwhale.training.resume_check import STARTED_NAME
+
+    rec_a = make_records(tmp_path / "a", n_individuals=6, size=32, n_folds=2)
+    rec_b = make_records(tmp_path / "b", n_individuals=5, size=32, n_folds=2)
+    trained = []
+
+    def fake_train_fold(cfg, manifest, plan, runtime):  # the checks run before any training
+        trained.append(manifest.root)
+        return {"fold": plan.name, "epochs": 0, "best": None}
+
+    monkeypatch.setattr(train, "train_fold", fake_train_fold)
+    out = str(tmp_path / "run")
+    assert _train(rec_a, out) == 0
+    assert _train(rec_b, out) == 1
+    assert f"records {rec_a} (manifest " in caplog.text and f"-> {rec_b} (manifest " in caplog.text
+    assert "--overwrite" in caplog.text and "new --out" in caplog.text
+    caplog.clear()
+    fold = Path(out) / "fold0"
+    (fold / "run.json").write_text('{"status": "finished", "fold": "fold0", "epochs": 2, "best": null}')
+    assert _train(rec_a, out, "--set", "train.epochs=3") == 1  # a finished fold is not skipped silently
+    assert "train.epochs 2 -> 3" in caplog.text and "already finished" not in caplog.text
+    # a fold folder from before started_on.json: its config.yaml and run.json tell
+    from tfwhale.core.config import load_config, save_config
+    from tfwhale.feed.data import with_records_image_size
+
+    os.remove(fold / STARTED_NAME)
+    overrides = [TINY[i + 1] for i in range(2, len(TINY), 2)]
+    cfg = with_records_image_size(load_config("tiny_cpu", overrides), records.load_manifest(rec_a))
+    save_config(cfg, str(fold / "config.yaml"))
+    manifest_a = records.load_manifest(rec_a)
+    finished = {"status": "finished", "fold": "fold0", "epochs": 2, "best": None}
+    finished["records"] = {"root": rec_a, "manifest_sha256": manifest_a.sha256}
+    files.write_json(str(fold / "run.json"), finished)
+    caplog.clear()
+    assert _train(rec_b, out) == 1 and f"-> {rec_b}" in caplog.text
+    assert _train(rec_a, out) == 0  # the same inputs: skipped as finished
+    assert _train(rec_b, out, "--overwrite") == 0
+    assert trained == [rec_a, rec_b]
+    assert json.loads((fold / STARTED_NAME).read_text())["records"]["root"] == rec_b
