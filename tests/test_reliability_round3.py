@@ -127,3 +127,107 @@ def test_a_resume_on_other_records_or_another_config_is_refused(tmp_path, caplog
     assert _train(rec_b, out, "--overwrite") == 0
     assert trained == [rec_a, rec_b]
     assert json.loads((fold / STARTED_NAME).read_text())["records"]["root"] == rec_b
+
+
+# Partly holds: CLI ---------------------------------------------------------------------------------
+
+
+def test_more_folds_than_photos_is_refused(tmp_path, caplog):
+    data = make_kaggle(tmp_path / "data", n_train=6, n_test=2)
+    assert build(data, tmp_path / "out", "--folds", "10") == cli.EXIT_FATAL
+    assert (
+        "--folds 10: only 6 usable training photo(s)" in caplog.text
+        and "use --folds 6 or fewer" in caplog.text
+    )
+    assert not (tmp_path / "out" / records.MANIFEST_NAME).exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("model.embedding_dim=0", "model.embedding_dim=0 must be at least 1"),
+        ("model.arc_m=1e400", "model.arc_m expects float"),
+        ("train.lr_max_per_sample=nan", "train.lr_max_per_sample expects float"),
+        ("model.arc_m=2.0", "model.arc_m=2.0 must be in [0, 1.5)"),
+        ("model.arc_s=0", "model.arc_s=0.0 must be > 0"),
+    ],
+)
+def test_config_values_that_slipped_through_are_refused(override, words):
+    from tfwhale.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as raised:
+        load_config("tiny_cpu", [override])
+    assert words in str(raised.value)
+
+
+def test_identify_names_a_missing_embedding_model_and_a_missing_run_folder(serve_gallery, tmp_path, caplog):
+    from tfwhale import identify
+    from tfwhale.core import files
+
+    data, out = serve_gallery
+    run_dir = files.read_json(f"{out}/gallery.json")["runs"][0]["run_dir"]
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "fold0" / "embedding.keras").unlink()
+    photo = sorted(Path(data, "test_images").glob("*.jpg"))[0]
+    assert identify.main([str(photo), "--gallery", out, "--runs", str(copy)]) == 1
+    assert f"{copy}/fold0/embedding.keras: missing" in caplog.text and "Traceback" not in caplog.text
+    caplog.clear()
+    assert identify.main([str(photo), "--gallery", out, "--runs", str(tmp_path / "gone")]) == 1
+    assert f"{tmp_path / 'gone'}: run folder not found" in caplog.text
+    assert "not the fold the gallery" not in caplog.text
+
+
+def test_a_read_only_out_is_one_clear_line_in_build_train_and_predict(tmp_path, caplog, serve_gallery):
+    from tests.read_only import read_only_folder
+    from tests.records_fixture import make_records
+    from tfwhale import predict
+
+    data = make_kaggle(tmp_path / "data")
+    rec = make_records(tmp_path / "rec", n_individuals=6, size=32, n_folds=2)
+    with read_only_folder(tmp_path / "ro") as out:
+        assert build(data, out) == cli.EXIT_FATAL
+        assert f"--out {out}: cannot write there" in caplog.text
+        caplog.clear()
+        assert _train(rec, str(out)) == 1
+        assert f"--out {out}: cannot write there" in caplog.text
+        caplog.clear()
+        gallery = serve_gallery[1]
+        run_dir = json.loads(Path(gallery, "gallery.json").read_text())["runs"][0]["run_dir"]
+        records_root = json.loads(Path(gallery, "gallery.json").read_text())["records_root"]
+        argv = ["--runs", run_dir, "--records", records_root, "--out", str(out), "--examples", "0"]
+        assert predict.main(argv) == 1
+        assert f"--out {out}: cannot write there" in caplog.text
+
+
+# Partly holds: installed without TensorFlow / the serve extra ----------------------------------------
+
+
+def _without(modules: list[str], code: str) -> subprocess.CompletedProcess:
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in modules)
+    script = f"import sys, runpy; {blocked}; {code}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.parametrize("module", ["tfwhale.train", "tfwhale.predict", "tfwhale.identify"])
+def test_without_tensorflow_a_command_names_the_extra(module):
+    done = _without(
+        ["tensorflow"],
+        f"sys.argv = ['x', '--help']; runpy.run_module({module!r}, run_name='__main__')",
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "pip install 'tfwhale[cpu]'" in done.stderr and "'tensorflow'" in done.stderr
+
+
+def test_without_tensorflow_a_build_names_the_extra_and_its_help_works(tmp_path):
+    data = make_kaggle(tmp_path / "data")
+    code = "from tfrecords_builder.cli import main; sys.exit(main(sys.argv[1:]))"
+    helped = _without(["tensorflow"], f"sys.argv = ['x', '--help']; {code}")
+    assert helped.returncode == 0 and "--size" in helped.stdout, helped.stderr[-2000:]
+    argv = ["x", "--data", str(data), "--out", str(tmp_path / "out"), "--size", "32", "--workers", "1"]
+    built = _without(["tensorflow"], f"sys.argv = {argv!r}; {code}")
+    assert built.returncode == 1 and "Traceback" not in built.stderr, built.stderr[-2000:]
+    assert "pip install 'tfwhale[cpu]'" in built.stderr

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import tensorflow as tf
+
+try:  # one line naming the extra instead of a traceback
+    import tensorflow as tf
+except ModuleNotFoundError as _missing:
+    from tfwhale.core.extras import exit_for_missing
+
+    exit_for_missing(_missing, "python -m tfwhale.identify")
 
 from tfwhale.contracts import records
 from tfwhale.contracts.gallery_manifest import GalleryError, GalleryManifest, load_gallery_manifest

@@ -9,8 +9,13 @@ import argparse
 import logging
 import sys
 
-import keras
-import tensorflow as tf
+try:  # one line naming the extra instead of a traceback
+    import keras
+    import tensorflow as tf
+except ModuleNotFoundError as _missing:
+    from tfwhale.core.extras import exit_for_missing
+
+    exit_for_missing(_missing, "python -m tfwhale.train")
 
 from tfwhale.contracts import run_folder
 from tfwhale.contracts.records import ManifestError, load_manifest, records_error_message
@@ -126,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, DeviceError, TrainingError) as err:
         logger.error("%s", err)
         return 1
-    except tf.errors.OpError as err:
-        if (message := records_error_message(args.records, err)) is None:
+    except (tf.errors.OpError, OSError) as err:
+        if files.is_unwritable_error(err):
+            logger.error("%s", files.unwritable_message(err, "--out", args.out))
+            return 1
+        if (
+            not isinstance(err, tf.errors.OpError)
+            or (message := records_error_message(args.records, err)) is None
+        ):
             raise
         logger.error("%s", message)
         return 1
