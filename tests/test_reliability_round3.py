@@ -231,3 +231,16 @@ def test_without_tensorflow_a_build_names_the_extra_and_its_help_works(tmp_path)
     built = _without(["tensorflow"], f"sys.argv = {argv!r}; {code}")
     assert built.returncode == 1 and "Traceback" not in built.stderr, built.stderr[-2000:]
     assert "pip install 'tfwhale[cpu]'" in built.stderr
+
+
+def test_without_the_serve_extra_serve_help_works_and_a_start_names_the_extra(tmp_path):
+    blocked = ["starlette", "fastapi", "uvicorn"]
+    code = "runpy.run_module('tfwhale.serve', run_name='__main__')"
+    helped = _without(blocked, f"sys.argv = ['x', '--help']; {code}")
+    assert helped.returncode == 0 and "--allowed-host" in helped.stdout, helped.stderr[-2000:]
+    argv = ["x", "--gallery", str(tmp_path), "--catalogue", str(tmp_path / "c")]
+    started = _without(blocked, f"sys.argv = {argv!r}; {code}")
+    assert started.returncode == 1 and "pip install 'tfwhale[serve]'" in started.stderr, started.stderr[
+        -2000:
+    ]
+    assert not (tmp_path / "c").exists()
