@@ -126,6 +126,8 @@ def _app(args: argparse.Namespace):
         url += f"?token={token}"
     if not is_loopback(args.host):
         print(f"tfwhale.serve: listening on {args.host}; every request needs the access token", flush=True)
+        print(f"tfwhale.serve: answering requests for {', '.join(sorted(hosts))}; add the names browsers "
+              "use for this machine with --allowed-host NAME", flush=True)  # fmt: skip
     print(f"tfwhale.serve: open {url}", flush=True)
     return app
 
