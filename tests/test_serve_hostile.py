@@ -169,6 +169,15 @@ def test_a_species_with_a_carriage_return_cannot_split_an_exported_row(client):
     ]
 
 
+# Fails 8: an absurd box is a bad box in serve too -----------------------------------------------------
+
+
+def test_an_upload_with_an_absurd_box_is_identified_on_the_whole_photo(client):
+    answer = _upload(client, photo_bytes(38), box="-1e308 0 1e308 1e308")
+    assert answer.status_code == 200, answer.text
+    assert client.catalogue.store.photo(_photo(answer.text)) is not None
+
+
 # Partly holds: bodies, decodes, chunked limit -------------------------------------------------------
 
 
