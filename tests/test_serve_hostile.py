@@ -299,6 +299,40 @@ def test_a_failed_write_gives_the_page_a_json_message_not_a_bare_500(client, mon
     assert "await response.json()" not in script  # every answer goes through readAnswer (text first)
 
 
+NODE_CHECK = """
+const src = require("fs").readFileSync(process.argv[1], "utf8");
+const cut = (start, end) => src.slice(src.indexOf(start), src.indexOf(end, src.indexOf(start)));
+const textOf = (html) => ({ body: { textContent: html.replace(/<[^>]*>/g, "") } });
+global.DOMParser = class { parseFromString(html) { return textOf(html); } };
+eval(cut("async function readAnswer", "// -- decisions") + cut("function plainText", "\\n}") + "}");
+const reply = (status, text) => async () => ({ status, text: async () => text });
+(async () => console.log(JSON.stringify([
+  await readAnswer(reply(500, "Internal Server Error")),
+  await readAnswer(reply(503, '<div class="error">disk full</div>')),
+  await readAnswer(reply(200, '{"ok": true, "message": "done"}')),
+])))();
+"""
+
+
+def test_the_page_reads_a_plain_text_error_as_a_message():
+    """The decide and export handlers read every answer as text first (issue 23: a plain-text 500 left the
+    page blank); needs node to run the page's own readAnswer."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node to run the page's script")
+    script = Path(__file__).parents[1] / "tfwhale/serve/static/app.js"
+    done = subprocess.run([node, "-e", NODE_CHECK, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        {"ok": False, "message": "error 500: Internal Server Error"},
+        {"ok": False, "message": "error 503: disk full"},
+        {"ok": True, "message": "done"},
+    ]
+
+
 def test_cookies_are_named_per_port(serve_gallery, tmp_path):
     catalogue = Catalogue(serve_gallery[1], str(tmp_path / "c"))
     client = TestClient(create_app(catalogue, token="tok", hosts=HOSTS, port=8101))
