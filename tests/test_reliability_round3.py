@@ -244,3 +244,18 @@ def test_without_the_serve_extra_serve_help_works_and_a_start_names_the_extra(tm
         -2000:
     ]
     assert not (tmp_path / "c").exists()
+
+
+def test_rejects_csv_quotes_carriage_returns_in_names_and_reasons(tmp_path):
+    from tfrecords_builder.errors import Reject
+    from tfrecords_builder.manifest import write_rejects
+
+    rejects = [Reject("a\rb.jpg", 3, "box", "malformed box '1 2\r3 4'"), Reject("c.jpg", None, "image", "x")]
+    path = write_rejects(str(tmp_path), rejects)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [
+        ["image", "row", "field", "reason"],
+        ["a\rb.jpg", "3", "box", "malformed box '1 2\r3 4'"],
+        ["c.jpg", "", "image", "x"],
+    ]
