@@ -13,16 +13,17 @@ from fastapi.testclient import TestClient
 from tests.serve_fixture import photo_bytes, second_photo
 from tfwhale.serve.app import create_app
 from tfwhale.serve.catalogue import Catalogue
-from tfwhale.serve.security import CSRF_COOKIE, MAX_UPLOAD_BYTES
+from tfwhale.serve.security import CSRF_COOKIE, MAX_UPLOAD_BYTES, allowed_host_names
 
 ORIGIN = "http://testserver"
+HOSTS = allowed_host_names("127.0.0.1", ["testserver"])  # the test client's Host
 
 
 @pytest.fixture
 def client(serve_gallery, tmp_path):
     _, out = serve_gallery
     catalogue = Catalogue(out, str(tmp_path / "catalogue"))
-    client = TestClient(create_app(catalogue, reviewer="tester"))
+    client = TestClient(create_app(catalogue, reviewer="tester", hosts=HOSTS))
     client.get("/")  # sets the CSRF cookie
     client.catalogue = catalogue
     return client
@@ -78,7 +79,7 @@ def test_register_new_individual_comes_back_top_and_survives_a_restart(client, s
     assert candidates(upload(client, second_photo(photo_bytes(2))).text)[0] == "Moby-1"
     # the registration is in the database: a new app on the same catalogue still finds it
     restarted = Catalogue(serve_gallery[1], str(tmp_path / "catalogue"))
-    client2 = TestClient(create_app(restarted))
+    client2 = TestClient(create_app(restarted, hosts=HOSTS))
     client2.get("/")
     assert candidates(upload(client2, second_photo(photo_bytes(2)), "b.jpg").text)[0] == "Moby-1"
     assert "scar on the left fluke" in client2.get("/individuals/Moby-1").text
@@ -131,7 +132,7 @@ def test_state_changes_need_the_csrf_token_and_same_origin(client):
 
 def test_access_token_is_checked_on_every_request(serve_gallery, tmp_path):
     catalogue = Catalogue(serve_gallery[1], str(tmp_path / "c"))
-    client = TestClient(create_app(catalogue, token="s3cret"))
+    client = TestClient(create_app(catalogue, token="s3cret", hosts=HOSTS))
     assert client.get("/").status_code == 401
     assert client.get("/individuals?token=wrong").status_code == 401
     assert client.get("/static/app.js").status_code == 401

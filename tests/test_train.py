@@ -130,9 +130,19 @@ def test_interrupted_run_resumes_from_last_finished_epoch(rec, tmp_path, monkeyp
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(rec, tmp_path, monkeypatch, caplog):
     out = str(tmp_path / "run")
-    assert _train(rec, out, "--fold", "0", "--set", "train.epochs=1") == 0
-    os.remove(os.path.join(out, "fold0", "run.json"))  # pretend the run still has epochs to go
     from tfwhale.training import fold_trainer as fold_module
+
+    original = fold_module.FoldMonitor.on_epoch_end
+
+    def stop_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise _Interrupt  # a resume must keep the config it started with: stop a 3-epoch run early
+
+    monkeypatch.setattr(fold_module.FoldMonitor, "on_epoch_end", stop_after_first_epoch)
+    with pytest.raises(_Interrupt):
+        _train(rec, out, "--fold", "0", "--set", "train.epochs=3")
+    monkeypatch.undo()
 
     real_losses = fold_module.losses_for
 

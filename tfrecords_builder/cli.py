@@ -118,7 +118,7 @@ def _sources(inputs: Inputs, args: argparse.Namespace) -> dict[str, Any]:
 def plan_build(args: argparse.Namespace, inputs: Inputs):
     """Read the inputs and plan every shard: (plan, settings, train table, label lists, table rejects)."""
     from tfrecords_builder import plan
-    from tfrecords_builder.folds import assign_folds
+    from tfrecords_builder.folds import assign_folds, check_fold_count
     from tfrecords_builder.tables import label_maps, load_test_table, load_train_table
 
     train, rejects = load_train_table(inputs.train_csv, inputs.train_images)
@@ -130,6 +130,7 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
     settings = build_settings(args, box_source)
     individuals, species = label_maps(train)
     names = list(train["image"])
+    check_fold_count(len(names), args.folds)
     folds = assign_folds(list(train["individual_id"]), args.folds, args.seed, image_names=names)
     shards = plan.plan_shards(
         plan.train_items(train, folds, individuals, species, train_boxes),
@@ -231,12 +232,22 @@ def main(argv: list[str] | None = None) -> int:
     except BuildInputError as error:
         logger.error("%s", error)
         return EXIT_FATAL
+    except ModuleNotFoundError as error:
+        from tfwhale.core.extras import missing_extra_message
+
+        if (message := missing_extra_message(error, "build-tfrecords")) is None:
+            raise
+        logger.error("%s", message)
+        return EXIT_FATAL
     except KeyboardInterrupt:
         logger.error("interrupted: finished shards are kept; run the same command again to resume")
         return 130
     except Exception as error:
         from tfwhale.core import files  # TensorFlow is loaded by now: run_build imported it
 
+        if files.is_unwritable_error(error):
+            logger.error("%s", files.unwritable_message(error, "--out", args.out))
+            return EXIT_FATAL
         if not files.is_storage_error(error):
             raise
         logger.error("%s", files.storage_error_message(error))

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tfrecords_builder.errors import BuildInputError
+
 
 def assign_folds(
     individual_ids: Sequence[str],
@@ -59,3 +61,12 @@ def _deal(n_photos: int, sizes: np.ndarray, rng: np.random.Generator) -> np.ndar
     rounds, leftover = divmod(n_photos, n_folds)
     smallest_first = np.lexsort((rng.random(n_folds), sizes))
     return np.concatenate([np.tile(np.arange(n_folds), rounds), smallest_first[:leftover]])
+
+
+def check_fold_count(n_photos: int, n_folds: int) -> None:
+    """Every fold needs a photo: an empty fold would validate on nothing and shift the fold names."""
+    if n_photos < n_folds:
+        raise BuildInputError(
+            f"--folds {n_folds}: only {n_photos} usable training photo(s), so some folds would be empty; "
+            f"use --folds {max(n_photos, 2)} or fewer"
+        )

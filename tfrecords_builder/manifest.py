@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from io import StringIO
 from typing import Any
 
 import tfwhale
@@ -15,6 +13,7 @@ from tfrecords_builder.errors import REJECT_COLUMNS, Reject
 from tfrecords_builder.resume import ShardRecord
 from tfwhale.contracts import records
 from tfwhale.core import files
+from tfwhale.core.csv_text import csv_text
 from tfwhale.imaging.photo_crop import ImageSettings
 
 _CATEGORY_END = re.compile(r"[:(]")
@@ -33,13 +32,10 @@ def count_by_reason(rejects: Sequence[Reject]) -> dict[str, int]:
 
 def write_rejects(out: str, rejects: Sequence[Reject]) -> str:
     """rejects.csv (REJECT_COLUMNS) ordered by CSV row; written even when empty (a header only)."""
-    buffer = StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(REJECT_COLUMNS)
     ordered = sorted(rejects, key=lambda r: (r.row is None, r.row or 0, r.image))
-    writer.writerows((r.image, "" if r.row is None else r.row, r.field, r.reason) for r in ordered)
+    rows = [(r.image, "" if r.row is None else r.row, r.field, r.reason) for r in ordered]
     path = files.join(out, records.REJECTS_NAME)
-    files.write_text(path, buffer.getvalue())
+    files.write_text(path, csv_text([REJECT_COLUMNS, *rows]))  # names and reasons quote the user's text
     return path
 
 

@@ -19,7 +19,7 @@ from tfrecords_builder.boxes import (
     table_candidates,
 )
 from tfrecords_builder.errors import BuildInputError, Reject
-from tfwhale.contracts.records import label_problem
+from tfwhale.contracts.individual_id import control_problem, id_problem
 from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
@@ -119,19 +119,24 @@ def load_train_table(
 
 
 def _check_labels(csv_path: str, table: pd.DataFrame) -> None:
-    """Refuse the build when an individual_id cannot be written into a submission (see label_problem)."""
-    bad = [
-        (row, label, problem)
-        for row, label in zip(table["row"], table["individual_id"], strict=True)
-        if (problem := label_problem(label))
-    ]
-    if bad:
-        row, label, problem = bad[0]
-        more = f" ({len(bad)} rows in all, e.g. rows {', '.join(str(r) for r, _, _ in bad[:5])})"
-        raise BuildInputError(
-            f"{csv_path}: row {row}, field 'individual_id': {label!r} {problem}{more if len(bad) > 1 else ''}"
-            "; rename these individuals (e.g. replace spaces with '_') and build again"
-        )
+    """Refuse the build when an individual_id breaks the id rule (see individual_id.id_problem) or a
+    species holds control characters: both end up in CSVs, URLs and submissions."""
+    for field, check, fix in (
+        ("individual_id", id_problem, "rename these individuals (e.g. replace spaces with '_')"),
+        ("species", control_problem, "remove the control characters (line breaks, tabs)"),
+    ):
+        bad = [
+            (row, value, problem)
+            for row, value in zip(table["row"], table[field], strict=True)
+            if (problem := check(value))
+        ]
+        if bad:
+            row, value, problem = bad[0]
+            more = f" ({len(bad)} rows in all, e.g. rows {', '.join(str(r) for r, _, _ in bad[:5])})"
+            raise BuildInputError(
+                f"{csv_path}: row {row}, field '{field}': {value!r} {problem}"
+                f"{more if len(bad) > 1 else ''}; {fix} and build again"
+            )
 
 
 def load_test_table(

@@ -17,7 +17,13 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
+
+try:  # one line naming the extra instead of a traceback
+    import tensorflow as tf
+except ModuleNotFoundError as _missing:
+    from tfwhale.core.extras import exit_for_missing
+
+    exit_for_missing(_missing, "python -m tfwhale.identify")
 
 from tfwhale.contracts.run_folder import RunError
 from tfwhale.core import files

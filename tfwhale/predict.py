@@ -11,7 +11,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import tensorflow as tf
+try:  # one line naming the extra instead of a traceback
+    import tensorflow as tf
+except ModuleNotFoundError as _missing:
+    from tfwhale.core.extras import exit_for_missing
+
+    exit_for_missing(_missing, "python -m tfwhale.predict")
 
 from tfwhale.contracts.gallery_arrays import EMBEDDINGS_NAME, write_gallery_arrays
 from tfwhale.contracts.gallery_manifest import (
@@ -300,8 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunError, ManifestError, PredictError, ConfigError) as err:
         logger.error("%s", err)
         return 1
-    except tf.errors.OpError as err:
-        if (message := records_error_message(args.records, err)) is None:
+    except (tf.errors.OpError, OSError) as err:
+        if files.is_unwritable_error(err):
+            logger.error("%s", files.unwritable_message(err, "--out", args.out))
+            return 1
+        if (
+            not isinstance(err, tf.errors.OpError)
+            or (message := records_error_message(args.records, err)) is None
+        ):
             raise
         logger.error("%s", message)
         return 1

@@ -9,8 +9,13 @@ import argparse
 import logging
 import sys
 
-import keras
-import tensorflow as tf
+try:  # one line naming the extra instead of a traceback
+    import keras
+    import tensorflow as tf
+except ModuleNotFoundError as _missing:
+    from tfwhale.core.extras import exit_for_missing
+
+    exit_for_missing(_missing, "python -m tfwhale.train")
 
 from tfwhale.contracts import run_folder
 from tfwhale.contracts.records import ManifestError, load_manifest, records_error_message
@@ -21,6 +26,7 @@ from tfwhale.nets.hub_backbone import check_hub, is_hub
 from tfwhale.nets.model import check_backbone
 from tfwhale.training.distribute import DeviceError, get_runtime, split_cpu
 from tfwhale.training.fold_trainer import TrainingError, plan_fold, train_fold
+from tfwhale.training.resume_check import start_fold
 
 logger = logging.getLogger("tfwhale.train")
 
@@ -30,7 +36,8 @@ EXAMPLES = """examples:
       --out gs://bucket/runs/b6 --fold 0 --tpu
   python -m tfwhale.train --config configs/effnet_b7_768.yaml --records gs://b/rec --out gs://b/runs/b7 \\
       --full --tpu --set train.epochs=25
-Run the same command again to resume an interrupted run; finished folds are skipped.
+Run the same command again to resume an interrupted run; finished folds are skipped. A fold started on
+other records or with another config is refused: --overwrite starts it over (or give a new --out).
 """
 
 
@@ -55,6 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override one config value (repeatable; applied last)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="start the selected folds over, discarding what --out holds for them",
     )  # fmt: skip
     parser.add_argument(
         "--cpu-devices", type=int, default=0, metavar="N",
@@ -102,6 +113,7 @@ def run(args: argparse.Namespace) -> list[run_folder.RunRecord]:
     results = []
     for val_fold in selected_folds(args, manifest.n_folds):
         plan = plan_fold(cfg, manifest, val_fold, args.out, runtime)
+        start_fold(plan.out_dir, cfg, manifest, args.overwrite)
         if run_folder.is_finished(plan.out_dir):
             logger.info("%s already finished (%s); skipping", plan.name, plan.out_dir)
             results.append(run_folder.read_run_record(plan.out_dir))
@@ -119,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, DeviceError, TrainingError) as err:
         logger.error("%s", err)
         return 1
-    except tf.errors.OpError as err:
-        if (message := records_error_message(args.records, err)) is None:
+    except (tf.errors.OpError, OSError) as err:
+        if files.is_unwritable_error(err):
+            logger.error("%s", files.unwritable_message(err, "--out", args.out))
+            return 1
+        if (
+            not isinstance(err, tf.errors.OpError)
+            or (message := records_error_message(args.records, err)) is None
+        ):
             raise
         logger.error("%s", message)
         return 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfwhale.contracts.individual_id import id_problem
 from tfwhale.core import files
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.imaging.photo_crop import ImageSettings
@@ -19,6 +20,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.csv"
 SHARD_SUFFIX = ".tfrec"
+__all__ = ["NEW_INDIVIDUAL", "id_problem"]  # the id rule lives in contracts.individual_id
 
 TRAIN_FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -39,7 +41,8 @@ _TEST_SHARD = re.compile(r"^test-(\d+)\.tfrec$")
 
 
 def label_problem(label: str) -> str | None:
-    """Why `label` cannot be an individual_id, or None when it can.
+    """Why `label` cannot be written into a submission, or None when it can (new ids follow the stricter
+    id_problem; this reads answers of records built before it).
 
     Kaggle's submission separates the 5 labels of a row by spaces inside one CSV field, so a label must
     not hold whitespace (any Unicode space), a comma or a double quote, nor control characters; and

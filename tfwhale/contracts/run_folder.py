@@ -235,15 +235,18 @@ def _fold_config(path: str) -> Config | None:
 def recorded_fold(run_dir: str, name: str, run_json_sha256: str, embedding_dim: int | None) -> FoldModel:
     """The fold a gallery was made with, found again in run_dir: RunError unless run.json is the same."""
     if not files.isdir(run_dir):
-        raise RunError(f"{run_dir}: run folder not found")
+        raise RunError(f"{run_dir}: run folder not found (the gallery was made with it)")
     run_json = files.join(run_dir, name, RUN_JSON)
     if not files.exists(run_json):
-        raise RunError(f"{run_json}: missing (the gallery was made with this fold)")
+        raise RunError(f"{run_json}: missing (the gallery was made with fold {name} of {run_dir})")
     if _sha256_text(files.read_text(run_json)) != run_json_sha256:
-        raise RunError(f"{run_json}: not the fold the gallery was made with (retrained since?)")
+        raise RunError(f"{run_json}: not the fold the gallery was made with (it was trained again since)")
     model = files.join(run_dir, name, EMBEDDING_MODEL)
     if not files.exists(model):
-        raise RunError(f"{model}: missing; the fold cannot embed photos")
+        raise RunError(
+            f"{model}: missing; new photos are embedded with it: restore it, or train the fold again and "
+            "rerun predict"
+        )
     config = _fold_config(files.join(run_dir, name, CONFIG_NAME))
     return FoldModel(run_dir, name, val_fold_of(name), run_json_sha256, embedding_dim, config)
 

@@ -259,7 +259,23 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             problems.append(f"{name}={value} must be at least 1")
-    t = cfg.train
+    m, t, p = cfg.model, cfg.train, cfg.predict
+    for name, value in (
+        ("model.embedding_dim", m.embedding_dim), ("model.subcenters", m.subcenters),
+        ("predict.batch_size", p.batch_size), ("predict.knn_k", p.knn_k),
+    ):  # fmt: skip
+        if value < 1:
+            problems.append(f"{name}={value} must be at least 1")
+    for name, value in (
+        ("model.arc_s", m.arc_s), ("model.gem_p", m.gem_p), ("train.lr_max_per_sample", t.lr_max_per_sample),
+    ):  # fmt: skip
+        if value <= 0:
+            problems.append(f"{name}={value} must be > 0")
+    if not 0 <= m.arc_m < 1.5:  # cos(theta + m) stops being monotonic past pi/2: use radians
+        problems.append(f"model.arc_m={m.arc_m} must be in [0, 1.5) (radians)")
+    for name, value in (("model.dropout", m.dropout), ("model.ls_eps", m.ls_eps)):
+        if not 0 <= value < 1:
+            problems.append(f"{name}={value} must be in [0, 1)")
     if t.backbone_lr_multiplier < 0:
         problems.append(f"train.backbone_lr_multiplier={t.backbone_lr_multiplier} must be >= 0")
     if not 0 <= t.frozen_epochs <= t.epochs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -39,7 +40,10 @@ def convert(value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError("not a number")
-        return float(value)  # YAML reads 1e-6 (no dot) as a string
+        number = float(value)  # YAML reads 1e-6 (no dot) as a string
+        if not math.isfinite(number):  # nan, inf, and 1e400 (which overflows to inf)
+            raise ValueError("not a finite number")
+        return number
     if hint is str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise TypeError("not a string")

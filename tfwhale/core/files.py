@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -204,3 +205,19 @@ def storage_error_message(error: BaseException, command: str = "the same command
         f"storage error on {where} ({type(error).__name__}: {reason}); nothing finished is lost: "
         f"run {command} again to resume"
     )
+
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def is_unwritable_error(error: BaseException) -> bool:
+    """A write refused by the file system (read-only disk or folder, no permission), local or gs://."""
+    if isinstance(error, tf.errors.PermissionDeniedError):
+        return True
+    return isinstance(error, OSError) and error.errno in _UNWRITABLE
+
+
+def unwritable_message(error: BaseException, flag: str, path: str) -> str:
+    """One line for a refused write under `path` (given by `flag`): what, why, what to do."""
+    reason = " ".join((getattr(error, "message", None) or str(error)).split())[:300]
+    return f"{flag} {path}: cannot write there ({reason}); give a writable folder, or make this one writable"

@@ -9,6 +9,7 @@ Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in source-image pixels
 
 
 _EMPTY_TEXTS = {"", "nan", "none", "[]", "[[]]"}
+ABSURD_REACH = 10  # a coordinate further than this many image sizes from the origin is no box
 
 
 _SEPARATORS = re.compile(r"[\s,\[\]]+")
@@ -94,6 +95,9 @@ def _unusable_reason(box: Box, width: int, height: int) -> str | None:
     x1, y1, x2, y2 = box
     if not all(math.isfinite(v) for v in box):
         return "box has non-finite coordinates"
+    reach = ABSURD_REACH * max(width, height)
+    if any(abs(v) > reach for v in box):  # also keeps the crop arithmetic below finite
+        return f"box has absurd coordinates (over {ABSURD_REACH} image sizes away)"
     if x2 == x1 or y2 == y1:
         return "box has zero area"
     if x2 < x1 or y2 < y1:

@@ -6,38 +6,75 @@ review queue's keyboard shortcuts. No build step.
 
 from __future__ import annotations
 
+import io
 import logging
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
+from pydantic import ValidationError
 
 from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.serve import export
+from tfwhale.serve.bodies import DecideBody, first_error, single_line
 from tfwhale.serve.catalogue import Catalogue, UploadError
-from tfwhale.serve.security import MAX_UPLOAD_BYTES, GuardMiddleware
+from tfwhale.serve.security import (
+    MAX_UPLOAD_BYTES,
+    BodyLimitMiddleware,
+    GuardMiddleware,
+    allowed_host_names,
+)
 from tfwhale.serve.store import ConflictError
 
 logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
+MAX_PIXELS = 100_000_000  # per upload, read from the header before decoding (a 10000x10000 photo)
+DECODES_AT_ONCE = 2  # each decode of a large photo holds hundreds of MB
 
 
 def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)  # escapes all user text
     env.filters["score"] = lambda v: "" if v is None else f"{v:.3f}"
+    env.filters["urlencode"] = lambda v: quote(str(v), safe="")  # an id holding '/' stays one segment
     return env
 
 
-def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "") -> FastAPI:
-    """The app for one catalogue; token None means no access token (loopback only, see __main__)."""
+def create_app(
+    catalogue: Catalogue,
+    token: str | None = None,
+    reviewer: str = "",
+    hosts: frozenset[str] | None = None,
+    port: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> FastAPI:
+    """The app for one catalogue; token None means no access token (loopback only, see __main__).
+
+    `hosts`: the Host names it answers (default: loopback names only); `port` names its cookies;
+    `max_pixels`: larger uploads are refused from their header, before any decoding."""
     app = FastAPI(title="tfwhale catalogue", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(GuardMiddleware, token=token)
+    app.add_middleware(GuardMiddleware, token=token, hosts=hosts or allowed_host_names(""), port=port)
+    app.add_middleware(BodyLimitMiddleware)  # added last: runs first, before any body is read
+
+    @app.exception_handler(sqlite3.Error)
+    @app.exception_handler(OSError)
+    async def storage_failed(request: Request, err: Exception):
+        logger.error("%s %s: the catalogue could not be written or read: %s", request.method,
+                     request.url.path, err)  # fmt: skip
+        message = f"the catalogue could not be written or read ({single_line(err)}); nothing was recorded"
+        if request.url.path == "/api/decide":
+            return JSONResponse({"ok": False, "message": message}, status_code=503)
+        return _error(message, 503)
+
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     env = _env()
+    decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
@@ -63,7 +100,8 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
         box: Annotated[str, Form()] = "",
         who: Annotated[str, Form()] = "",
     ):
-        name = (photo.filename or "upload")[:200]
+        name = single_line(photo.filename or "upload")[:200]
+        who = single_line(who)[:100]
         data = photo.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             return _error(f"{name}: too large (over {MAX_UPLOAD_BYTES >> 20} MiB); nothing was stored", 413)
@@ -71,8 +109,16 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
             parsed_box = parse_box_text(box) if box.strip() else None
         except ValueError as err:
             return _error(f"{name}: box {box!r}: {err}", 400)
+        width, height = _image_size(data)
+        if width * height > max_pixels:
+            return _error(
+                f"{name}: {width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
+                "(serve --max-pixels); nothing was stored",
+                413,
+            )
         try:
-            sha, result = catalogue.upload(data, name, parsed_box, who or reviewer)
+            with decode_slots:  # bounded: a burst of large photos cannot exhaust memory
+                sha, result = catalogue.upload(data, name, parsed_box, who or reviewer)
         except UploadError as err:
             return _error(f"{err}; nothing was stored", 400)
         start = time.perf_counter()
@@ -83,12 +129,14 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
 
     @app.post("/api/decide")
     async def decide(request: Request):
-        body = await request.json()
+        try:
+            body = DecideBody.model_validate_json(await request.body())
+        except ValidationError as err:
+            return JSONResponse({"ok": False, "message": first_error(err)}, status_code=422)
         try:
             catalogue.decide(
-                str(body.get("photo", "")), str(body.get("action", "")), str(body.get("individual", "")),
-                str(body.get("note", "")), str(body.get("reviewer", "") or reviewer),
-                list(body.get("scores", [])), str(body.get("species", "")),
+                body.photo, body.action, body.individual, body.note, body.reviewer or reviewer,
+                [score.model_dump() for score in body.scores], body.species,
             )  # fmt: skip
         except ConflictError as err:
             return JSONResponse({"ok": False, "message": str(err)}, status_code=409)
@@ -119,7 +167,7 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
         found = catalogue.store.search_individuals(q.strip())
         return page(request, "individuals.html", q=q, found=found)
 
-    @app.get("/individuals/{individual_id}", response_class=HTMLResponse)
+    @app.get("/individuals/{individual_id:path}", response_class=HTMLResponse)
     def individual(request: Request, individual_id: str):
         row = catalogue.store.individual(individual_id)
         if row is None:
@@ -145,8 +193,9 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
 
     @app.post("/api/export")
     def export_run():
-        out = export.export_catalogue(catalogue)
-        return {"ok": True, "folder": str(out), "command": export.build_command(out)}
+        done = export.export_with_report(catalogue)
+        command = export.build_command(done.folder, catalogue.engine.settings, done.has_boxes)
+        return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings}
 
     @app.get("/export/decisions.csv")
     def decisions_csv():
@@ -158,14 +207,31 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
     return app
 
 
+def _image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding; (0, 0) when unreadable (the decode
+    then gives its own message)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit here is ours
+            return image.size
+    except Image.DecompressionBombError:
+        return MAX_PIXELS, MAX_PIXELS
+    except Exception:  # not an image: catalogue.upload says which way
+        return 0, 0
+
+
 def _error(message: str, status: int) -> HTMLResponse:
     from markupsafe import escape
 
     return HTMLResponse(f'<div class="error" role="alert">{escape(message)}</div>', status_code=status)
 
 
-def _done(body: dict) -> str:
-    action, individual = body.get("action"), body.get("individual", "")
-    if action == "unresolved":
+def _done(body: DecideBody) -> str:
+    if body.action == "unresolved":
         return "left unresolved; the note is recorded"
-    return f"{'registered' if action == 'register' else 'confirmed'} as {individual}; added to the gallery"
+    verb = "registered" if body.action == "register" else "confirmed"
+    return f"{verb} as {body.individual.strip()}; added to the gallery"

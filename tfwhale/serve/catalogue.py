@@ -7,13 +7,12 @@ then updates the in-memory gallery: a crash in between leaves at most an unrefer
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.contracts.individual_id import check_id
 from tfwhale.imaging.crop_box import format_box
 from tfwhale.query.gallery import QueryError
 from tfwhale.serve.blobs import BlobStore, sha256_hex
@@ -22,8 +21,6 @@ from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
 
 logger = logging.getLogger(__name__)
-
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 class UploadError(ValueError):
@@ -37,16 +34,6 @@ class QueueItem:
     best: str
     similarity: float
     margin: float  # best similarity minus its threshold: near 0 = uncertain
-
-
-def check_id(individual_id: str) -> str:
-    individual_id = individual_id.strip()
-    if not ID_PATTERN.match(individual_id) or individual_id == NEW_INDIVIDUAL:
-        raise ValueError(
-            f"individual id {individual_id!r}: use 1-64 letters, digits, '_', '.' or '-' "
-            f"(starting with a letter or digit), not {NEW_INDIVIDUAL!r}"
-        )
-    return individual_id
 
 
 class Catalogue:
@@ -154,8 +141,8 @@ class Catalogue:
         """Record a decision; confirm/register add the photo to the gallery at once.
 
         ConflictError when it collides with a recorded one, ValueError for a bad id."""
-        if action in ("confirm", "register"):
-            individual = check_id(individual)
+        if action == "register" or (action == "confirm" and self.store.individual(individual) is None):
+            individual = check_id(individual)  # an id already in an older catalogue stays usable
         embedding = self.embedding_of(photo)
         if action != "unresolved" and embedding is None:
             raise ConflictError(f"photo {photo[:12]} has no embedding: upload it again")

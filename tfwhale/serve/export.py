@@ -1,27 +1,43 @@
 """The catalogue's exports (serve): the Kaggle layout build-tfrecords takes, and the decisions CSV.
 
-DIR/exports/<time>/train.csv (image, species, individual_id), train_images/<hash>.jpg and boxes.csv
-(the boxes drawn in the app): the next `build-tfrecords --data ... --boxes ...` starts from it.
-Gallery photos are exported as the crops the records hold (their originals are not in the records).
+DIR/exports/<time>/train.csv (image, species, individual_id), train_images/<hash>.jpg and, when boxes were
+drawn in the app, boxes.csv: the command build_command prints (the gallery's own size and crop recipe)
+builds records from it as printed. Gallery photos are exported as the crops the records hold (their
+originals are not in the records).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shlex
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tfwhale.contracts.individual_id import control_problem, id_problem
+from tfwhale.core.csv_text import csv_text, spreadsheet_safe
 from tfwhale.serve.store import Store
 
 UNKNOWN_SPECIES = "unknown"  # build-tfrecords drops rows without a species
+BOXES_NAME = "boxes.csv"
+RECORDS_PLACEHOLDER = "RECORDS_DIR"
+
+
+@dataclass(frozen=True)
+class Export:
+    folder: Path
+    has_boxes: bool
+    warnings: list[str]  # rows the builder will refuse (ids or species from before today's rules)
 
 
 def export_catalogue(catalogue, out: str | Path | None = None) -> Path:
     """Write the export into a fresh folder (a temporary one renamed at the end); returns it."""
+    return export_with_report(catalogue, out).folder
+
+
+def export_with_report(catalogue, out: str | Path | None = None) -> Export:
+    """The export, and whether it has boxes.csv, and what the builder will refuse in it."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     final = Path(out) if out is not None else catalogue.dir / "exports" / stamp
     temp = final.with_name(f".tmp-{final.name}")
@@ -30,10 +46,7 @@ def export_catalogue(catalogue, out: str | Path | None = None) -> Path:
         "SELECT p.sha256, p.source, p.box, p.individual_id, i.species FROM photos p "
         "JOIN individuals i ON i.id = p.individual_id ORDER BY p.individual_id, p.sha256"
     ).fetchall()
-    train, boxes = io.StringIO(), io.StringIO()
-    train_csv, boxes_csv = csv.writer(train, lineterminator="\n"), csv.writer(boxes, lineterminator="\n")
-    train_csv.writerow(["image", "species", "individual_id"])
-    boxes_csv.writerow(["image", "box"])
+    train, boxes = [["image", "species", "individual_id"]], [["image", "box"]]
     for sha, _source, box, individual, species in rows:
         image = f"{sha}.jpg"
         source_file = catalogue.blobs.path(sha)
@@ -43,41 +56,42 @@ def export_catalogue(catalogue, out: str | Path | None = None) -> Path:
             os.link(source_file, temp / "train_images" / image)  # same disk: no copy needed
         except OSError:
             shutil.copyfile(source_file, temp / "train_images" / image)
-        train_csv.writerow([image, species or UNKNOWN_SPECIES, individual])
+        train.append([image, species or UNKNOWN_SPECIES, individual])
         if box:
-            boxes_csv.writerow([image, box])
-    (temp / "train.csv").write_text(train.getvalue(), encoding="utf-8")
-    (temp / "boxes.csv").write_text(boxes.getvalue(), encoding="utf-8")
+            boxes.append([image, box])
+    (temp / "train.csv").write_text(csv_text(train), encoding="utf-8")
+    if len(boxes) > 1:  # the builder refuses a boxes.csv without rows
+        (temp / BOXES_NAME).write_text(csv_text(boxes), encoding="utf-8")
     (temp / "decisions.csv").write_text(decisions_csv(catalogue.store), encoding="utf-8")
     os.replace(temp, final)
-    return final
+    return Export(final, len(boxes) > 1, _refused(train[1:]))
 
 
-def build_command(folder: Path) -> str:
-    return shlex.join(
-        [
-            "build-tfrecords",
-            "--data",
-            str(folder),
-            "--boxes",
-            str(folder / "boxes.csv"),
-            "--out",
-            "RECORDS_DIR",
-        ]
-    )
+def _refused(rows: list[list[str]]) -> list[str]:
+    """One line per id or species build-tfrecords will refuse (kept from before today's rules)."""
+    found = {}
+    for _image, species, individual in rows:
+        if problem := id_problem(individual):
+            found.setdefault(f"id {individual!r}", problem)
+        if problem := control_problem(species):
+            found.setdefault(f"species {species!r}", problem)
+    return [f"train.csv: {what} {why}: edit it before building" for what, why in found.items()]
+
+
+def build_command(folder: Path, settings=None, has_boxes: bool | None = None) -> str:
+    """The build-tfrecords command that turns an export into records, runnable as printed: the
+    gallery's image size and crop recipe (`settings`, identify's ImageSettings), no test split, and
+    --boxes only when the export has boxes.csv."""
+    argv = ["build-tfrecords", "--data", str(folder), "--no-test", "--out", RECORDS_PLACEHOLDER]
+    if has_boxes if has_boxes is not None else (Path(folder) / BOXES_NAME).exists():
+        argv += ["--boxes", str(Path(folder) / BOXES_NAME)]
+    if settings is not None:
+        argv += ["--size", str(settings.size), "--resize", settings.resize_mode]
+        argv += ["--enlarge", repr(float(settings.enlarge)), "--quality", str(settings.quality)]
+    return shlex.join(argv)
 
 
 def decisions_csv(store: Store) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
     columns = ["id", "decided_at", "reviewer", "action", "individual_id", "photo_sha256", "note", "scores"]
-    writer.writerow(columns)
-    for row in store.decisions():
-        writer.writerow([_cell(row[c]) for c in columns])
-    return out.getvalue()
-
-
-def _cell(value) -> str:
-    """Spreadsheets run cells that start with = + - @ as formulas: prefix those from user text."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    rows = [[spreadsheet_safe(row[c]) for c in columns] for row in store.decisions()]
+    return csv_text([columns, *rows])

@@ -108,10 +108,28 @@ function errorBox(text) {
   const box = document.createElement("div");
   box.className = "error";
   box.setAttribute("role", "alert");
-  const tmp = document.createElement("div");
-  tmp.innerHTML = text;  // the server's escaped message (or plain text)
-  box.textContent = tmp.textContent;
+  box.textContent = plainText(text);  // the server's escaped message (or plain text)
   return box;
+}
+// The text of an HTML or plain-text message; DOMParser's document is inert (no image loads, no handlers).
+function plainText(text) {
+  return new DOMParser().parseFromString(text, "text/html").body.textContent;
+}
+
+// A JSON answer {ok, message}, also when the server (or a proxy) answers plain text or the network fails.
+async function readAnswer(send) {
+  let response;
+  try {
+    response = await send();
+  } catch (err) {
+    return { ok: false, message: `not sent: ${err}` };
+  }
+  const text = await response.text();
+  try {
+    const answer = JSON.parse(text);
+    if (answer && typeof answer === "object" && "ok" in answer) return answer;
+  } catch (err) { /* not JSON: fall through */ }
+  return { ok: false, message: `error ${response.status}: ${plainText(text).trim().slice(0, 300)}` };
 }
 
 // -- decisions (identify results, review queue, photo pages)
@@ -119,8 +137,7 @@ async function decide(section, action, individual) {
   const body = { photo: section.dataset.photo, action, individual: individual || "",
     note: section.querySelector(".note").value, species: section.querySelector(".new-species").value,
     reviewer: reviewer(), scores: JSON.parse(section.dataset.scores) };
-  const response = await post("/api/decide", body);
-  const answer = await response.json();
+  const answer = await readAnswer(() => post("/api/decide", body));
   const message = section.querySelector(".message");
   message.textContent = answer.message;
   message.className = "message " + (answer.ok ? "ok" : "error");
@@ -162,9 +179,10 @@ document.addEventListener("keydown", (e) => {
 const exportButton = document.getElementById("export");
 if (exportButton) exportButton.addEventListener("click", async () => {
   say("exporting…");
-  const response = await post("/api/export", {});
-  const answer = await response.json();
+  const answer = await readAnswer(() => post("/api/export", {}));
   const out = document.getElementById("export-result");
-  out.textContent = response.ok ? `written to ${answer.folder}; next: ${answer.command}` : "export failed";
-  say(response.ok ? "exported" : "export failed", !response.ok);
+  const warnings = (answer.warnings || []).join("; ");
+  out.textContent = answer.ok ? `written to ${answer.folder}; next: ${answer.command}` + (warnings ? `; ${warnings}` : "")
+    : `export failed: ${answer.message}`;
+  say(answer.ok ? "exported" : "export failed", !answer.ok);
 });
