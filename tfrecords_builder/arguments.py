@@ -156,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attach_beam_options(argv: list[str]) -> list[str]:
+    """`--beam-options "--runner=X ..."` as one argument: argparse would take a value that starts with "--"
+    for an option of its own ("expected one argument"); `--beam-options=...` needs no help."""
+    joined, rest = [], iter(argv)
+    for arg in rest:
+        if arg == "--beam-options":
+            value = next(rest, None)
+            joined.append(arg if value is None else f"--beam-options={value}")
+        else:
+            joined.append(arg)
+    return joined
+
+
 def verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="build-tfrecords verify",
