@@ -26,8 +26,8 @@ JPEG_REGION = Extension(
 TF = "2.21.*"
 # The catalogue app (python -m tfwhale.serve)
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "jinja2>=3.1", "python-multipart>=0.0.9"]
-# build-tfrecords --runner beam (DirectRunner here; Dataflow/Flink/Spark through Beam's runners). 2.77 resolves
-# beside tensorflow-cpu 2.21 (protobuf 6, numpy 2): see README "Building on Apache Beam". Dataflow needs [gcp].
+# build-tfrecords --runner beam (DirectRunner here; Dataflow, Flink, Spark through Beam's runners): resolves
+# beside tensorflow-cpu 2.21 (README "Building on Apache Beam"). A Dataflow launcher adds apache-beam[gcp].
 BEAM = ["apache-beam>=2.77,<3"]
 
 setup(

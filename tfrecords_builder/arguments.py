@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 # Light on purpose, like cli.py: spawned image workers re-import the console script's modules.
 
@@ -51,8 +53,24 @@ def _at_least(kind: type, minimum: float):
     return parse
 
 
+def attach_beam_options(argv: Sequence[str]) -> list[str]:
+    """`--beam-options "--runner=X ..."` as one argument: argparse alone would read the value as options of
+    its own (its `--runner=X` is build-tfrecords' --runner), or refuse it ("expected one argument")."""
+    joined, rest = [], iter(argv)
+    for arg in rest:
+        value = next(rest, None) if arg == "--beam-options" else None
+        joined.append(arg if value is None else f"{arg}={value}")
+    return joined
+
+
+class _BuildParser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else args
+        return super().parse_known_args(attach_beam_options(args), namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _BuildParser(
         prog="build-tfrecords",
         description="Crop photos to their detector boxes, resize them, and write sharded TFRecords:\n"
         "training records split into folds, test records, manifest.json and rejects.csv.",
@@ -154,19 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     return parser
-
-
-def attach_beam_options(argv: list[str]) -> list[str]:
-    """`--beam-options "--runner=X ..."` as one argument: argparse would take a value that starts with "--"
-    for an option of its own ("expected one argument"); `--beam-options=...` needs no help."""
-    joined, rest = [], iter(argv)
-    for arg in rest:
-        if arg == "--beam-options":
-            value = next(rest, None)
-            joined.append(arg if value is None else f"--beam-options={value}")
-        else:
-            joined.append(arg)
-    return joined
 
 
 def verify_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from typing import Any
 
 # Only light imports up here: spawned image workers re-import the main module (the console script, which
 # imports this one), and TensorFlow must not load in them. The build modules are imported in main().
-from tfrecords_builder.arguments import attach_beam_options, build_parser, verify_parser
+from tfrecords_builder.arguments import build_parser, verify_parser
 from tfrecords_builder.errors import BuildInputError, BuildRunError
 
 logger = logging.getLogger("build-tfrecords")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["verify"]:
         return verify_main(argv[1:])
-    args = build_parser().parse_args(attach_beam_options(argv))
+    args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:
         return run_build(args)
