@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tfrecords_builder.errors import BuildInputError
@@ -33,15 +34,37 @@ PLAN_DIR = "beam-plan"  # under OUT/.parts: one JSON per shard to build, read by
 # Test hook: "photo:IMAGE" or "shard:SHARD_NAME" raises once (a marker file in the plan folder remembers
 # the first try, across worker processes), so tests can watch Beam retry a bundle.
 FAIL_ONCE_ENV = "TFWHALE_BEAM_FAIL_ONCE"
+IO_THREADS = 8  # plan files written and sidecars read at once by the launcher
 MISSING_BEAM = "--runner beam needs Apache Beam: pip install 'tfwhale[beam]'"
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
 def import_beam() -> Any:
-    """apache_beam, or a BuildInputError naming the extra that installs it."""
+    """apache_beam, or a BuildInputError naming the extra that installs it.
+
+    Beam's own INFO lines (job service, worker start-up, a few per bundle) are turned down to warnings
+    unless its logger was set on purpose; its import-time warning about BigQuery's client (which a build
+    never uses) is dropped.
+    """
+    root, drop = logging.getLogger(), _DropMessage("apitools not found")
+    root.addFilter(drop)
     try:
         import apache_beam
     except ImportError as error:
         raise BuildInputError(f"{MISSING_BEAM} ({error})") from error
+    finally:
+        root.removeFilter(drop)
+    beam_logger = logging.getLogger("apache_beam")
+    if beam_logger.level == logging.NOTSET:
+        beam_logger.setLevel(logging.WARNING)
     return apache_beam
 
 
@@ -74,8 +97,8 @@ def plan_path(out: str, name: str = "") -> str:
 def write_plan(out: str, shards: Sequence[PlannedShard]) -> None:
     """Each shard's plan, where every worker can read it (the pipeline itself only carries names)."""
     files.makedirs(plan_path(out))
-    for shard in shards:
-        files.write_json(plan_path(out, f"{shard.name}.json"), shard.to_json())
+    with ThreadPoolExecutor(IO_THREADS) as threads:  # on gs:// each write mostly waits on the network
+        list(threads.map(lambda s: files.write_json(plan_path(out, f"{s.name}.json"), s.to_json()), shards))
 
 
 def read_plan(out: str, name: str) -> PlannedShard:
@@ -156,11 +179,13 @@ def write_shards(
     if pending:
         write_plan(out, pending)
         pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, [shard.name for shard in pending], out, settings)
+        names = [shard.name for shard in pending]
+        build_pipeline(pipeline, names, out, settings)
         state = pipeline.run().wait_until_finish()  # a failed pipeline raises; a cancelled one returns
         if state not in (beam.runners.runner.PipelineState.DONE, beam.runners.runner.PipelineState.UNKNOWN):
             raise RuntimeError(f"the Beam pipeline ended in state {state}")
-        built = {shard.name: _written_record(out, shard) for shard in pending}
+        with ThreadPoolExecutor(IO_THREADS) as threads:
+            built = dict(zip(names, threads.map(lambda s: _written_record(out, s), pending), strict=True))
         remove_temp_files(out)  # left by a worker killed mid-write; its retry wrote the shard again
         files.rmtree(plan_path(out))
     finished = {**reusable, **built}
