@@ -132,7 +132,7 @@ def main() -> None:
     import apache_beam  # noqa: F401 - imported up front, like TensorFlow, so that neither side's timing has it
     import tensorflow  # noqa: F401
 
-    from tfwhale.contracts import jpeg_region
+    from tfwhale.imaging import jpeg_region
 
     load_before = os.getloadavg()[0]
     sizes = (args.n // 2, args.n) if args.marginal else (args.n,)

@@ -25,8 +25,8 @@ from tfrecords_builder.imaging import ImageResult, process_task
 from tfrecords_builder.plan import PlanItem, PlannedShard
 from tfrecords_builder.resume import ShardRecord, parts_path, remove_temp_files
 from tfrecords_builder.writer import BuildOutcome, image_task, write_shard
-from tfwhale.contracts.photo_crop import ImageSettings
 from tfwhale.core import files
+from tfwhale.imaging.photo_crop import ImageSettings
 
 logger = logging.getLogger(__name__)
 
