@@ -119,6 +119,27 @@ def test_a_failed_pipeline_stops_and_the_same_command_resumes(
     assert_same_build(out, local_build)
 
 
+@needs_beam
+@pytest.mark.gcs
+def test_gs_input_and_output_on_beam(bad_data, local_build, gcs_bucket):
+    """What a Dataflow build does: photos read from gs:// by the workers, plan files, shards and sidecars
+    written there (shards staged locally, uploaded, checked, renamed); the same bytes as the local build."""
+    for path in sorted((bad_data / "test_images").iterdir()):
+        tf.io.gfile.copy(str(path), f"{gcs_bucket}/in/test_images/{path.name}")
+    out = f"{gcs_bucket}/records"
+    argv = [
+        "--train-csv", str(bad_data / "train.csv"), "--train-images", str(bad_data / "train_images"),
+        "--test-images", f"{gcs_bucket}/in/test_images", "--out", out,
+        "--size", "48", "--images-per-shard", "4", "--runner", "beam",
+    ]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_REJECTS
+    remote = {name: tf.io.gfile.GFile(f"{out}/{name}", "rb").read() for name in shard_bytes(local_build)}
+    assert remote == shard_bytes(local_build)
+    assert not [name for name in tf.io.gfile.listdir(out) if ".tmp-" in name]
+    assert not tf.io.gfile.exists(f"{out}/.parts/{beam_pipeline.PLAN_DIR}")
+    assert cli.main(["verify", out]) == cli.EXIT_OK
+
+
 def test_missing_apache_beam_is_one_line_naming_the_extra(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "apache_beam", None)  # import apache_beam now raises ImportError
     data = make_kaggle(tmp_path / "data", n_train=2, n_test=1)
