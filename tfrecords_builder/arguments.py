@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 from tfwhale.imaging.photo_crop import RESIZE_MODES, ImageSettings
 
@@ -21,6 +23,13 @@ examples:
 
   # explicit files instead of the Kaggle layout (a 'box' column in the CSV is used for cropping)
   build-tfrecords --train-csv train2.csv --train-images photos/ --no-test --out rec --size 384
+
+  # the same build on Apache Beam (pip install 'tfwhale[beam]'): here on 2 processes, or on Dataflow
+  build-tfrecords --runner beam --data happywhale --out records768 --size 768 \
+      --beam-options "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing"
+  build-tfrecords --runner beam --data gs://bucket/happywhale --out gs://bucket/rec768 --size 768 \
+      --beam-options "--runner=DataflowRunner --project P --region europe-west1 \
+                      --temp_location gs://bucket/tmp --setup_file ./setup.py"
 
   # check a finished build: every shard's sha256 and every image decoded
   build-tfrecords verify records768
@@ -48,8 +57,24 @@ def _at_least(kind: type, minimum: float):
     return parse
 
 
+def attach_beam_options(argv: Sequence[str]) -> list[str]:
+    """`--beam-options "--runner=X ..."` as one argument: argparse alone would read the value as options of
+    its own (its `--runner=X` is build-tfrecords' --runner), or refuse it ("expected one argument")."""
+    joined, rest = [], iter(argv)
+    for arg in rest:
+        value = next(rest, None) if arg == "--beam-options" else None
+        joined.append(arg if value is None else f"{arg}={value}")
+    return joined
+
+
+class _BuildParser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else args
+        return super().parse_known_args(attach_beam_options(args), namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _BuildParser(
         prog="build-tfrecords",
         description="Crop photos to their detector boxes, resize them, and write sharded TFRecords:\n"
         "training records split into folds, test records, manifest.json and rejects.csv.",
@@ -130,9 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         metavar="N",
         type=_at_least(int, 1),
-        help="image worker processes (default: every CPU this process may use)",
+        help="image worker processes (default: every CPU this process may use); --runner local only",
     )
     out.add_argument("--overwrite", action="store_true", help="discard an earlier build in --out first")
+    engine = parser.add_argument_group("where the photos are processed")
+    engine.add_argument(
+        "--runner",
+        choices=("local", "beam"),
+        default="local",
+        help="local: worker processes on this machine (default); beam: an Apache Beam pipeline "
+        "(DirectRunner, Dataflow, Flink, Spark), same shards byte for byte; needs tfwhale[beam]",
+    )
+    engine.add_argument(
+        "--beam-options",
+        metavar="'...'",
+        default="",
+        help="with --runner beam: options handed to Beam's PipelineOptions unchanged, in one quoted "
+        "string, e.g. '--runner=DataflowRunner --project P --region R --temp_location gs://B/tmp' "
+        "(default: DirectRunner, in this process)",
+    )
     out.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     return parser
 

@@ -6,12 +6,14 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 # Only light imports up here: spawned image workers re-import the main module (the console script, which
 # imports this one), and TensorFlow must not load in them. The build modules are imported in main().
 from tfrecords_builder.arguments import build_parser, verify_parser
+from tfrecords_builder.errors import BuildInputError, BuildRunError
 
 logger = logging.getLogger("build-tfrecords")
 
@@ -28,7 +30,6 @@ class Inputs:
 
 def resolve_inputs(args: argparse.Namespace) -> Inputs:
     """Explicit flags win over the Kaggle layout under --data."""
-    from tfrecords_builder.errors import BuildInputError
     from tfwhale.core import files
 
     def pick(explicit: str | None, layout_name: str, flag: str) -> str:
@@ -145,6 +146,10 @@ def plan_build(args: argparse.Namespace, inputs: Inputs):
 
 def run_build(args: argparse.Namespace) -> int:
     """The whole build under the lock on --out; the exit code (BuildInputError propagates to main)."""
+    if args.runner == "beam":
+        return _run_beam_build(args)
+    if args.beam_options:
+        raise BuildInputError("--beam-options needs --runner beam")
     from tfrecords_builder import imaging
 
     workers = args.workers or imaging.default_workers()
@@ -152,26 +157,64 @@ def run_build(args: argparse.Namespace) -> int:
     # workers start while TensorFlow loads and the tables are read. A refused lock just stops them again.
     pool = imaging.start_pool(workers)
     try:
+        from tfrecords_builder import writer
         from tfrecords_builder.lock import build_lock
 
+        def write(shards, out, image_settings, reusable):
+            return writer.write_shards(
+                shards, out, image_settings, workers, reusable, not args.quiet, pool=pool
+            )
+
         with build_lock(args.out):
-            return _run_build(args, workers, pool)
+            return _run_build(args, write)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_build(args: argparse.Namespace, workers: int, pool) -> int:
-    from tfrecords_builder import arguments, manifest, resume, writer
+def _run_beam_build(args: argparse.Namespace) -> int:
+    """The same plan and manifest as a local build; the photos and shards go through Apache Beam."""
+    from tfrecords_builder import beam_pipeline
+
+    beam_pipeline.import_beam()  # before any work: one line naming the extra when it is missing
+    if args.workers:
+        logger.warning("--workers applies to --runner local; Beam's workers come from --beam-options")
+    options = beam_pipeline.pipeline_options(args.beam_options)
+    inputs = resolve_inputs(args)
+    beam_pipeline.check_reachable(
+        options, (args.out, inputs.train_csv, inputs.train_images, inputs.test_images, inputs.test_csv)
+    )
+    from tfrecords_builder.lock import build_lock
+
+    def write(shards, out, image_settings, reusable):
+        try:
+            return beam_pipeline.write_shards(shards, out, image_settings, reusable, args.beam_options)
+        except Exception as error:
+            from tfwhale.core import files
+
+            if files.is_storage_error(error):
+                raise
+            logger.debug("the Beam pipeline failed", exc_info=True)
+            last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+            raise BuildRunError(
+                f"the Beam pipeline failed: {last_line[:500]}; finished shards are kept: run the same "
+                "command again to resume"
+            ) from error
+
+    with build_lock(args.out):
+        return _run_build(args, write)
+
+
+def _run_build(args: argparse.Namespace, write: Callable) -> int:
+    """Plan, write the shards with `write` (local workers or Beam), then rejects.csv and manifest.json."""
+    from tfrecords_builder import arguments, manifest, resume
     from tfrecords_builder.tables import photo_counts
 
     inputs = resolve_inputs(args)
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
     reusable = resume.prepare_output(args.out, settings, shards, args.overwrite)
     image_settings = arguments.image_settings(args)
-    outcome = writer.write_shards(
-        shards, args.out, image_settings, workers, reusable, not args.quiet, pool=pool
-    )
+    outcome = write(shards, args.out, image_settings, reusable)
     image_rejects = [reject for shard in outcome.shards for reject in shard.rejects]
     counts = photo_counts(train[~train["image"].isin({reject.image for reject in image_rejects})])
     rejects += image_rejects
@@ -225,11 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
-    from tfrecords_builder.errors import BuildInputError
-
     try:
         return run_build(args)
-    except BuildInputError as error:
+    except (BuildInputError, BuildRunError) as error:
         logger.error("%s", error)
         return EXIT_FATAL
     except ModuleNotFoundError as error:

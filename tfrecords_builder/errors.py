@@ -11,6 +11,10 @@ class BuildInputError(ValueError):
     """The input cannot be built at all; the message names the file, row and field at fault."""
 
 
+class BuildRunError(RuntimeError):
+    """The build started but could not finish (e.g. its Beam pipeline failed); the same command resumes."""
+
+
 @dataclass(frozen=True)
 class Reject:
     """One image that will not be built.

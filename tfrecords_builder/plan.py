@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,8 +33,15 @@ class PlanItem:
 
     def content(self) -> list[Any]:
         """What decides the record's bytes (the source path and CSV row do not)."""
-        box = None if self.box is None else [float(v) for v in self.box]
-        return [self.image, box, self.individual_id, self.label, self.species, self.species_label, self.fold]
+        return [
+            self.image,
+            _box_json(self.box),
+            self.individual_id,
+            self.label,
+            self.species,
+            self.species_label,
+            self.fold,
+        ]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,24 @@ class PlannedShard:
     fold: int | None
     items: tuple[PlanItem, ...]
     fingerprint: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The shard as JSON, for workers on other machines (build-tfrecords --runner beam)."""
+        data = asdict(self)
+        data["items"] = [{**asdict(item), "box": _box_json(item.box)} for item in self.items]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PlannedShard:
+        items = tuple(
+            PlanItem(**{**item, "box": None if item["box"] is None else tuple(item["box"])})
+            for item in data["items"]
+        )
+        return cls(**{**data, "items": items})
+
+
+def _box_json(box: Box | None) -> list[float] | None:
+    return None if box is None else [float(v) for v in box]
 
 
 def plan_fingerprint(name: str, items: Sequence[PlanItem], settings: dict[str, Any]) -> str:

@@ -141,7 +141,7 @@ def _intact(shard_path: str, record: ShardRecord) -> bool:
     return False
 
 
-def _remove_temp_files(out: str) -> None:
+def remove_temp_files(out: str) -> None:
     """Temp files of an interrupted run: never counted as shards, and removed before writing again."""
     for folder in (out, parts_path(out)):
         for name in files.listdir(folder):
@@ -166,6 +166,6 @@ def prepare_output(
     files.makedirs(parts_path(out))
     reusable = find_reusable(plan, out)
     files.remove(files.join(out, records.MANIFEST_NAME))
-    _remove_temp_files(out)
+    remove_temp_files(out)
     files.write_json(parts_path(out, BUILD_STATE), {"settings": settings})
     return reusable

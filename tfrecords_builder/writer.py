@@ -57,7 +57,7 @@ def _bounded_map(pool: Executor, function: Callable, items: Iterable, window: in
         yield pending.popleft().result()
 
 
-def _task(item: PlanItem) -> ImageTask:
+def image_task(item: PlanItem) -> ImageTask:
     """Local files are read by the worker; gs:// files are read here, since workers never load TensorFlow."""
     if not files.is_remote(item.path):
         return ImageTask(item.image, item.path, item.box)
@@ -72,7 +72,7 @@ def _task(item: PlanItem) -> ImageTask:
 def _tasks(items: Iterable[PlanItem]) -> Iterator[ImageTask]:
     """Tasks in order; a few threads fetch gs:// bytes ahead, since each read mostly waits on the network."""
     with ThreadPoolExecutor(READ_THREADS) as threads:
-        yield from _bounded_map(threads, _task, items, READ_AHEAD)
+        yield from _bounded_map(threads, image_task, items, READ_AHEAD)
 
 
 def _chunks(tasks: Iterable[ImageTask], size: int) -> Iterator[list[ImageTask]]:
@@ -153,10 +153,17 @@ def _publish(staging: str, final: str, digest: str, n_bytes: int) -> None:
     files.commit(remote_temp, final)
 
 
-def _write_shard(
-    shard: PlannedShard, results: Iterator[ImageResult], out: str, advance: Callable[[int], Any]
+def write_shard(
+    shard: PlannedShard,
+    results: Iterator[ImageResult],
+    out: str,
+    advance: Callable[[int], Any] = lambda _: None,
 ) -> ShardRecord:
-    """Write one shard under a temp name, then make it visible, then record its sidecar."""
+    """Write one shard under a temp name, then make it visible, then record its sidecar.
+
+    Safe to run twice on the same shard, even at once (a Beam retry or a duplicated bundle): each run has
+    its own temp name and the same bytes, and the rename replaces the shard whole.
+    """
     final = files.join(out, shard.name)
     if files.is_remote(final):
         handle, staging = tempfile.mkstemp(suffix=records.SHARD_SUFFIX)
@@ -205,7 +212,7 @@ def write_shards(
     bar = tqdm(total=total, unit="img", desc="build-tfrecords", disable=None if progress else True)
     with bar, closing(tasks), closing(process_in_order(tasks, settings, workers, pool)) as results:
         for number, shard in enumerate(pending, 1):
-            record = built[shard.name] = _write_shard(shard, results, out, bar.update)
+            record = built[shard.name] = write_shard(shard, results, out, bar.update)
             if bar.disable:  # no bar on a pipe (CI, notebooks): a line per shard instead
                 logger.info(
                     "[%d/%d] %s: %d images, %d rejected",

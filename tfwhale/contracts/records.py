@@ -87,12 +87,19 @@ def encode_train_example(
         "species_label": _int(species_label),
         "fold": _int(fold),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return _serialize(features)
 
 
 def encode_test_example(image: bytes, image_name: str) -> bytes:
     features = {"image": _bytes(image), "image_name": _bytes(image_name.encode())}
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return _serialize(features)
+
+
+def _serialize(features: dict[str, tf.train.Feature]) -> bytes:
+    # deterministic: feature-map entries sorted by key. Otherwise protobuf (upb) writes them in an order that
+    # changes from process to process, and the same build run twice, or on Beam's workers, differs in bytes.
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_train_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
