@@ -54,9 +54,8 @@ def test_the_build_refuses_a_species_with_a_carriage_return(tmp_path, caplog):
 
 
 def test_an_absurd_box_is_counted_as_a_bad_box_in_build_and_identify(tmp_path, caplog):
-    from tfwhale import identify
     from tfwhale.imaging.crop_box import parse_box_text
-    from tfwhale.imaging.photo_crop import ImageSettings
+    from tfwhale.imaging.photo_crop import ImageSettings, process_image
 
     data = make_kaggle(tmp_path / "data")
     _set_column(data, "box", {1: "-1e308 0 1e308 1e308", 2: "1e400 0 5 5"})
@@ -66,8 +65,8 @@ def test_an_absurd_box_is_counted_as_a_bad_box_in_build_and_identify(tmp_path, c
     assert sum(fallbacks.values()) >= 2, fallbacks
     photo = (data / "train_images" / "tr001.jpg").read_bytes()
     box = parse_box_text("-1e308 0 1e308 1e308")
-    jpeg, image = identify.prepare_photo_bytes(photo, box, ImageSettings(32), "tr001.jpg")
-    assert image.shape == (32, 32, 3) and jpeg[:2] == b"\xff\xd8"
+    jpeg, info = process_image(photo, box, ImageSettings(32))  # the crop QueryPath.crop runs
+    assert info.fallback and jpeg[:2] == b"\xff\xd8"  # whole photo, counted as a fallback
 
 
 # Fails 7: a resume on other records or another config ------------------------------------------------
