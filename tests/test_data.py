@@ -13,6 +13,7 @@ from tfwhale.contracts.records import ManifestError
 from tfwhale.core import files
 from tfwhale.core.config import AugmentConfig, ConfigError, load_config
 from tfwhale.feed import augment, data
+from tfwhale.query.embedder import TTAModel
 
 SIZE = 32
 ALL_OFF = AugmentConfig(flip=False, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
@@ -158,11 +159,10 @@ def test_embed_keeps_names_aligned_with_embeddings(manifest):
     expected_red = [label_color(_label_of(n)) for n in names]
     np.testing.assert_allclose(embeddings[:, 0], expected_red, atol=6)  # labels' colours are 30 apart
     assert ids == [f"whale_{_label_of(n):03d}" for n in names]
-    flipped, flipped_names, _, _ = data.embed(
-        _mean_colour_model(), manifest, "train", [0, 1], batch=4, flip=True
-    )
+    tta = TTAModel(_mean_colour_model(), flip=True, batch=4)  # each image and its mirror, summed
+    flipped, flipped_names, _, _ = data.embed(tta, manifest, "train", [0, 1], batch=4)
     assert flipped_names == names
-    np.testing.assert_allclose(flipped, embeddings, atol=1e-3)  # a mirror keeps the mean colour
+    np.testing.assert_allclose(flipped, 2 * embeddings, atol=1e-3)  # a mirror keeps the mean colour
     test_embeddings, test_names, test_ids, _ = data.embed(
         _mean_colour_model(), manifest, "test", None, batch=4
     )

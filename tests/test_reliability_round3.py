@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -95,7 +96,7 @@ def test_a_resume_on_other_records_or_another_config_is_refused(tmp_path, caplog
 
     def fake_train_fold(cfg, manifest, plan, runtime):  # the checks run before any training
         trained.append(manifest.root)
-        return {"fold": plan.name, "epochs": 0, "best": None}
+        return SimpleNamespace(fold=plan.name, epochs=0, best={})  # what train.main reads of a RunRecord
 
     monkeypatch.setattr(train, "train_fold", fake_train_fold)
     out = str(tmp_path / "run")

@@ -194,7 +194,7 @@ def create_app(
     @app.post("/api/export")
     def export_run():
         done = export.export_with_report(catalogue)
-        command = export.build_command(done.folder, catalogue.engine.settings, done.has_boxes)
+        command = export.build_command(done.folder, catalogue.engine.manifest.image, done.has_boxes)
         return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings}
 
     @app.get("/export/decisions.csv")
