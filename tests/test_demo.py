@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def _demo(out: str) -> subprocess.CompletedProcess:
     args = ["--out", out, "--individuals", "30", "--epochs", "2", "--size", "64"]
@@ -12,6 +14,7 @@ def _demo(out: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~100 s alone (the README's first command end to end); `python3 dev.py test --slow`
 def test_demo_end_to_end_then_resume(tmp_path):
     out = str(tmp_path / "demo")
     first = _demo(out)

@@ -49,6 +49,7 @@ def _kernel(script: str, input_root: str, working: str, **env: str) -> subproces
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~90 s alone: both kernels end to end on CPU; `python3 dev.py test --slow`, and CI
 def test_train_then_inference_kernels(kaggle_input, tmp_path):
     input_root = os.path.join(kaggle_input, "input")
     trained = _kernel(

@@ -148,6 +148,7 @@ def test_quantile_map_hand_worked():
     assert quantile_map(0.3, np.zeros(0), averaged) == 0.3
 
 
+@pytest.mark.slow  # ~70 s alone: fine-tunes lite0_224; `python3 dev.py test --slow`, and CI
 def test_readme_recipe_beats_the_new_individual_first_floor(tmp_path):
     """End to end on a curated synthetic catalogue (every animal 5+ photos, ~20% of test photos new):
     lite0_224 (ImageNet Lite0, briefly fine-tuned at 64 px) with the auto threshold scores above
