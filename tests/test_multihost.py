@@ -138,7 +138,7 @@ def test_cluster_flags_are_all_or_none(monkeypatch):
     assert not cluster_request(None, None, None, 10).explicit
     with pytest.raises(ClusterError, match="--process-id"):
         cluster_request("127.0.0.1:1234", 2, None, 10)
-    with pytest.raises(ClusterError, match="outside 0..1"):
+    with pytest.raises(ClusterError, match=r"outside 0\.\.1"):
         cluster_request("127.0.0.1:1234", 2, 2, 10)
     monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:1234")
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
@@ -169,6 +169,7 @@ def _check_run_folder(out: str, epochs: int, processes: int) -> dict:
     assert not leftovers, leftovers
     info = _json(os.path.join(fold, "run.json"))
     assert info["status"] == "finished" and info["epochs"] == epochs and info["processes"] == processes
+    info["_path"] = os.path.join(fold, "run.json")
     events = [n for _, _, names in os.walk(os.path.join(fold, "tensorboard", "train")) for n in names]
     assert len(events) == 1, f"one writer of the TensorBoard log, got {events}"
     oof = np.load(os.path.join(fold, "oof.npz"))
@@ -176,6 +177,13 @@ def _check_run_folder(out: str, epochs: int, processes: int) -> dict:
     assert len(names) == len(set(names)) == oof["embeddings"].shape[0], "each val example embedded once"
     np.testing.assert_allclose(np.linalg.norm(oof["embeddings"], axis=1), 1.0, atol=1e-4)
     return info
+
+
+def _losses(info: dict) -> list[float]:
+    with open(os.path.join(os.path.dirname(info["_path"]), "history.csv")) as f:
+        rows = f.read().splitlines()
+    column = rows[0].split(",").index("loss")
+    return [float(row.split(",")[column]) for row in rows[1:]]
 
 
 def _predict_loads(rec: str, run: str, tmp) -> None:
@@ -191,9 +199,10 @@ def _compare(single: dict, multi: dict) -> None:
     assert multi["global_batch"] == single["global_batch"] == 8
     assert multi["steps_per_epoch"] == single["steps_per_epoch"]
     assert multi["replicas"] == single["replicas"] == 2
-    first = [single["final"]["loss"], multi["final"]["loss"]]
-    assert np.isfinite(first).all()
-    np.testing.assert_allclose(first[1], first[0], rtol=0.35)
+    # one optimizer step per epoch on this tiny set: losses are noisy, so the check is the mean over the
+    # epochs within a factor 1.6 (a loss summed instead of averaged over the processes is off by 2)
+    means = [np.mean(_losses(info)) for info in (single, multi)]
+    assert np.isfinite(means).all() and max(means) / min(means) < 1.6, means
 
 
 @pytest.mark.slow

@@ -15,13 +15,12 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 DEFAULT_PEER_TIMEOUT = 100  # seconds without a heartbeat before a peer counts as lost (jax's default)
 # Keras' documented variables, then jax's own names
 _ENV_COORDINATOR = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "JAX_COORDINATOR_ADDRESS")
@@ -148,11 +147,6 @@ def tf_config_workers() -> tuple[int, int]:
     return max(1, len(workers)), index
 
 
-def share(items: list[T], index: int, count: int) -> list[T]:
-    """The items process `index` of `count` reads: every count-th, from its own offset (disjoint, complete)."""
-    return list(items[index::count])
-
-
 def gather_rows(rows: np.ndarray, runtime: Any) -> np.ndarray:
     """Every process's rows (each process passes as many), concatenated in process order, on every process."""
     if runtime.num_processes == 1:
@@ -222,7 +216,7 @@ def _lost_jax_peers(runtime: Any) -> list[int]:
     while time.time() < deadline:
         try:
             live = set(client.get_live_nodes(everyone))
-        except Exception:  # noqa: BLE001 - the coordination service itself (process 0) is gone
+        except Exception:  # the coordination service itself (process 0) is gone
             return [0] if runtime.process_id != 0 else []
         lost = [p for p in everyone if p not in live]
         if lost:

@@ -1,4 +1,4 @@
-"""Trainer: validation embeddings over several training processes, each example embedded once, then gathered."""
+"""Trainer: validation embeddings over several training processes; each example embedded once, gathered."""
 
 from __future__ import annotations
 

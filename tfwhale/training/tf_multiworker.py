@@ -2,9 +2,11 @@
 
 Keras 3.15 (measured here, TF 2.21) fails in `fit` under MultiWorkerMirroredStrategy before the first step:
 it reduces the whole nested first batch in one `strategy.reduce` call (only single values reduce across
-workers; the build needs only its shapes), then averages each scalar loss/metric across workers with `axis=0` (a scalar has no axis 0).
-Both are replaced, process-wide and only when a multi-worker runtime is created, by leaf-by-leaf
-reductions over the replicas (`axis=None`): the logged losses are then the mean over all workers.
+workers; the build needs only its shapes), then averages each scalar loss/metric across workers with
+`axis=0` (a scalar has no axis 0).
+Both are replaced, process-wide and only when a multi-worker runtime is created: the build takes one local
+replica's batch, and scalars are averaged over the replicas (`axis=None`), so the logged losses are the
+mean over all workers.
 """
 
 from __future__ import annotations
