@@ -215,7 +215,8 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
         files.makedirs(plan.out_dir)
         save_config(cfg, files.join(plan.out_dir, run_folder.CONFIG_NAME))
     model, train_model, embedding_model = build_compiled(cfg, manifest, plan, runtime)
-    state = checkpoint.load_checkpoint(model, files.join(plan.out_dir, "ckpt")) or {}
+    with runtime.scope():  # restoring builds the optimizer, whose variables belong to the strategy
+        state = checkpoint.load_checkpoint(model, files.join(plan.out_dir, "ckpt")) or {}
     ema_swap = keras.callbacks.SwapEMAWeights() if cfg.train.ema_momentum else None
     monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state, ema_swap, runtime)
     started = time.time()
