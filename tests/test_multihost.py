@@ -21,7 +21,8 @@ from tfwhale.contracts import records
 from tfwhale.feed.data import eval_dataset, shard_paths
 from tfwhale.feed.shards import share_of
 from tfwhale.training.checkpoint import STATE_NAME, save_weights
-from tfwhale.training.cluster import ClusterError, cluster_request
+from tfwhale.training.cluster import ClusterError, cluster_request, lost_peer_message
+from tfwhale.training.distribute import Runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -146,6 +147,20 @@ def test_cluster_flags_are_all_or_none(monkeypatch):
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
     monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
     assert cluster_request(None, None, None, 10) == cluster_request("10.0.0.1:1234", 2, 1, 10)
+
+
+def test_a_tf_collective_failure_names_the_lost_worker_and_its_address(monkeypatch):
+    workers = ["10.0.0.1:2222", "10.0.0.2:2222"]
+    config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    error = RuntimeError(
+        "Graph execution error:\n\nCollective ops is aborted by: The following tasks are unhealthy "
+        "(stopped sending heartbeats):\n/job:worker/replica:0/task:1\n"
+    )
+    runtime = Runtime("tensorflow", "cpu", 2, None, process_id=0, num_processes=2)
+    message = lost_peer_message(error, runtime)
+    assert message.startswith("lost contact with training process 1 on 10.0.0.2:2222 (of 2)")
+    assert "unhealthy" in message and "run the same command on every host again" in message
 
 
 def test_a_process_other_than_the_writer_leaves_no_file(tmp_path):

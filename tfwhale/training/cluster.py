@@ -186,15 +186,16 @@ def _local_replicas(runtime: Any) -> int:
     return max(1, runtime.replicas // runtime.num_processes)
 
 
-_TF_TASK = re.compile(r"/job:(?:worker|chief)/(?:replica:\d+/)?task:(\d+)")
+_TF_TASK = re.compile(r"/job:(worker|chief)/(?:replica:\d+/)?task:(\d+)")
 
 
 def lost_peer_message(error: BaseException, runtime: Any) -> str:
     """What to tell the user when a collective failed: which process was lost, and how to resume."""
     lost = _lost_jax_peers(runtime) if runtime.backend == "jax" else _lost_tf_peers(error, runtime)
-    first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    peers = _peers if runtime.backend == "jax" else _tf_worker_addresses()
+    first_line = _telling_line(str(error)) or type(error).__name__
     if lost:
-        names = ", ".join(f"process {p}" + (f" on {_peers[p]}" if p in _peers else "") for p in lost)
+        names = ", ".join(f"process {p}" + (f" on {peers[p]}" if p in peers else "") for p in lost)
         head = f"lost contact with training {names} (of {runtime.num_processes})"
     else:
         head = f"training stopped on process {runtime.process_id} of {runtime.num_processes}"
@@ -202,6 +203,23 @@ def lost_peer_message(error: BaseException, runtime: Any) -> str:
         f"{head}: {first_line}. Every process stops; run the same command on every host again to resume "
         "from the last finished epoch."
     )
+
+
+_TELLING = re.compile(r"unhealthy|heartbeat|connection|closed by peer|timed out|unavailable|aborted", re.I)
+
+
+def _telling_line(text: str) -> str:
+    """The error's line that says what befell the peer (TF's first line is often 'Graph execution error')."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if _TELLING.search(line)), lines[0] if lines else "")[:300]
+
+
+def _tf_worker_addresses() -> dict[int, str]:
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except ValueError:
+        return {}
+    return dict(enumerate(cluster.get("chief", []) + cluster.get("worker", [])))
 
 
 def _lost_jax_peers(runtime: Any) -> list[int]:
@@ -226,5 +244,6 @@ def _lost_jax_peers(runtime: Any) -> list[int]:
 
 
 def _lost_tf_peers(error: BaseException, runtime: Any) -> list[int]:
-    found = {int(m) for m in _TF_TASK.findall(str(error))}
+    chiefs = len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("chief", []))
+    found = {int(task) + (chiefs if job == "worker" else 0) for job, task in _TF_TASK.findall(str(error))}
     return sorted(found - {runtime.process_id})
