@@ -93,9 +93,7 @@ def _jax_group(args: list[str], tmp, tag: str, peer_timeout: int = 10) -> list[s
     return procs
 
 
-def _tf_group(args: list[str], tmp, tag: str, peer_timeout: int = 60) -> list[subprocess.Popen]:
-    # TF bounds every collective by the peer timeout, so it must outlast a busy writer on 2 shared cores;
-    # a dead worker is noticed sooner, by the coordination service's heartbeats
+def _tf_group(args: list[str], tmp, tag: str, peer_timeout: int = 10) -> list[subprocess.Popen]:
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
     for index in range(2):

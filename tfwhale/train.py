@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     hosts.add_argument(
         "--peer-timeout", type=int, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
-        help=f"stop when another process is silent this long (default {DEFAULT_PEER_TIMEOUT})",
+        help=f"stop when another process is silent this long (default {DEFAULT_PEER_TIMEOUT}); TF workers: "
+        "a collective may wait 6x this long (the writer uploading a checkpoint holds the others)",
     )  # fmt: skip
     return parser.parse_args(argv)
 

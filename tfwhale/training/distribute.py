@@ -15,6 +15,7 @@ from tfwhale.training.cluster import DEFAULT_PEER_TIMEOUT, ClusterRequest, start
 logger = logging.getLogger(__name__)
 
 _RUNTIME: Runtime | None = None
+TF_COLLECTIVE_FACTOR = 6  # TF workers: one collective may wait this many peer timeouts
 _REQUEST: tuple[str | None, bool, ClusterRequest] | None = None
 
 
@@ -115,10 +116,14 @@ def _tf_runtime(tpu: str | None, mirrored_cpu: bool, cluster: ClusterRequest) ->
 
 
 def _multi_worker_runtime(workers: int, index: int, peer_timeout: int) -> Runtime:
-    """MultiWorkerMirroredStrategy over TF_CONFIG's workers; a collective waits at most peer_timeout."""
+    """MultiWorkerMirroredStrategy over TF_CONFIG's workers. TF's coordination service notices a dead worker
+    by its heartbeats; the collective bound is a backstop for a hung one, long enough for the writer to
+    upload a checkpoint while the others wait in the next step."""
     from tfwhale.training import tf_multiworker
 
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=peer_timeout)
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=TF_COLLECTIVE_FACTOR * peer_timeout
+    )
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     tf_multiworker.patch_keras_reductions()
     kind = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
