@@ -5,19 +5,19 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 
-# Region decode for the crop contract (tfwhale/contracts/jpeg_region.py): needs libjpeg-turbo's headers
+# Region decode for the crop contract (tfwhale/imaging/jpeg_region.py): needs libjpeg-turbo's headers
 # (Debian/Ubuntu: libjpeg-dev or libjpeg-turbo8-dev). Optional: where it does not build, pip goes on and
 # every photo is decoded whole by PIL, as before (same crops, slower with detector boxes).
 # TFWHALE_PURE_WHEEL=1 leaves it out: a py3-none-any wheel that installs on any Python (Kaggle).
 JPEG_REGION = Extension(
-    "tfwhale.contracts._jpeg_region",
+    "tfwhale.imaging._jpeg_region",
     [
-        "tfwhale/contracts/_jpeg_region.c",
-        "tfwhale/contracts/_jpeg_resize.c",
-        "tfwhale/contracts/_jpeg_resize_simd.c",
-        "tfwhale/contracts/_jpeg_encode.c",
+        "tfwhale/imaging/_jpeg_region.c",
+        "tfwhale/imaging/_jpeg_resize.c",
+        "tfwhale/imaging/_jpeg_resize_simd.c",
+        "tfwhale/imaging/_jpeg_encode.c",
     ],
-    depends=["tfwhale/contracts/_jpeg_region.h", "tfwhale/contracts/_jpeg_resize.h"],
+    depends=["tfwhale/imaging/_jpeg_region.h", "tfwhale/imaging/_jpeg_resize.h"],
     libraries=["jpeg", "m"],
     extra_compile_args=["-O2"],
     optional=True,

@@ -124,7 +124,7 @@ def naive_build(csv_path: Path, out: Path, size: int) -> int:
     import tensorflow as tf
 
     from tfwhale.contracts import records
-    from tfwhale.contracts.crop_box import crop_region, parse_box_text
+    from tfwhale.imaging.crop_box import crop_region, parse_box_text
 
     table = pd.read_csv(csv_path, keep_default_na=False)
     with tf.io.TFRecordWriter(str(out / "naive.tfrec")) as writer:
@@ -165,8 +165,8 @@ def timed(run, *args) -> tuple[float, float]:
 
 def decode_chunk(items: list[tuple[str, str]], size: int) -> float:
     """Floor work for one chunk: read each photo and decode what its crop needs; returns its CPU seconds."""
-    from tfwhale.contracts.crop_box import parse_box_text
-    from tfwhale.contracts.photo_crop import ImageSettings, decode_crop
+    from tfwhale.imaging.crop_box import parse_box_text
+    from tfwhale.imaging.photo_crop import ImageSettings, decode_crop
 
     start = time.process_time()
     settings = ImageSettings(size=size)
@@ -259,7 +259,7 @@ def main() -> None:
     import tensorflow  # noqa: F401 - imported up front so neither side's timing includes it
 
     from tfrecords_builder.imaging import default_workers
-    from tfwhale.contracts import jpeg_region
+    from tfwhale.imaging import jpeg_region
 
     workers = args.workers or default_workers()
     load_before = os.getloadavg()[0]

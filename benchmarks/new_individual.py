@@ -28,7 +28,7 @@ from collections import Counter
 
 import pandas as pd
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.core.metrics import map_at_k
 
 VARIANTS = {

@@ -25,9 +25,12 @@ import time
 import numpy as np
 from PIL import Image
 
-from tfwhale import identify
-from tfwhale.contracts.gallery_manifest import GalleryManifest, GalleryRun
+from tfwhale.contracts.gallery_arrays import GalleryArrays
+from tfwhale.contracts.gallery_manifest import GalleryManifest, GalleryRun, ThresholdPolicy
+from tfwhale.imaging.photo_crop import ImageSettings
 from tfwhale.nets.model import build_models
+from tfwhale.query.gallery import Gallery
+from tfwhale.query.path import QueryPath
 from tfwhale.retrieval.postprocess import l2_normalise
 from tfwhale.serve.app import _env
 from tfwhale.serve.engine import Engine
@@ -65,20 +68,22 @@ def make_engine(args, backbone: str, size: int, dim: int) -> Engine:
     ids = [f"ind{i % args.individuals:05d}" for i in range(args.gallery)]
     manifest = GalleryManifest(
         runs=(GalleryRun("runs/bench", 1.0, dim, {f"fold{k}": "" for k in range(args.folds)}),),
-        flip_tta=args.flip, options={"k": 50, "backend": "exact"}, threshold=0.6,
-        per_species_thresholds={}, image_size=size,
-        crop={"enlarge": 1.2, "resize_mode": "square", "jpeg_quality": 90},
-        records_root="", records_manifest_sha256="", embeddings_file="", embeddings_sha256="",
+        flip_tta=args.flip, options={"k": 50, "backend": "exact"}, threshold=ThresholdPolicy(0.6),
+        image=ImageSettings(size), records_root="", records_manifest_sha256="", embeddings_file="",
+        embeddings_sha256="",
     )  # fmt: skip
-    gallery = identify.Gallery("bench", manifest, embeddings, ids, ["humpback_whale"] * len(ids),
-                               np.zeros(len(ids), np.int64), sorted(set(ids)), None)  # fmt: skip
+    arrays = GalleryArrays(
+        train=embeddings, train_names=[f"p{i}" for i in range(args.gallery)], train_ids=ids,
+        train_species=["humpback_whale"] * len(ids), train_folds=np.zeros(len(ids), np.int64),
+        test=np.zeros((0, dim), np.float32), test_names=[], class_names=sorted(set(ids)),
+    )  # fmt: skip
     models = []
     for _ in range(args.folds):
         _, embedding_model = build_models(
             backbone=backbone, weights=None, image_size=size, n_classes=100, embedding_dim=dim
         )
         models.append(embedding_model)
-    engine = Engine(gallery, [], [models])
+    engine = Engine(QueryPath(Gallery("bench", manifest, arrays, ((),)), [models]))
     engine.name_photos(
         {f"p{i}": f"{i:064x}" for i in range(args.gallery)}, [f"p{i}" for i in range(args.gallery)]
     )
@@ -109,12 +114,12 @@ def time_one(engine: Engine, data: bytes, template) -> dict[str, float]:
 
 def predict_baseline(engine: Engine, size: int, repeats: int) -> float:
     image = np.zeros((1, size, size, 3), np.uint8)
-    model = engine.models[0][0]
-    model.predict(image, verbose=0)
+    fold_models = [tta.model for tta in engine.path.models[0]]
+    fold_models[0].predict(image, verbose=0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        for fold_model in engine.models[0]:
+        for fold_model in fold_models:
             fold_model.predict(image, verbose=0)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

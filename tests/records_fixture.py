@@ -16,6 +16,7 @@ from PIL import Image
 
 from tfwhale.contracts import records
 from tfwhale.core import files
+from tfwhale.imaging.photo_crop import ImageSettings
 
 SPECIES = ("beluga", "orca")
 DEFAULT_PHOTOS = (4, 1, 3, 5, 2, 4)
@@ -92,6 +93,7 @@ def make_records(
     manifest = {
         "schema_version": records.SCHEMA_VERSION,
         "image_size": size,
+        "crop": ImageSettings(size).manifest_fields(),
         "folds": {"n_folds": n_folds, "seed": seed, "counts": {str(f): len(e) for f, e in by_fold.items()}},
         "labels": {
             "individuals": individuals,

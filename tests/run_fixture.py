@@ -37,6 +37,7 @@ def make_run(
         info = {
             "status": "finished", "fold": name, "val_fold": val_fold,
             "train_folds": [f for f in range(manifest.n_folds) if f != val_fold], "best": {}, "seed": seed,
+            "epochs": 1,
             "records": {"root": manifest.root, "manifest_sha256": manifest.sha256,
                         "labels_sha256": manifest.labels_sha256, "n_folds": manifest.n_folds,
                         "image_size": manifest.image_size},

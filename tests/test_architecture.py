@@ -14,15 +14,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {
     "tfwhale.core": 0,
     "tfwhale.nets": 1,
+    "tfwhale.imaging": 1,  # photo bytes + box -> crop: below the contracts that name its settings
     "tfwhale.contracts": 2,
     "tfwhale.retrieval": 3,
     "tfwhale.feed": 3,
     "tfwhale.synthetic": 3,
     "tfrecords_builder": 3,
     "tfwhale.training": 4,
-    "tfwhale.inference": 4,
-    "tfwhale": 5,  # the commands users call: train, predict, identify, demo, kaggle glue
-    "tfwhale.serve": 6,  # the catalogue app, on top of identify
+    "tfwhale.query": 4,  # the one query path: gallery -> crop -> embed -> rank -> threshold -> answers
+    "tfwhale.inference": 5,  # predict's internals, on top of the query path
+    "tfwhale": 6,  # the commands users call: train, predict, identify, demo, kaggle glue
+    "tfwhale.serve": 7,  # the catalogue app, on top of the query path
 }
 
 

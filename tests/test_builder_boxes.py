@@ -10,7 +10,7 @@ import pytest
 from tfrecords_builder.boxes import choose_box
 from tfrecords_builder.errors import BuildInputError
 from tfrecords_builder.tables import read_boxes_csv
-from tfwhale.contracts.crop_box import (
+from tfwhale.imaging.crop_box import (
     crop_region,
     format_box,
     parse_box_list,

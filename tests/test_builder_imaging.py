@@ -11,7 +11,7 @@ from PIL import Image
 
 from tfrecords_builder import workers
 from tfrecords_builder.imaging import ImageTask, process_task
-from tfwhale.contracts.photo_crop import (
+from tfwhale.imaging.photo_crop import (
     NEUTRAL_GREY,
     ImageError,
     ImageSettings,

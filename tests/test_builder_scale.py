@@ -18,7 +18,7 @@ from tfrecords_builder.tables import (
     read_boxes_csv,
     read_csv_table,
 )
-from tfwhale.contracts.crop_box import parse_box_text
+from tfwhale.imaging.crop_box import parse_box_text
 
 
 def happywhale_dir() -> Path:

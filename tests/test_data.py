@@ -176,7 +176,7 @@ def test_fold_models_embedding_the_same_records_read_their_names_once(manifest, 
     monkeypatch.setattr(data, "_METADATA", {})
     first = data.embed(_mean_colour_model(), manifest, "train", [1], batch=4)
     first.names.append("changed by a caller")
-    second = data.embed(_mean_colour_model(), manifest, "train", [1], batch=4, flip=True)
+    second = data.embed(_mean_colour_model(), manifest, "train", [1], batch=4)
     assert reads == [("train", [1])] and len(second.names) == 10  # the second model reused the first pass
     data.embed(_mean_colour_model(), manifest, "train", [0], batch=4)
     assert reads == [("train", [1]), ("train", [0])]  # other folds: their own pass

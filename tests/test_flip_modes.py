@@ -93,7 +93,9 @@ def test_new_class_training_batches_carry_mirror_labels_on_mirrored_photos(tmp_p
 def test_predict_refuses_flip_tta_for_runs_trained_without_flip_true(tmp_path, caplog):
     records = make_records(tmp_path, n_test=3)
     run_dir = make_run(str(tmp_path / "run"), load_manifest(records))
-    save_config(load_config(overrides=["augment.flip=new_class"]), f"{run_dir}/config.yaml")
+    for fold in ("fold0", "fold1"):  # each fold's own resolved config, as the trainer writes it
+        overrides = ["augment.flip=new_class", "model.embedding_dim=8"]
+        save_config(load_config(overrides=overrides), f"{run_dir}/{fold}/config.yaml")
     argv = ["--runs", run_dir, "--records", records, "--out", str(tmp_path / "out"), "--examples", "0"]
     with caplog.at_level(logging.ERROR):
         assert predict.main([*argv, "--tta", "flip"]) == 1

@@ -7,15 +7,19 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.records_fixture import make_records
 from tests.run_fixture import make_run
+from tfwhale.contracts import records as records_contract
 from tfwhale.contracts.records import load_manifest
 from tfwhale.contracts.run_folder import RunError, load_run
 from tfwhale.core import files
 from tfwhale.feed.data import embed
-from tfwhale.inference.gallery import cache_path, concat_runs, embed_runs
+from tfwhale.inference.gallery import cache_path, embed_runs
 from tfwhale.nets.model import load_saved_model
+from tfwhale.query.combine import concat_runs
+from tfwhale.query.embedder import TTAModel
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +63,35 @@ def test_flip_tta_is_the_mean_of_plain_and_mirrored_passes(records, run_dir, tmp
     ((fold0, _),) = [embed_runs([run], records, str(tmp_path), batch=4, flip=True).runs[0].folds]
     model = load_saved_model(f"{run_dir}/fold0/embedding.keras")
     plain = embed(model, records, "test", None, batch=4)
-    mirrored = embed(model, records, "test", None, batch=4, flip=True)
+    mirrored = embed(_Mirrored(model), records, "test", None, batch=4)
     assert not np.allclose(plain.embeddings, mirrored.embeddings, atol=1e-3)  # the flip changes something
     both = plain.embeddings + mirrored.embeddings
     np.testing.assert_allclose(fold0.test, both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-5)
+
+
+class _Mirrored:
+    """The fold model on mirror images: what flip TTA adds to the plain pass."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, images, verbose=0):
+        return self.model.predict(images.map(tf.image.flip_left_right), verbose=verbose)
+
+
+def test_the_records_pass_and_the_photo_pass_share_one_tta(records, run_dir):
+    """TTAModel.predict (predict's record pass) and TTAModel.embed (identify, serve) give the same vectors."""
+    model = load_saved_model(f"{run_dir}/fold0/embedding.keras")
+    tta = TTAModel(model, flip=True, batch=4)
+    from_records = embed(tta, records, "test", None, batch=4)
+    parsed = tf.data.TFRecordDataset(records.shard_paths("test")).map(records_contract.parse_test_example)
+    by_name = {
+        example["image_name"].numpy().decode(): records_contract.decode_image(example["image"], 32).numpy()
+        for example in parsed
+    }
+    photos = tta.embed(np.stack([by_name[name] for name in from_records.names]))
+    norms = np.linalg.norm(from_records.embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(photos, from_records.embeddings / norms, atol=1e-5)
 
 
 def test_second_pass_reads_the_cache_and_loads_no_model(records, run_dir, tmp_path, monkeypatch):
@@ -142,7 +171,7 @@ def test_unfinished_or_incomplete_runs_are_refused(records, tmp_path):
 def test_folds_with_different_embedding_sizes_are_refused(records, tmp_path):
     run_dir = make_run(str(tmp_path / "run"), records)
     make_run(run_dir, records, folds=("fold1",), dim=16)
-    with pytest.raises(RunError, match=r"different embedding sizes \{'fold0': 8, 'fold1': 16\}"):
+    with pytest.raises(RunError, match=r"different model.embedding_dim \(fold0: 8, fold1: 16\)"):
         load_run(run_dir, records)
     files.remove(f"{run_dir}/fold1/config.yaml")  # found from the arrays when the config does not say
     with pytest.raises(RunError, match=r"embed to different sizes \{'fold0': 8, 'fold1': 16\}"):
@@ -165,3 +194,27 @@ def test_cache_file_holds_names_and_meta(records, run_dir, tmp_path):
     meta = json.loads(str(data["meta"]))
     assert meta["fold"] == "fold1" and meta["manifest_sha256"] == records.sha256 and meta["flip"] is False
     assert data["train_names"].shape == (19,) and data["test"].shape == (5, 8)
+
+
+def test_folds_trained_with_different_flip_rules_are_refused_by_name(records, tmp_path):
+    """Fold 0 trained with augment.flip=false, fold 1 by a second train call with the defaults: the run-level
+    config.yaml says flip: true, but each fold's own config decides, so the mix is refused."""
+    run_dir = make_run(str(tmp_path / "run"), records)
+    files.write_text(f"{run_dir}/fold0/config.yaml", "model: {embedding_dim: 8}\naugment: {flip: false}\n")
+    files.write_text(f"{run_dir}/config.yaml", "augment: {flip: true}\n")
+    with pytest.raises(RunError, match=r"different augment.flip \(fold0: False, fold1: True\)"):
+        load_run(run_dir, records)
+
+
+def test_flip_tta_is_refused_for_folds_trained_without_mirrors(records, tmp_path):
+    from tfwhale.inference.submission import PredictError
+    from tfwhale.predict import check_flip_tta
+
+    run_dir = make_run(str(tmp_path / "run"), records)
+    for fold in ("fold0", "fold1"):
+        files.write_text(
+            f"{run_dir}/{fold}/config.yaml", "model: {embedding_dim: 8}\naugment: {flip: false}\n"
+        )
+    files.write_text(f"{run_dir}/config.yaml", "augment: {flip: true}\n")  # a stale run-level copy
+    with pytest.raises(PredictError, match=r"fold0: flip TTA needs augment.flip=true"):
+        check_flip_tta([load_run(run_dir, records)])

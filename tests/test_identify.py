@@ -13,7 +13,8 @@ from tests.run_fixture import build_synthetic_records, make_run
 from tfwhale import identify, predict
 from tfwhale.contracts.records import load_manifest
 from tfwhale.core import files
-from tfwhale.retrieval.threshold import NEW
+from tfwhale.core.labels import NEW_INDIVIDUAL as NEW
+from tfwhale.query.path import QueryPath
 
 
 def _rows(path: str) -> list[dict[str, str]]:
@@ -58,12 +59,10 @@ def test_a_test_photo_gets_the_submission_answer_and_the_records_embedding(galle
     assert len(answer.labels) == 5 and len(set(answer.labels)) == 5
     assert [s is None for s in answer.similarities] == [label == NEW for label in answer.labels]
     # the photo's embedding through identify is the records pass's embedding of the same photo
-    loaded = identify.load_gallery(out)
-    runs = identify.recorded_runs(loaded, None)
-    images, errors = identify.prepare_each(args.photos, identify.parse_boxes(args.box, 1), loaded)
+    path = QueryPath.load(out, batch=4)
+    images, errors = identify.prepare_each(args.photos, identify.parse_boxes(args.box, 1), path)
     assert errors == [None]
-    pixels = np.stack(images)
-    embedding = identify.combine(identify.embed_photos(pixels, runs, flip=True, batch=4), loaded)
+    embedding = path.embed(np.stack(images), args.photos).combined
     saved = np.load(f"{out}/embeddings.npz")
     row = saved["test_names"].tolist().index(image)
     np.testing.assert_allclose(embedding[0], saved["test"][row], atol=1e-4)
@@ -114,20 +113,52 @@ def test_whole_photos_without_box_and_json_output(gallery, capsys):
     assert photos[0] in table and "whole photo" in table and table.count("\n  ") == 5
 
 
-def test_bad_identify_input_fails_clearly(gallery, tmp_path, caplog):
+def test_a_box_count_that_does_not_match_the_photos_is_refused(gallery, caplog):
     data, _, out = gallery
     photo = next(iter(files.glob(f"{data}/test_images/*.jpg")))
     assert identify.main([photo, photo, "--gallery", out, "--box", "1 2 30 40"]) == 1
     assert "--box given 1 times for 2 photos" in caplog.text
+
+
+def test_a_folder_without_a_gallery_is_refused(gallery, tmp_path, caplog):
+    data, _, _ = gallery
+    photo = next(iter(files.glob(f"{data}/test_images/*.jpg")))
     assert identify.main([photo, "--gallery", str(tmp_path)]) == 1
     assert "no finished predict output here" in caplog.text
+
+
+def test_runs_other_than_the_gallerys_are_refused(gallery, tmp_path, caplog):
+    data, _, out = gallery
+    photo = next(iter(files.glob(f"{data}/test_images/*.jpg")))
     records = load_manifest(files.read_json(f"{out}/report.json")["records"]["root"])
     other = make_run(str(tmp_path / "other"), records, dim=16, seed=5)
     assert identify.main([photo, "--gallery", out, "--runs", other]) == 1
-    assert "not the fold the gallery" in caplog.text
+    assert "not the fold the gallery was made with" in caplog.text
+    assert identify.main([photo, "--gallery", out, "--runs", str(tmp_path / "gone")]) == 1
+    assert "gone: run folder not found" in caplog.text
+
+
+def test_a_missing_fold_model_is_named(gallery, tmp_path, caplog):
+    data, run_dir, out = gallery
+    photo = next(iter(files.glob(f"{data}/test_images/*.jpg")))
+    moved = str(tmp_path / "moved")
+    shutil.copytree(run_dir, moved)
+    files.remove(f"{moved}/fold1/embedding.keras")
+    assert identify.main([photo, "--gallery", out, "--runs", moved]) == 1
+    assert "fold1/embedding.keras: missing" in caplog.text
+
+
+def test_a_missing_photo_is_named(gallery, tmp_path, caplog):
+    _, _, out = gallery
     assert identify.main([str(tmp_path / "absent.jpg"), "--gallery", out]) == 1
     assert "absent.jpg: file not found" in caplog.text
+
+
+def test_an_unreadable_photo_is_named_and_the_others_answered(gallery, tmp_path, caplog):
+    data, _, out = gallery
+    photo = next(iter(files.glob(f"{data}/test_images/*.jpg")))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     assert identify.main([str(broken), "--gallery", out]) == 1
     assert "broken.jpg: cannot decode image" in caplog.text
+    assert identify.main([str(broken), photo, "--gallery", out]) == 3  # some answered, some failed

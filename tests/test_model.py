@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfwhale.nets.layers import GeMPooling
 from tfwhale.nets.losses import BatchHardTripletLoss, losses_for
 from tfwhale.nets.model import (
     BACKBONES,
@@ -122,7 +123,8 @@ def test_options_reach_the_layers():
     gem_p = model.get_layer("gem_pool").p
     assert any(weight is gem_p for weight in model.trainable_weights)
     avg_model, _ = build_models(**{**TINY, "pooling": "avg", "dropout": 0.0})
-    assert avg_model.get_layer("avg_pool") is not None
+    assert isinstance(avg_model.get_layer("avg_pool"), keras.layers.GlobalAveragePooling2D)
+    assert not any(isinstance(layer, GeMPooling) for layer in avg_model.layers)
     assert not any(isinstance(layer, keras.layers.Dropout) for layer in avg_model.layers)
 
 

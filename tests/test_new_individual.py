@@ -12,7 +12,7 @@ import pytest
 
 from tfrecords_builder import cli as build_cli
 from tfwhale import predict, train
-from tfwhale.contracts.records import NEW_INDIVIDUAL as NEW
+from tfwhale.core.labels import NEW_INDIVIDUAL as NEW
 from tfwhale.core.metrics import map_at_k
 from tfwhale.nets import pretrained_lite
 from tfwhale.retrieval import threshold as th

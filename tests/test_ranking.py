@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfwhale.contracts.run_folder import FoldModel
-from tfwhale.inference.class_heads import class_heads
-from tfwhale.inference.gallery import FoldEmbeddings
+from tfwhale.contracts.gallery_arrays import FoldCentres
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
+from tfwhale.query.answers import answer_labels, answer_rows, best_species
+from tfwhale.query.heads import class_heads
 from tfwhale.retrieval.ranking import (
     PreparedGallery,
     Ranked,
     RankOptions,
-    predicted_species,
-    predictions_with_new,
     rank,
 )
-from tfwhale.retrieval.threshold import NEW, ThresholdResult
+from tfwhale.retrieval.threshold import NEW
 
 QUERY = np.array([[5, 4, 3, 2, 1, 0, 0, 0]], np.float32) / np.sqrt(55)  # sims 5..0 / sqrt(55) with e0..e5
 IDS = ["A", "B", "C", "D", "E", "F"]
@@ -26,9 +25,8 @@ def _gallery() -> PreparedGallery:
     return PreparedGallery(np.eye(8, dtype=np.float32)[:6], None)  # individual i is the basis vector e_i
 
 
-def _fold(val_fold: int | None, centres: np.ndarray) -> FoldEmbeddings:
-    model = FoldModel("run", "full" if val_fold is None else f"fold{val_fold}", val_fold, "sha", 8)
-    return FoldEmbeddings(model, np.zeros((0, 8)), np.zeros((0, 8)), centres)
+def _centres(val_fold: int | None, centres: np.ndarray) -> FoldCentres:
+    return FoldCentres(0, "full" if val_fold is None else f"fold{val_fold}", centres)
 
 
 def test_knn_alone_ranks_individuals_by_similarity():
@@ -52,9 +50,8 @@ def test_blend_mixes_knn_and_class_cosines_with_hand_worked_scores():
     centres = np.eye(8, dtype=np.float32)[:, :7].copy()
     centres[:, 5] = centres[:, 6] = QUERY[0]
     centres[:, 4] = -QUERY[0]
-    heads = class_heads(
-        [QUERY], [_fold(1, centres)], ["A", "B", "C", "D", "E", "F", "G"], IDS, np.array([0, 0, 0, 0, 1, 0])
-    )
+    names = ["A", "B", "C", "D", "E", "F", "G"]
+    heads = class_heads([QUERY], [_centres(1, centres)], [1], names, IDS, np.array([0, 0, 0, 0, 1, 0]))
     ranked = rank(QUERY, _gallery(), IDS, RankOptions(k=5, blend=0.5), heads)
     s = np.array([5, 4, 3, 2, 1]) / np.sqrt(55)
     # F is outside the 5 neighbours: it gets the lowest neighbour similarity (E's), blended with 1.0
@@ -67,10 +64,13 @@ def test_blend_without_heads_is_refused():
         rank(QUERY, _gallery(), IDS, RankOptions(blend=0.5))
 
 
-def test_per_species_thresholds_follow_the_predicted_species():
+def test_per_species_thresholds_follow_the_best_individuals_species():
     ranked = Ranked([["A", "B"], ["C", "D"]], [[0.6, 0.2], [0.6, 0.2]])
-    species = predicted_species(ranked, {"A": "orca", "C": "beluga"})
-    assert species == ["orca", "beluga"]
-    tuned = ThresholdResult(0.5, 0.0, 0.0, np.array([0.5]), np.array([0.0]), per_species={"beluga": 0.7})
-    assert predictions_with_new(ranked, tuned, species) == [["A", NEW, "B"], [NEW, "C", "D"]]
-    assert predictions_with_new(ranked, 0.1) == [["A", "B", NEW], ["C", "D", NEW]]
+    species_of = {"A": "orca", "C": "beluga"}
+    assert best_species(ranked, species_of) == ["orca", "beluga"]
+    policy = ThresholdPolicy(0.5, {"beluga": 0.7})
+    assert answer_labels(ranked, policy, species_of) == [["A", NEW, "B"], [NEW, "C", "D"]]
+    assert answer_labels(ranked, policy.fixed(0.1), species_of) == [["A", "B", NEW], ["C", "D", NEW]]
+    rows = answer_rows(ranked, policy, species_of)
+    assert [r.threshold for r in rows] == [0.5, 0.7]
+    assert rows[0].similarities == [0.6, None, 0.2] and rows[1].species == [None, "beluga", None]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tfwhale.contracts.photo_crop as photo_crop
-from tfwhale.contracts import jpeg_region
-from tfwhale.contracts.photo_crop import ImageError, ImageSettings, process_image
+import tfwhale.imaging.photo_crop as photo_crop
+from tfwhale.imaging import jpeg_region
+from tfwhale.imaging.photo_crop import ImageError, ImageSettings, process_image
 
 needs_extension = pytest.mark.skipif(
     jpeg_region._jpeg_region is None,

@@ -26,8 +26,8 @@ from tfrecords_builder import cli, lock
 from tfrecords_builder.verify import verify_build
 from tfwhale import identify, predict, train
 from tfwhale.contracts import records
-from tfwhale.contracts.photo_crop import ImageError, ImageSettings, process_image
 from tfwhale.core import files
+from tfwhale.imaging.photo_crop import ImageError, ImageSettings, process_image
 from tfwhale.inference.submission import PredictError, check_submission_text, submission_text
 
 REPO = Path(__file__).resolve().parents[1]

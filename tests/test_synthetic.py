@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.core.metrics import map_at_k
 from tfwhale.synthetic import cli as synthetic_cli
 from tfwhale.synthetic import dataset as synthetic
@@ -227,7 +227,10 @@ def test_cli_help_and_run(tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = [out, "--individuals", "5", "--image-size", "96", "--seed", "2", "--no-progress"]
     assert synthetic_cli.main(args) == 0
-    assert len(_csv(files.join(out, "train.csv"))) > 0
+    train = _csv(files.join(out, "train.csv"))
+    assert 1 <= train["individual_id"].nunique() <= 5  # the 5 asked for (new ones are in the test set alone)
+    for name in train["image"]:
+        assert max(Image.open(files.join(out, "train_images", name)).size) == 96
     assert synthetic_cli.main(args) == 2  # refuses to mix with the set already there
     assert synthetic_cli.main([*args, "--overwrite"]) == 0
 

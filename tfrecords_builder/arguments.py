@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-# Light on purpose, like cli.py: spawned image workers re-import the console script's modules.
+from tfwhale.imaging.photo_crop import RESIZE_MODES, ImageSettings
+
+# Light on purpose, like cli.py: spawned image workers re-import the console script's modules (the crop
+# engine's module they import anyway: its ImageSettings is the one source of the crop defaults).
+_IMAGE_DEFAULTS = ImageSettings(size=1)
 
 EXAMPLES = """\
 examples:
@@ -84,32 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--enlarge",
         metavar="F",
         type=_at_least(float, 0.01),
-        default=1.2,
-        help="grow each box about its centre by F before cropping (1.2)",
+        default=_IMAGE_DEFAULTS.enlarge,
+        help=f"grow each box about its centre by F before cropping ({_IMAGE_DEFAULTS.enlarge})",
     )
     crop.add_argument(
         "--size", metavar="PX", type=_at_least(int, 1), required=True, help="output images are PX x PX"
     )
     crop.add_argument(
         "--resize",
-        choices=("square", "letterbox"),
-        default="square",
+        choices=RESIZE_MODES,
+        default=_IMAGE_DEFAULTS.resize_mode,
         help="square: stretch the crop (default); letterbox: keep aspect, pad with grey",
     )
     crop.add_argument(
         "--quality",
         type=int,
-        default=90,
+        default=_IMAGE_DEFAULTS.quality,
         choices=range(1, 101),
         metavar="1-100",
-        help="JPEG quality of the stored images (90)",
+        help=f"JPEG quality of the stored images ({_IMAGE_DEFAULTS.quality})",
     )
     crop.add_argument(
         "--max-pixels",
         metavar="N",
         type=_at_least(int, 1),
         help="refuse photos with more than N pixels before decoding them, a guard against decompression "
-        "bombs (default 178956970, PIL's limit: a 20000x10000 photo is refused)",
+        f"bombs (default {_IMAGE_DEFAULTS.max_pixels}, PIL's limit: a 20000x10000 photo is refused)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="output folder, local or gs://")
@@ -143,3 +147,13 @@ def verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("out", help="the build folder (local or gs://)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only the result")
     return parser
+
+
+def image_settings(args: argparse.Namespace) -> ImageSettings:
+    """The crop flags as the one settings object the workers, the manifest and identify use."""
+    settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
+    return (
+        settings
+        if not args.max_pixels
+        else ImageSettings(**{**vars(settings), "max_pixels": args.max_pixels})
+    )

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tfrecords_builder.errors import BuildInputError
-from tfwhale.contracts.crop_box import Box, box_area, format_box, parse_box_list, parse_conf_list
+from tfwhale.imaging.crop_box import Box, box_area, format_box, parse_box_list, parse_conf_list
 
 if TYPE_CHECKING:
     import pandas as pd

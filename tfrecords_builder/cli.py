@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 # Only light imports up here: spawned image workers re-import the main module (the console script, which
@@ -54,7 +54,7 @@ def resolve_inputs(args: argparse.Namespace) -> Inputs:
 
 
 def _table_boxes(table) -> dict[str, Any]:
-    from tfwhale.contracts.crop_box import parse_box_text
+    from tfwhale.imaging.crop_box import parse_box_text
 
     return {
         image: parse_box_text(text) for image, text in zip(table["image"], table["box_text"], strict=True)
@@ -79,16 +79,18 @@ def resolve_boxes(args: argparse.Namespace, train, test) -> tuple[dict, dict, st
 
 def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
     """Everything that decides the output; a resumed build must match these exactly."""
+    from tfrecords_builder.arguments import image_settings
     from tfwhale.contracts import records
-    from tfwhale.contracts.photo_crop import IMAGING_VERSION
+    from tfwhale.imaging.photo_crop import IMAGING_VERSION
 
+    image = image_settings(args)
     return {
         "schema_version": records.SCHEMA_VERSION,
         "imaging_version": IMAGING_VERSION,
-        "image_size": args.size,
-        "enlarge": args.enlarge,
-        "resize_mode": args.resize,
-        "jpeg_quality": args.quality,
+        "image_size": image.size,
+        "enlarge": image.enlarge,
+        "resize_mode": image.resize_mode,
+        "jpeg_quality": image.quality,
         "n_folds": args.folds,
         "seed": args.seed,
         "images_per_shard": args.images_per_shard,
@@ -159,16 +161,13 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _run_build(args: argparse.Namespace, workers: int, pool) -> int:
-    from tfrecords_builder import manifest, resume, writer
+    from tfrecords_builder import arguments, manifest, resume, writer
     from tfrecords_builder.tables import photo_counts
-    from tfwhale.contracts.photo_crop import ImageSettings
 
     inputs = resolve_inputs(args)
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
     reusable = resume.prepare_output(args.out, settings, shards, args.overwrite)
-    image_settings = ImageSettings(args.size, args.enlarge, args.resize, args.quality)
-    if args.max_pixels:
-        image_settings = replace(image_settings, max_pixels=args.max_pixels)
+    image_settings = arguments.image_settings(args)
     outcome = writer.write_shards(
         shards, args.out, image_settings, workers, reusable, not args.quiet, pool=pool
     )
@@ -176,7 +175,9 @@ def _run_build(args: argparse.Namespace, workers: int, pool) -> int:
     counts = photo_counts(train[~train["image"].isin({reject.image for reject in image_rejects})])
     rejects += image_rejects
     sources = _sources(inputs, args)
-    data = manifest.manifest_data(outcome.shards, settings, individuals, species, counts, rejects, sources)
+    data = manifest.manifest_data(
+        outcome.shards, settings, image_settings, individuals, species, counts, rejects, sources
+    )
     manifest.write_rejects(args.out, rejects)
     manifest_path = manifest.write_manifest(args.out, data)  # last: its presence means "finished"
     print(manifest.summary(data, len(outcome.reused), manifest_path))

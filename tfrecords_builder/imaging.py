@@ -7,8 +7,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from tfrecords_builder.workers import spawn_pool
-from tfwhale.contracts.crop_box import Box
-from tfwhale.contracts.photo_crop import ImageError, ImageInfo, ImageSettings, process_image
+from tfwhale.imaging.crop_box import Box
+from tfwhale.imaging.photo_crop import ImageError, ImageInfo, ImageSettings, process_image
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from tfrecords_builder.errors import REJECT_COLUMNS, Reject
 from tfrecords_builder.resume import ShardRecord
 from tfwhale.contracts import records
 from tfwhale.core import files
+from tfwhale.imaging.photo_crop import ImageSettings
 
 _CATEGORY_END = re.compile(r"[:(]")
 
@@ -60,6 +61,7 @@ def _fallbacks(shards: Sequence[ShardRecord]) -> dict[str, int]:
 def manifest_data(
     shards: Sequence[ShardRecord],
     settings: Mapping[str, Any],
+    image: ImageSettings,
     individuals: Sequence[str],
     species: Sequence[str],
     photo_counts: Mapping[str, int],
@@ -74,8 +76,8 @@ def manifest_data(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tfwhale_version": tfwhale.__version__,
         "crop": {
-            key: settings[key]
-            for key in ("enlarge", "box_source", "min_conf", "resize_mode", "jpeg_quality", "imaging_version")
+            **image.manifest_fields(),
+            **{key: settings[key] for key in ("box_source", "min_conf", "imaging_version")},
         },
         "folds": {"n_folds": n_folds, "seed": int(settings["seed"]), "counts": _fold_counts(shards, n_folds)},
         "labels": {

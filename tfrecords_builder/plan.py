@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tfwhale.contracts import records
-from tfwhale.contracts.crop_box import Box
+from tfwhale.imaging.crop_box import Box
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from tfrecords_builder.imaging import (
 from tfrecords_builder.plan import PlanItem, PlannedShard
 from tfrecords_builder.resume import ShardRecord, parts_path
 from tfwhale.contracts import records
-from tfwhale.contracts.photo_crop import ImageSettings
 from tfwhale.core import files
+from tfwhale.imaging.photo_crop import ImageSettings
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 BUILD_SIZE = 512  # records built on Kaggle when the config leaves data.image_size to the records
+# One fold per kernel session: B6/B7 at 768 px take hours a fold, and Kaggle's TPU sessions are capped.
+# Set TFWHALE_FOLDS=1, 2, ... in later versions (the run folder resumes), or "all".
+DEFAULT_FOLDS = "0"
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ def train_kernel() -> str:
         records = gcs_path(records)  # TPUStrategy workers read only gs://
     run_dir = os.path.join(paths.working, "runs", cfg_name)
     args = ["--config", cfg_name, "--records", records, "--out", run_dir]
-    args += ["--folds", os.environ.get("TFWHALE_FOLDS", "all")] + (["--tpu"] if tpu else [])
+    args += ["--folds", os.environ.get("TFWHALE_FOLDS") or DEFAULT_FOLDS] + (["--tpu"] if tpu else [])
     for item in sets:
         args += ["--set", item]
     _run(train.main, args, "python -m tfwhale.train")
@@ -197,13 +200,11 @@ def train_kernel() -> str:
 
 
 def _trained_image_size(run_dir: str) -> int:
-    from tfwhale.contracts.run_folder import RUN_JSON
-    from tfwhale.core import files
+    from tfwhale.contracts.run_folder import RUN_JSON, read_run_record
 
     for name in sorted(os.listdir(run_dir)):
-        info = os.path.join(run_dir, name, RUN_JSON)
-        if os.path.exists(info):
-            return int(files.read_json(info)["records"]["image_size"])
+        if os.path.exists(os.path.join(run_dir, name, RUN_JSON)):
+            return read_run_record(os.path.join(run_dir, name)).records.image_size
     raise SystemExit(f"{run_dir}: no finished fold (run.json)")
 
 

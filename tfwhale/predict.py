@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tfwhale.contracts.gallery_arrays import EMBEDDINGS_NAME, write_gallery_arrays
 from tfwhale.contracts.gallery_manifest import (
     GalleryManifest,
     GalleryRun,
@@ -20,30 +21,32 @@ from tfwhale.contracts.gallery_manifest import (
     write_gallery_manifest,
 )
 from tfwhale.contracts.records import Manifest, ManifestError, load_manifest, records_error_message
-from tfwhale.contracts.run_folder import CONFIG_NAME, Run, RunError, load_run
+from tfwhale.contracts.run_folder import Run, RunError, load_run
 from tfwhale.core import files
-from tfwhale.core.config import ConfigError, PredictConfig, flip_tta_refusal, load_config
+from tfwhale.core.config import ConfigError, PredictConfig, flip_tta_refusal
+from tfwhale.core.labels import check_new_share
 from tfwhale.core.metrics import map_at_k
 from tfwhale.inference import examples, oof, report
 from tfwhale.inference.gallery import check_oof_files, embed_runs
 from tfwhale.inference.prediction import (
     Prediction,
     Settings,
+    fixed_policy,
     out_of_fold,
     rank_test,
     species_by_individual,
 )
 from tfwhale.inference.submission import (
-    EMBEDDINGS_NAME,
     SUBMISSION_NAME,
     PredictError,
+    gallery_arrays,
     read_solution,
     submission_order,
-    write_embeddings,
     write_submission,
 )
 from tfwhale.inference.threshold_plot import plot_threshold_curve
-from tfwhale.retrieval.ranking import RankOptions, predicted_species, predictions_with_new
+from tfwhale.query.answers import answer_labels
+from tfwhale.retrieval.ranking import RankOptions
 
 logger = logging.getLogger("tfwhale.predict")
 
@@ -124,15 +127,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def resolve_settings(args: argparse.Namespace, runs: Sequence[Run]) -> Settings:
-    cfg = _run_predict_config(runs[0].run_dir)
+    cfg = _fold_predict_config(runs[0])
     threshold = cfg.new_individual_threshold if args.threshold is None else _threshold(args.threshold)
     k = cfg.knn_k if args.k is None else args.k
     batch = cfg.batch_size if args.batch_size is None else args.batch_size
     if k < 1 or batch < 1 or args.dba < 0 or args.qe < 0 or not 0 <= args.blend <= 1:
         raise PredictError("--k and --batch-size must be >= 1, --dba/--qe >= 0, --blend in [0, 1]")
     new_share = cfg.new_share if args.new_share is None else args.new_share
-    if not 0 <= new_share < 1:
-        raise PredictError(f"--new-share must be in [0, 1), got {new_share}")
+    try:
+        check_new_share(new_share, "--new-share")
+    except ValueError as err:
+        raise PredictError(str(err)) from None
     if args.per_species and threshold is not None:
         raise PredictError("--per-species tunes thresholds on OOF: it needs --threshold auto")
     options = RankOptions(
@@ -156,12 +161,13 @@ def _calibrate(configured: bool, args: argparse.Namespace) -> bool:
 
 
 def check_flip_tta(runs: Sequence[Run]) -> None:
-    """Flip TTA only for runs trained with mirrored photos as the same individual (augment.flip=true)."""
+    """Flip TTA only for folds trained with mirrored photos as the same individual (augment.flip=true); each
+    fold's own config decides, since folds may come from separate train calls."""
     for run in runs:
-        path = files.join(run.run_dir, CONFIG_NAME)
-        flip = load_config(path).augment.flip if files.exists(path) else True
-        if flip is not True:
-            raise PredictError(f"{run.run_dir}: {flip_tta_refusal(flip)}")
+        for fold in run.folds:
+            flip = True if fold.config is None else fold.config.augment.flip
+            if flip is not True:
+                raise PredictError(f"{fold.path}: {flip_tta_refusal(flip)}")
 
 
 def _threshold(text: str) -> float | None:
@@ -173,15 +179,10 @@ def _threshold(text: str) -> float | None:
         raise PredictError(f"--threshold must be 'auto' or a number, got {text!r}") from None
 
 
-def _run_predict_config(run_dir: str) -> PredictConfig:
-    path = files.join(run_dir, CONFIG_NAME)
-    if not files.exists(path):
-        return PredictConfig()
-    try:
-        return load_config(path).predict
-    except ConfigError as err:
-        logger.warning("%s: %s; using the predict defaults", path, err)
-        return PredictConfig()
+def _fold_predict_config(run: Run) -> PredictConfig:
+    """The predict section the run's folds were trained with (the first fold with a config.yaml)."""
+    configs = [fold.config for fold in run.folds if fold.config is not None]
+    return configs[0].predict if configs else PredictConfig()
 
 
 def load_runs(args: argparse.Namespace, manifest: Manifest) -> list[Run]:
@@ -212,10 +213,10 @@ def run(args: argparse.Namespace) -> dict:
     solution = read_solution(args.solution, emb.index.test_names)
     gallery, ranked = rank_test(emb, settings.options, manifest.individuals)
     outcome = out_of_fold(emb, settings, manifest.individuals, ranked)
-    used = settings.threshold if outcome is None else outcome.test_threshold
-    species = predicted_species(ranked, species_by_individual(emb))
-    answers = dict(zip(emb.index.test_names, predictions_with_new(ranked, used, species), strict=True))
-    prediction = Prediction(emb, settings, outcome, gallery, ranked, answers, order, solution)
+    policy = fixed_policy(settings.threshold) if outcome is None else outcome.policy
+    labels = answer_labels(ranked, policy, species_by_individual(emb))
+    answers = dict(zip(emb.index.test_names, labels, strict=True))
+    prediction = Prediction(emb, settings, outcome, policy, gallery, ranked, answers, order, solution)
     return write_outputs(args, manifest, prediction)
 
 
@@ -231,9 +232,9 @@ def remove_old_outputs(out_dir: str) -> None:
 def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -> dict:
     """Every output, each written atomically; report.json last."""
     write_submission(files.join(args.out, SUBMISSION_NAME), p.order, p.answers)
-    write_embeddings(args.out, p.emb, p.gallery, manifest.individuals)
+    write_gallery_arrays(args.out, gallery_arrays(p.emb, p.gallery, manifest.individuals))
     if p.outcome is not None:
-        plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME), _threshold_value(p.outcome))
+        plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME), p.policy.value)
     seed = examples.new_seed() if args.examples_seed is None else args.examples_seed
     rows = examples.example_rows(p, manifest, args.examples, seed)
     if rows:
@@ -254,10 +255,6 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
 
 def gallery_manifest(out_dir: str, manifest: Manifest, p: Prediction) -> GalleryManifest:
     """What identify and the catalogue app need to answer new photos as predict answered the test set."""
-    threshold = p.settings.threshold if p.outcome is None else _threshold_value(p.outcome)
-    per_species = {}
-    if p.outcome is not None and not isinstance(p.outcome.test_threshold, float | int):
-        per_species = dict(p.outcome.test_threshold.per_species)
     runs = tuple(
         GalleryRun(
             r.run.run_dir, r.run.weight, r.dim, {f.model.name: f.model.run_json_sha256 for f in r.folds}
@@ -268,20 +265,13 @@ def gallery_manifest(out_dir: str, manifest: Manifest, p: Prediction) -> Gallery
         runs=runs,
         flip_tta=p.settings.flip,
         options=dataclasses.asdict(p.settings.options),
-        threshold=float(threshold),
-        per_species_thresholds=per_species,
-        image_size=manifest.image_size,
-        crop=manifest.data.get("crop"),
+        threshold=p.policy,
+        image=manifest.image_settings,
         records_root=manifest.root,
         records_manifest_sha256=manifest.sha256,
         embeddings_file=EMBEDDINGS_NAME,
         embeddings_sha256=files.sha256(files.join(out_dir, EMBEDDINGS_NAME)),
     )
-
-
-def _threshold_value(outcome) -> float:
-    used = outcome.test_threshold
-    return float(used) if isinstance(used, float | int) else float(used.threshold)
 
 
 def measure_variants(p: Prediction, manifest: Manifest) -> list[dict]:

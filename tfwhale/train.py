@@ -101,7 +101,7 @@ def selected_folds(args: argparse.Namespace, n_folds: int) -> list[int | None]:
     return chosen
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace) -> list[run_folder.RunRecord]:
     cfg = load_config(args.config, args.set)
     try:
         check_backbone(cfg.model.backbone)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         plan = plan_fold(cfg, manifest, val_fold, args.out, runtime)
         if run_folder.is_finished(plan.out_dir):
             logger.info("%s already finished (%s); skipping", plan.name, plan.out_dir)
-            results.append(files.read_json(files.join(plan.out_dir, run_folder.RUN_JSON)))
+            results.append(run_folder.read_run_record(plan.out_dir))
             continue
         logger.info(
             "%s: %d steps/epoch, global batch %d (%d per process)",
@@ -157,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         logger.error("%s", message)
         return 1
-    for info in results:
-        best = info.get("best") or {}
-        score = f"{best['val_map5']:.4f} (epoch {best['epoch']})" if best else "n/a"
-        logger.info("%s: %d epochs, best val MAP@5 %s", info["fold"], info["epochs"], score)
+    for record in results:
+        best = record.best
+        score = f"{best['val_map5']:.4f} (epoch {best['epoch']})" if "val_map5" in best else "n/a"
+        logger.info("%s: %d epochs, best val MAP@5 %s", record.fold, record.epochs, score)
     return 0
 
 

@@ -10,9 +10,9 @@ import os
 import subprocess
 import sys
 
-# What to train; change these three lines (or set the variables before running).
+# What to train; change these lines (or set the variables before running).
 os.environ.setdefault("TFWHALE_CONFIG", "effnet_b6_768")  # or effnet_b7_768, tiny_cpu, a YAML path
-os.environ.setdefault("TFWHALE_FOLDS", "0")  # "all", or a comma list
+# TFWHALE_FOLDS: which folds ("all", or a comma list); unset = tfwhale.kaggle.DEFAULT_FOLDS ("0")
 os.environ.setdefault("TFWHALE_SET", "")  # e.g. "train.epochs=25 augment.rotation=15"
 
 

@@ -1,7 +1,9 @@
 """The gallery hand-off (predict -> identify, serve): gallery.json names everything a gallery is made of.
 
 predict writes it last, after every file it names; identify and the catalogue app read only it (and
-the files it names, checked by sha256), never report.json, which is for people.
+the files it names, checked by sha256), never report.json, which is for people. It carries the crop
+settings whole (new photos are cropped as the gallery was), the fold models, the ranking options and the
+threshold policy (made once, by predict's OOF tuning or a fixed value).
 """
 
 from __future__ import annotations
@@ -10,13 +12,36 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tfwhale.core import files
+from tfwhale.imaging.photo_crop import ImageSettings
 
 GALLERY_NAME = "gallery.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: image settings whole, threshold policy, class centres in the arrays file
 
 
 class GalleryError(ValueError):
     """A predict output folder that holds no usable gallery."""
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """Where new_individual goes: one similarity threshold, or one per species tuned on its own.
+
+    Made once (predict's OOF tuning, or a fixed value) and handed on whole: every answer of a gallery
+    takes its threshold from here."""
+
+    value: float
+    per_species: dict[str, float] = field(default_factory=dict)
+    source: str = "fixed"  # "fixed", "auto (OOF ...)", with ", calibrated" when moved onto the test scale
+    separation_auc: float | None = None  # known/new ROC AUC of OOF top-1 similarity (None: not tuned)
+    warnings: tuple[str, ...] = ()  # why it may not hold on new photos
+
+    def threshold_for(self, species: str | None) -> float:
+        """The species' own threshold if it had one, else the global one."""
+        return self.per_species.get(species, self.value) if species else self.value
+
+    def fixed(self, value: float) -> ThresholdPolicy:
+        """The policy a user's --threshold makes: that value for every species."""
+        return ThresholdPolicy(float(value), {}, "fixed (given)")
 
 
 @dataclass(frozen=True)
@@ -34,26 +59,25 @@ class GalleryManifest:
     runs: tuple[GalleryRun, ...]
     flip_tta: bool
     options: dict[str, Any]  # retrieval.ranking.RankOptions fields
-    threshold: float
-    per_species_thresholds: dict[str, float]
-    image_size: int
-    crop: dict[str, Any] | None  # the records' crop settings: identify crops new photos the same way
+    threshold: ThresholdPolicy
+    image: ImageSettings  # the records' crop settings: new photos are cropped the same way
     records_root: str
     records_manifest_sha256: str
-    embeddings_file: str  # in the same folder
+    embeddings_file: str  # in the same folder (contracts.gallery_arrays)
     embeddings_sha256: str
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def threshold_for(self, species: str | None) -> float:
-        return self.per_species_thresholds.get(species, self.threshold) if species else self.threshold
+    @property
+    def image_size(self) -> int:
+        return self.image.size
 
 
 def write_gallery_manifest(out_dir: str, manifest: GalleryManifest) -> str:
     """Atomically write gallery.json; call it after every file it names is written."""
     path = files.join(out_dir, GALLERY_NAME)
     body = asdict(manifest)
-    body["runs"] = [asdict(run) for run in manifest.runs]
+    body["threshold"]["warnings"] = list(manifest.threshold.warnings)
     files.write_json(path, {"status": "finished", **body})
     return path
 
@@ -74,10 +98,10 @@ def load_gallery_manifest(out_dir: str, check_files: bool = True) -> GalleryMani
         body = files.read_json(path)
         if body.pop("status", None) != "finished":
             raise GalleryError(f"{path}: not finished; run predict again")
-        if body.get("format_version", 0) > FORMAT_VERSION:
-            raise GalleryError(f"{path}: written by a newer tfwhale (format {body['format_version']})")
-        body["runs"] = tuple(GalleryRun(**run) for run in body["runs"])
-        manifest = GalleryManifest(**body)
+        version = body.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise GalleryError(f"{path}: written by a newer tfwhale (format {version})")
+        manifest = _from_json(_upgrade_v1(body) if version == 1 else body)
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, GalleryError):
             raise
@@ -89,3 +113,31 @@ def load_gallery_manifest(out_dir: str, check_files: bool = True) -> GalleryMani
                 f"{embeddings}: missing or changed since predict wrote {path}; run predict again"
             )
     return manifest
+
+
+def _from_json(body: dict[str, Any]) -> GalleryManifest:
+    threshold = body["threshold"]
+    return GalleryManifest(
+        **{
+            **body,
+            "runs": tuple(GalleryRun(**run) for run in body["runs"]),
+            "threshold": ThresholdPolicy(**{**threshold, "warnings": tuple(threshold.get("warnings", ()))}),
+            "image": ImageSettings(**body["image"]),
+        }
+    )
+
+
+def _upgrade_v1(body: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 gallery.json (threshold and crop as loose fields) read as format 2."""
+    crop = body.pop("crop", None)
+    if not crop:
+        raise ValueError("format 1 without the records' crop settings")
+    size = body.pop("image_size")
+    per_species = body.pop("per_species_thresholds", {})
+    threshold = ThresholdPolicy(float(body.pop("threshold")), dict(per_species), "recorded (format 1)")
+    return {
+        **body,
+        "format_version": FORMAT_VERSION,
+        "threshold": asdict(threshold),
+        "image": asdict(ImageSettings.from_manifest(size, crop)),
+    }

@@ -12,12 +12,13 @@ from typing import Any
 import tensorflow as tf
 
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.imaging.photo_crop import ImageSettings
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.csv"
 SHARD_SUFFIX = ".tfrec"
-NEW_INDIVIDUAL = "new_individual"
 
 TRAIN_FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -138,6 +139,16 @@ class Manifest:
     @property
     def image_size(self) -> int:
         return int(self.data["image_size"])
+
+    @property
+    def image_settings(self) -> ImageSettings:
+        """How the build cropped, resized and encoded its photos: identify crops new photos the same way."""
+        crop = self.data.get("crop")
+        if not crop:
+            raise ManifestError(
+                f"{self.root}: the manifest has no crop settings (not made by build-tfrecords?)"
+            )
+        return ImageSettings.from_manifest(self.image_size, crop)
 
     @property
     def n_folds(self) -> int:

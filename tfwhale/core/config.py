@@ -13,6 +13,7 @@ import yaml
 
 from tfwhale.core import files
 from tfwhale.core.config_values import closest, convert, show, type_name
+from tfwhale.core.labels import check_new_share
 
 # Configs shipped with the package; a bare name like "tiny_cpu" means CONFIGS_DIR/tiny_cpu.yaml.
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tfwhale/
@@ -22,6 +23,7 @@ _CHECKOUT_CONFIGS = os.path.join(os.path.dirname(_PACKAGE_DIR), "configs")
 CONFIGS_DIR = _INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS) else _CHECKOUT_CONFIGS
 
 Head = Literal["arcface", "softmax", "triplet", "triplet_softmax"]
+Pooling = Literal["gem", "avg"]
 
 
 class ConfigError(ValueError):
@@ -75,7 +77,7 @@ class ModelConfig:
     backbone: str = "EfficientNetB0"
     weights: str | None = "imagenet"
     embedding_dim: int = 512
-    pooling: Literal["gem", "avg"] = "avg"
+    pooling: Pooling = "avg"
     # hub: transformer backbones (DINOv2, ViT): class token, mean or GeM of the patch tokens;
     # auto = the class token where the backbone has one, else mean
     token_pooling: Literal["auto", "cls", "mean", "gem"] = "auto"
@@ -262,8 +264,10 @@ def validate(cfg: Config) -> None:
         problems.append(f"train.backbone_lr_multiplier={t.backbone_lr_multiplier} must be >= 0")
     if not 0 <= t.frozen_epochs <= t.epochs:
         problems.append(f"train.frozen_epochs={t.frozen_epochs} must be in [0, train.epochs={t.epochs}]")
-    if not 0 <= cfg.predict.new_share < 1:
-        problems.append(f"predict.new_share={cfg.predict.new_share} must be in [0, 1)")
+    try:
+        check_new_share(cfg.predict.new_share, "predict.new_share")
+    except ValueError as err:
+        problems.append(str(err))
     if uses_pk_sampler(cfg) and d.batch_size != d.ids_per_batch * d.photos_per_id:
         problems.append(
             f"data.batch_size={d.batch_size} must equal data.ids_per_batch x data.photos_per_id "

@@ -274,14 +274,13 @@ class Embedded(NamedTuple):
     species: list[str] | None  # species per row (train split only)
 
 
-def embed(
-    model: Any, manifest: Manifest, split: str, folds: list[int] | None, batch: int, flip: bool = False
-) -> Embedded:
+def embed(model: Any, manifest: Manifest, split: str, folds: list[int] | None, batch: int) -> Embedded:
     """Embeddings [N, D] of every example in eval order, with names (and ids, species on train).
 
-    `model` maps an image batch to embeddings (or to a dict holding "embedding"); flip=True embeds
-    mirrored images (flip TTA). Padding rows are dropped. The names come from an image-free pass
-    over the same ordered records, made first so a manifest that miscounts fails before the model runs.
+    `model` maps an image batch to embeddings (or to a dict holding "embedding"; flip TTA is
+    query.embedder.TTAModel standing in for the model). Padding rows are dropped. The names come from an
+    image-free pass over the same ordered records, made first so a manifest that miscounts fails before
+    the model runs.
     """
     meta = eval_metadata(manifest, split, folds)
     names = meta["image_name"]
@@ -292,7 +291,7 @@ def embed(
             f"shards hold {len(names)}"
         )
     dataset, _ = eval_dataset(manifest, split, folds, batch)
-    images = dataset.map(lambda b: tf.image.flip_left_right(b["image"]) if flip else b["image"])
+    images = dataset.map(lambda b: b["image"])
     output = model.predict(images, verbose=0)
     embeddings = np.asarray(output["embedding"] if isinstance(output, dict) else output)
     if split == "test":

@@ -23,6 +23,8 @@ from tfwhale.contracts.records import Manifest
 from tfwhale.contracts.run_folder import FoldModel, Run, RunError
 from tfwhale.core import files
 from tfwhale.nets.model import load_saved_model
+from tfwhale.query.combine import average_folds, check_finite, concat_runs
+from tfwhale.query.embedder import TTAModel
 from tfwhale.retrieval.postprocess import l2_normalise
 
 logger = logging.getLogger(__name__)
@@ -82,18 +84,6 @@ class PredictEmbeddings:
     def combined(self, split: str) -> np.ndarray:
         """Fold-averaged embeddings of every run, concatenated with the run weights."""
         return concat_runs([r.averaged(split) for r in self.runs], self.weights)
-
-
-def average_folds(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean of the folds' embeddings, L2-normalised."""
-    return l2_normalise(np.mean(np.stack(arrays), axis=0))
-
-
-def concat_runs(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Concatenated unit embeddings scaled by sqrt(w / sum w): the result is unit length and its
-    cosine similarity is the weighted mean of the runs' cosine similarities."""
-    scales = np.sqrt(np.asarray(weights, np.float64) / np.sum(weights))
-    return np.concatenate([a * np.float32(s) for a, s in zip(arrays, scales, strict=True)], axis=1)
 
 
 def embed_runs(
@@ -164,34 +154,8 @@ def embed_fold(
 
 
 def _embed_tta(embed, model, manifest: Manifest, split: str, folds, batch: int, flip: bool):
-    embedded = embed(_FlipAveraged(model, batch) if flip else model, manifest, split, folds, batch)
+    embedded = embed(TTAModel(model, flip, batch), manifest, split, folds, batch)
     return l2_normalise(embedded.embeddings), embedded
-
-
-class _FlipAveraged:
-    """Stands in for a Keras model in data.embed: each batch is embedded together with its mirror
-    image (one read of the records instead of two) and the two embeddings are summed."""
-
-    def __init__(self, model, batch: int):
-        self.model, self.batch = model, batch
-
-    def predict(self, images, verbose: int = 0) -> np.ndarray:
-        import tensorflow as tf
-
-        both = images.map(lambda b: tf.concat([b, tf.image.flip_left_right(b)], axis=0))
-        output = np.asarray(self.model.predict(both, verbose=verbose))
-        # every batch is full (data.eval_dataset pads the last one): [n_batches, 2, batch, D]
-        pairs = output.reshape(-1, 2, self.batch, output.shape[-1])
-        return (pairs[:, 0] + pairs[:, 1]).reshape(-1, output.shape[-1])
-
-
-def check_finite(embeddings: np.ndarray, names: Sequence[str], source: str) -> None:
-    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
-    if bad.size:
-        raise RunError(
-            f"{source}: NaN or infinite embeddings for {bad.size} image(s), first {names[bad[0]]!r}; "
-            "the model's weights are probably broken (NaN during training?)"
-        )
 
 
 def load_centres(fold: FoldModel, n_classes: int) -> tuple[np.ndarray, int]:

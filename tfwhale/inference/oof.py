@@ -13,21 +13,33 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
-from tfwhale.contracts.run_folder import fold_dir_name
+from tfwhale.contracts.gallery_arrays import FoldCentres
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
+from tfwhale.contracts.run_folder import RunError, fold_dir_name
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.core.metrics import map_at_k
-from tfwhale.inference.class_heads import class_heads
-from tfwhale.inference.gallery import PredictEmbeddings, concat_runs
+from tfwhale.inference.gallery import FoldEmbeddings, PredictEmbeddings
+from tfwhale.query.answers import answer_labels
+from tfwhale.query.combine import concat_runs
+from tfwhale.query.heads import class_heads
 from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions
 from tfwhale.retrieval.scoring import rank_out_of_fold, simulate_new
-from tfwhale.retrieval.threshold import ThresholdResult, insert_new_individual, tune_threshold
+from tfwhale.retrieval.threshold import ThresholdResult, tune_threshold
 
 logger = logging.getLogger(__name__)
 
 
-def _heads(query_embeddings, folds, emb: PredictEmbeddings, class_names: Sequence[str]) -> ClassHeads:
-    index = emb.index
-    return class_heads(query_embeddings, folds, class_names, index.train_ids, index.train_folds)
+def heads_of(
+    query_embeddings, folds: Sequence[FoldEmbeddings], emb: PredictEmbeddings, class_names: Sequence[str]
+) -> ClassHeads:
+    """The fold models' ArcFace heads on queries embedded by each (the --blend's class cosines)."""
+    centres = []
+    for fold in folds:
+        if fold.centres is None:
+            raise RunError(f"{fold.model.path}: no class centres loaded; the blend needs them")
+        centres.append(FoldCentres(0, fold.model.name, fold.centres, fold.subcenters))
+    index, val_folds = emb.index, [f.model.val_fold for f in folds]
+    return class_heads(query_embeddings, centres, val_folds, class_names, index.train_ids, index.train_folds)
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ def oof_predictions(
         gallery_ids = np.asarray(index.train_ids)[~is_query]
         heads = None
         if options.blend:
-            heads = _heads([f.train[is_query] for f in folds], folds, emb, class_names)
+            heads = heads_of([f.train[is_query] for f in folds], folds, emb, class_names)
         query_ids = [i for i, q in zip(index.train_ids, is_query, strict=True) if q]
         ranked, fold_truths = rank_out_of_fold(
             combined[is_query], query_ids, combined[~is_query], gallery_ids.tolist(), options, heads
@@ -123,7 +135,7 @@ def measure(
     tuned = tune(oof, per_species=False)
     if fixed_threshold is None:
         return variant_summary(options, tuned.threshold, tuned.best_map, tuned.new_rate)
-    answers = insert_new_individual(oof.ranked.labels, oof.ranked.scores, fixed_threshold)
+    answers = answer_labels(oof.ranked, ThresholdPolicy(fixed_threshold), {})
     return variant_summary(options, fixed_threshold, map_at_k(oof.truths, answers), _new_first(answers))
 
 

@@ -7,20 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.contracts.run_folder import RunError, fold_dir_name
 from tfwhale.inference import oof
-from tfwhale.inference.class_heads import class_heads
-from tfwhale.inference.gallery import PredictEmbeddings, concat_runs
+from tfwhale.inference.gallery import PredictEmbeddings
+from tfwhale.query.answers import answer_labels, top1
+from tfwhale.query.combine import concat_runs
 from tfwhale.retrieval.calibration import calibrate
-from tfwhale.retrieval.ranking import (
-    PreparedGallery,
-    Ranked,
-    RankOptions,
-    predicted_species,
-    predictions_with_new,
-    prepare_gallery,
-    rank,
-)
+from tfwhale.retrieval.ranking import PreparedGallery, Ranked, RankOptions, prepare_gallery, rank
 from tfwhale.retrieval.threshold import ThresholdResult
 
 logger = logging.getLogger("tfwhale.predict")
@@ -45,15 +39,36 @@ class OOFOutcome:
     predictions: oof.OOFPredictions
     tuned: ThresholdResult  # on the OOF (single fold model) similarity scale
     answers: list[list[str]]  # OOF queries with new_individual, at the threshold(s) used on OOF
-    test_threshold: ThresholdResult | float  # what the test queries get: calibrated, tuned or fixed
+    policy: ThresholdPolicy  # what the test queries get: calibrated, tuned or fixed
     calibration: dict | None = None  # how the tuned threshold was carried onto the test scale
+
+
+AUTO_SOURCE = "auto (OOF MAP@5 grid search, simulated new individuals)"
+
+
+def tuned_policy(
+    tuned: ThresholdResult, value: float | None = None, source: str = AUTO_SOURCE
+) -> ThresholdPolicy:
+    """The policy made from OOF tuning (value: the tuned threshold moved, by calibration)."""
+    return ThresholdPolicy(
+        value=float(tuned.threshold if value is None else value),
+        per_species=dict(tuned.per_species),
+        source=source,
+        separation_auc=tuned.separation_auc,
+        warnings=tuple(tuned.warnings),
+    )
+
+
+def fixed_policy(value: float, tuned: ThresholdResult | None = None) -> ThresholdPolicy:
+    auc = None if tuned is None else tuned.separation_auc
+    return ThresholdPolicy(float(value), {}, "fixed", auc, () if tuned is None else tuple(tuned.warnings))
 
 
 def out_of_fold(
     emb: PredictEmbeddings, settings: Settings, class_names: list[str], test_ranked: Ranked
 ) -> OOFOutcome | None:
     """OOF predictions with the chosen options, the tuned threshold, the OOF answers at the threshold used,
-    and the threshold for the test queries (test_ranked: their ranking, for the calibration)."""
+    and the threshold policy for the test queries (test_ranked: their ranking, for the calibration)."""
     predictions = oof.oof_predictions(emb, settings.options, class_names, settings.new_share, settings.seed)
     if predictions is None:
         if settings.threshold is None:
@@ -68,16 +83,16 @@ def out_of_fold(
         if left_out:
             logger.warning("%s: %s give no OOF queries (not every run has them)", run.run.run_dir, left_out)
     tuned = oof.tune(predictions, settings.per_species)
-    used = tuned if settings.threshold is None else settings.threshold
-    species = predicted_species(predictions.ranked, species_by_individual(emb))
-    answers = predictions_with_new(predictions.ranked, used, species)
+    on_oof = tuned_policy(tuned) if settings.threshold is None else fixed_policy(settings.threshold, tuned)
+    answers = answer_labels(predictions.ranked, on_oof, species_by_individual(emb))
     if settings.threshold is not None:
-        return OOFOutcome(predictions, tuned, answers, settings.threshold)
+        return OOFOutcome(predictions, tuned, answers, on_oof)
     for warning in tuned.warnings:
         logger.warning("threshold: %s", warning)
     if not settings.calibrate:
-        return OOFOutcome(predictions, tuned, answers, tuned)
-    calibrated, calibration = _calibrated(emb, settings, class_names, tuned, top1(test_ranked))
+        return OOFOutcome(predictions, tuned, answers, on_oof)
+    averaged = np.asarray(top1(test_ranked), np.float64)
+    calibrated, calibration = _calibrated(emb, settings, class_names, tuned, averaged)
     return OOFOutcome(predictions, tuned, answers, calibrated, calibration)
 
 
@@ -87,6 +102,7 @@ def _calibrated(
     """The tuned threshold moved onto the fold-averaged scale, and what was measured to move it."""
     single = single_fold_test_top1(emb, settings.options, class_names)
     result = calibrate(tuned, single, averaged)
+    policy = tuned_policy(result, source=AUTO_SOURCE + ", calibrated onto the fold-averaged scale")
     calibration = {
         "method": "quantile mapping of test top-1 similarity, single fold model -> fold-averaged",
         "tuned_threshold": tuned.threshold,
@@ -99,11 +115,7 @@ def _calibrated(
         "%s -> %s)", tuned.threshold, result.threshold,
         calibration["single_fold_top1_median"], calibration["averaged_top1_median"],
     )  # fmt: skip
-    return result, calibration
-
-
-def top1(ranked: Ranked) -> np.ndarray:
-    return np.asarray([s[0] if s else -1.0 for s in ranked.scores], dtype=np.float64)
+    return policy, calibration
 
 
 def single_fold_test_top1(emb: PredictEmbeddings, options: RankOptions, class_names: list[str]) -> np.ndarray:
@@ -113,12 +125,9 @@ def single_fold_test_top1(emb: PredictEmbeddings, options: RankOptions, class_na
         folds = [r.fold(fold_dir_name(k)) for r in emb.runs]
         gallery = concat_runs([f.train for f in folds], emb.weights)
         queries = concat_runs([f.test for f in folds], emb.weights)
-        heads = None
-        if options.blend:
-            ids, train_folds = emb.index.train_ids, emb.index.train_folds
-            heads = class_heads([f.test for f in folds], folds, class_names, ids, train_folds)
+        heads = oof.heads_of([f.test for f in folds], folds, emb, class_names) if options.blend else None
         ranked = rank(queries, prepare_gallery(gallery, options), emb.index.train_ids, options, heads)
-        pooled.append(top1(ranked))
+        pooled.append(np.asarray(top1(ranked), np.float64))
     return np.concatenate(pooled) if pooled else np.zeros(0)
 
 
@@ -132,8 +141,7 @@ def rank_test(emb: PredictEmbeddings, options: RankOptions, class_names: list[st
     heads = None
     if options.blend:
         folds = [f for r in emb.runs for f in r.folds]
-        index = emb.index
-        heads = class_heads([f.test for f in folds], folds, class_names, index.train_ids, index.train_folds)
+        heads = oof.heads_of([f.test for f in folds], folds, emb, class_names)
     return gallery, rank(emb.combined("test"), gallery, emb.index.train_ids, options, heads)
 
 
@@ -144,6 +152,7 @@ class Prediction:
     emb: PredictEmbeddings
     settings: Settings
     outcome: OOFOutcome | None
+    policy: ThresholdPolicy  # where new_individual goes in the test answers (and in identify's, serve's)
     gallery: PreparedGallery
     ranked: Ranked  # test queries, in emb.index.test_names order
     answers: dict[str, list[str]]  # test image -> its 5 labels with new_individual

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL as NEW
 from tfwhale.core.metrics import average_precision_at_k, map_at_k
 from tfwhale.inference.gallery import PredictEmbeddings, RunEmbeddings
-from tfwhale.inference.prediction import OOFOutcome, Prediction, Settings, species_by_individual
-from tfwhale.retrieval.ranking import predicted_species, predictions_with_new
-from tfwhale.retrieval.threshold import NEW, ThresholdResult
+from tfwhale.inference.prediction import OOFOutcome, Prediction, Settings, species_by_individual, tuned_policy
+from tfwhale.query.answers import answer_labels
+from tfwhale.retrieval.threshold import ThresholdResult
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +89,7 @@ def _test_section(p: Prediction, solution_path: str | None) -> dict:
     section["expected_new_share"] = p.settings.new_share
     outcome = p.outcome
     if p.solution is not None and outcome is not None and outcome.calibration is not None:
-        species = predicted_species(p.ranked, species_by_individual(p.emb))
-        raw_answers = predictions_with_new(p.ranked, outcome.tuned, species)
+        raw_answers = answer_labels(p.ranked, tuned_policy(outcome.tuned), species_by_individual(p.emb))
         raw = dict(zip(p.emb.index.test_names, raw_answers, strict=True))
         uncalibrated = submission_section(p.order, [raw[n] for n in p.order], p.solution, solution_path)
         section["map5_uncalibrated"] = uncalibrated["map5"]
@@ -121,7 +122,7 @@ def build_report(
         "options": {"knn": options.backend, "k": options.k, "dba": options.dba, "qe": options.qe,
                     "whiten": options.whiten, "blend": options.blend, "new_share": settings.new_share,
                     "per_species": settings.per_species},
-        "threshold": _threshold_section(settings, outcome),
+        "threshold": _threshold_section(settings, outcome, p.policy),
         "oof": oof_answers,
         "oof_variants": variants,
         "test": _test_section(p, solution_path),
@@ -164,23 +165,22 @@ NOTES = [
 ]
 
 
-def _threshold_section(settings: Settings, outcome: OOFOutcome | None) -> dict:
-    if settings.threshold is not None:
-        section = {"value": settings.threshold, "source": "fixed"}
-        if outcome is not None:
-            section["oof_best"] = {"value": outcome.tuned.threshold, "map5": round(outcome.tuned.best_map, 6)}
-            section.update(_tuning_facts(outcome.tuned))
+def _threshold_section(settings: Settings, outcome: OOFOutcome | None, policy: ThresholdPolicy) -> dict:
+    section = {"value": policy.value, "source": policy.source}
+    if outcome is None:
         return section
-    tuned, used = outcome.tuned, outcome.test_threshold
+    tuned = outcome.tuned
+    if settings.threshold is not None:
+        section["oof_best"] = {"value": tuned.threshold, "map5": round(tuned.best_map, 6)}
+        return {**section, **_tuning_facts(tuned)}
     return {
-        "value": float(used.threshold),
-        "source": "auto (OOF MAP@5 grid search, simulated new individuals)",
+        **section,
         "tuned_on_oof": tuned.threshold,
         "calibration": outcome.calibration,
         "oof_map5": round(tuned.best_map, 6),
         "new_share": settings.new_share,
         **_tuning_facts(tuned),
-        "per_species": used.per_species,
+        "per_species": policy.per_species,
         "per_species_map5": tuned.per_species_map,
         "grid": [float(tuned.grid[0]), float(tuned.grid[-1]), len(tuned.grid)],
     }

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL, label_problem
+from tfwhale.contracts.gallery_arrays import FoldCentres, GalleryArrays
+from tfwhale.contracts.records import label_problem
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
 
 if TYPE_CHECKING:
     from tfwhale.inference.gallery import PredictEmbeddings
@@ -22,7 +24,6 @@ logger = logging.getLogger("tfwhale.predict")
 
 NEW = NEW_INDIVIDUAL
 SUBMISSION_NAME = "submission.csv"
-EMBEDDINGS_NAME = "embeddings.npz"
 
 
 class PredictError(ValueError):
@@ -114,27 +115,35 @@ def write_submission(path: str, names: Sequence[str], answers: dict[str, list[st
     files.write_text(path, submission_text(names, answers))
 
 
-def write_embeddings(
-    out_dir: str, emb: PredictEmbeddings, gallery: PreparedGallery, class_names: Sequence[str]
-) -> None:
-    """The combined embeddings (and the post-processed gallery, when it differs) that identify reuses."""
+def gallery_arrays(
+    emb: PredictEmbeddings, gallery: PreparedGallery, class_names: Sequence[str]
+) -> GalleryArrays:
+    """The combined embeddings (and the post-processed gallery, when it differs, and the class centres the
+    blend needs) that identify and the catalogue app reuse."""
     index = emb.index
     train = emb.combined("train")
-    arrays = {
-        "train": train,
-        "test": emb.combined("test"),
-        "train_names": np.array(index.train_names, dtype=str),
-        "train_ids": np.array(index.train_ids, dtype=str),
-        "train_species": np.array(index.train_species, dtype=str),
-        "train_folds": index.train_folds,
-        "test_names": np.array(index.test_names, dtype=str),
-        "class_names": np.array(class_names, dtype=str),
-    }
+    searched = None
     if gallery.embeddings.shape != train.shape or not np.array_equal(gallery.embeddings, train):
-        arrays["gallery"] = gallery.embeddings  # whitened and/or database-augmented
+        searched = gallery.embeddings  # whitened and/or database-augmented
+    whitening = None
     if gallery.whitening is not None:
-        arrays.update(whiten_mean=gallery.whitening.mean, whiten_projection=gallery.whitening.projection)
-        arrays.update(whiten_eigenvalues=gallery.whitening.eigenvalues)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    files.write_bytes(files.join(out_dir, EMBEDDINGS_NAME), buffer.getvalue())
+        whitening = (gallery.whitening.mean, gallery.whitening.projection, gallery.whitening.eigenvalues)
+    centres = tuple(
+        FoldCentres(r, f.model.name, f.centres, f.subcenters)
+        for r, run in enumerate(emb.runs)
+        for f in run.folds
+        if f.centres is not None
+    )
+    return GalleryArrays(
+        train=train,
+        train_names=list(index.train_names),
+        train_ids=list(index.train_ids),
+        train_species=list(index.train_species),
+        train_folds=index.train_folds,
+        test=emb.combined("test"),
+        test_names=list(index.test_names),
+        class_names=list(class_names),
+        searched=searched,
+        whitening=whitening,
+        centres=centres,
+    )

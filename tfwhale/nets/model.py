@@ -1,4 +1,4 @@
-"""Stage 2 (train) model: backbone -> pooling -> neck -> L2 embedding, plus the training heads.
+"""The model (built by train, loaded by predict, identify, serve): backbone -> pooling -> neck -> embedding.
 
 `build_models` returns (training_model, embedding_model), which share every layer:
 
@@ -24,19 +24,20 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import keras
 
 from tfwhale.core import files
-from tfwhale.core.config import ModelConfig
+from tfwhale.core.config import Head, ModelConfig, Pooling
 from tfwhale.nets import efficientnet_lite
 from tfwhale.nets.hub_backbone import build_hub_backbone, import_keras_hub, is_hub, uses_keras_hub
 from tfwhale.nets.layers import ArcMarginProduct, GeMPooling, L2Normalize
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("arcface", "softmax", "triplet", "triplet_softmax")
-POOLINGS = ("gem", "avg")
+HEADS = get_args(Head)  # the config's choices are the one list
+POOLINGS = get_args(Pooling)
 
 
 def tiny_convnet(

@@ -1,8 +1,8 @@
-"""Stage 3 (predict, identify): rank the gallery's individuals for each query, new_individual inserted.
+"""Retrieval: rank the gallery's individuals for each query (test, out-of-fold, validation, identify, serve).
 
-One scoring path for test queries, out-of-fold queries and identify: kNN (best similarity per
-individual), optional PCA whitening / DBA fitted on the gallery, query expansion, and an optional
-blend with the ArcFace classifier's cosines.
+kNN (best similarity per individual), optional PCA whitening / DBA fitted on the gallery, query
+expansion, and an optional blend with the ArcFace classifier's cosines. Where new_individual goes is
+the query path's job (tfwhale.query.answers), with the gallery's threshold policy.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfwhale.retrieval import knn, postprocess
-from tfwhale.retrieval.threshold import ThresholdResult, insert_new_individual
 
 logger = logging.getLogger(__name__)
 
@@ -177,22 +176,3 @@ def _blend_row(knn_score: dict[str, float], class_score: dict[str, float], weigh
         blended[label] = similarity if np.isnan(cos) else (1 - weight) * similarity + weight * float(cos)
     ordered = sorted(blended.items(), key=lambda item: (-item[1], item[0]))
     return [label for label, _ in ordered], [float(score) for _, score in ordered]
-
-
-def predictions_with_new(
-    ranked: Ranked, threshold: ThresholdResult | float, species: Sequence[str | None] | None = None
-) -> list[list[str]]:
-    """Top-5 with new_individual inserted, per query with its species' threshold when tuned per species."""
-    if isinstance(threshold, float | int):
-        return insert_new_individual(ranked.labels, ranked.scores, float(threshold))
-    if not threshold.per_species or species is None:
-        return insert_new_individual(ranked.labels, ranked.scores, threshold.threshold)
-    return [
-        insert_new_individual([labels], [scores], threshold.threshold_for(s))[0]
-        for labels, scores, s in zip(ranked.labels, ranked.scores, species, strict=True)
-    ]
-
-
-def predicted_species(ranked: Ranked, species_of: dict[str, str]) -> list[str | None]:
-    """A test query's species: that of its best-matching gallery individual."""
-    return [species_of.get(labels[0]) if labels else None for labels in ranked.labels]

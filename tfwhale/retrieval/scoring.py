@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core.labels import NEW_INDIVIDUAL, check_new_share
 from tfwhale.retrieval.ranking import ClassHeads, Ranked, RankOptions, prepare_gallery, rank
 
 TOP_N = 5
@@ -62,8 +62,7 @@ def choose_simulated(truths: Sequence[str], new_share: float, seed: int = 0) -> 
     Individuals are drawn whole (all their queries turn new), in a seeded random order, until the share
     is reached; none is drawn when the real new queries already make it.
     """
-    if not 0.0 <= new_share < 1.0:
-        raise ValueError(f"new_share must be in [0, 1), got {new_share}")
+    check_new_share(new_share)
     truths = list(truths)
     wanted = round(new_share * len(truths)) - sum(t == NEW_INDIVIDUAL for t in truths)
     known, counts = np.unique([t for t in truths if t != NEW_INDIVIDUAL], return_counts=True)

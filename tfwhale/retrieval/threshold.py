@@ -1,4 +1,5 @@
-"""new_individual for the predict stage: where it goes in each top-5, and the threshold tuned on OOF MAP@5."""
+"""Retrieval: where new_individual goes in a top 5, and the threshold tuned on out-of-fold MAP@5 (training's
+validation, predict's tuning; the query path applies it through the gallery's threshold policy)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL as NEW
+from tfwhale.core.labels import NEW_INDIVIDUAL as NEW
+from tfwhale.core.labels import check_new_share
 from tfwhale.core.metrics import map_at_k
 
 logger = logging.getLogger(__name__)
@@ -85,10 +87,6 @@ class ThresholdResult:
     def n_known(self) -> int:
         return self.n_queries - self.n_new
 
-    def threshold_for(self, species: str | None) -> float:
-        """The species' own threshold if it had one, else the global one."""
-        return self.per_species.get(species, self.threshold) if species is not None else self.threshold
-
 
 def tune_threshold(
     oof_labels: Sequence[Sequence[str]],
@@ -122,8 +120,8 @@ def tune_threshold(
         raise ValueError("grid must be a non-empty, strictly increasing 1-D array")
     if len(truths) != len(oof_labels):
         raise ValueError(f"{len(truths)} truths but {len(oof_labels)} OOF predictions")
-    if new_share is not None and not 0.0 <= new_share <= 1.0:
-        raise ValueError(f"new_share must be in [0, 1], got {new_share}")
+    if new_share is not None:
+        check_new_share(new_share)
     scores = _score_matrix(oof_labels, oof_scores, n)
     ap = _ap_table(oof_labels, truths, n)
     is_new = np.array([t == NEW for t in truths], dtype=bool)

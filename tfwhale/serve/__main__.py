@@ -39,13 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tfwhale.contracts.gallery_manifest import GalleryError
     from tfwhale.contracts.run_folder import RunError
-    from tfwhale.identify import IdentifyError
+    from tfwhale.query.gallery import QueryError
     from tfwhale.serve.app import create_app
     from tfwhale.serve.catalogue import Catalogue
 
     try:
         catalogue = Catalogue(args.gallery, args.catalogue, args.runs)
-    except (GalleryError, IdentifyError, RunError) as err:
+    except (GalleryError, QueryError, RunError) as err:
         logger.error("%s", err)
         return 1
     token = access_token(args.host, args.token)

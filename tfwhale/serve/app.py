@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
 
-from tfwhale.contracts.crop_box import parse_box_text
+from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.serve import export
 from tfwhale.serve.catalogue import Catalogue, UploadError
 from tfwhale.serve.security import MAX_UPLOAD_BYTES, GuardMiddleware

@@ -6,7 +6,6 @@ then updates the in-memory gallery: a crash in between leaves at most an unrefer
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import dataclass
@@ -14,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tfwhale.contracts.crop_box import format_box
-from tfwhale.contracts.records import NEW_INDIVIDUAL
-from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.imaging.crop_box import format_box
+from tfwhale.query.gallery import QueryError
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
+from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
 
 logger = logging.getLogger(__name__)
@@ -55,14 +55,16 @@ class Catalogue:
         self.store = Store(catalogue_dir)
         self.blobs = BlobStore(catalogue_dir)
         self.engine = Engine.load(gallery_dir, run_dirs)
-        data = np.load(
-            io.BytesIO(files.read_bytes(files.join(gallery_dir, self.engine.manifest.embeddings_file)))
-        )
-        self.test_names = data["test_names"].tolist() if "test_names" in data.files else []
-        self.test_embeddings = data["test"] if "test" in data.files else np.zeros((0, 1), np.float32)
+        arrays = self.engine.gallery.arrays
+        self.test_names = arrays.test_names
+        self.test_embeddings = arrays.test
         self._test_row = {name: row for row, name in enumerate(self.test_names)}
-        self._import_records(data["train_names"].tolist())
-        self.engine.name_photos(self.store.gallery_photo_hashes(), data["train_names"].tolist())
+        # before anything is added to the searched gallery: stored vectors must be in this gallery's space
+        reembed_if_needed(
+            self.store, self.blobs, self.engine, dict(zip(self.test_names, self.test_embeddings, strict=True))
+        )
+        self._import_records()
+        self.engine.name_photos(self.store.gallery_photo_hashes(), arrays.train_names)
         hashes, ids, embeddings = self.store.grown_embeddings()
         for sha, individual, embedding in zip(
             hashes, ids, embeddings if embeddings is not None else [], strict=True
@@ -72,7 +74,7 @@ class Catalogue:
         self._queue: list[QueueItem] | None = None
 
     # -- the gallery's photos, once per gallery
-    def _import_records(self, train_names: list[str]) -> None:
+    def _import_records(self) -> None:
         """Copy the records' photos (the crops predict embedded) into the catalogue, once per gallery."""
         manifest = self.engine.manifest
         if self.store.meta("gallery_embeddings_sha256") == manifest.embeddings_sha256:
@@ -94,7 +96,7 @@ class Catalogue:
                                     individual or None, now(), ""))  # fmt: skip
                 if individual:
                     individuals[individual] = species_of.get(individual, "")
-        for individual in set(self.engine.gallery.ids):
+        for individual in set(self.engine.gallery.arrays.train_ids):
             individuals.setdefault(individual, species_of.get(individual, ""))
         with self.store.transaction() as conn:
             for individual, species in sorted(individuals.items()):
@@ -110,11 +112,9 @@ class Catalogue:
     # -- operations
     def upload(self, data: bytes, filename: str, box: tuple | None, reviewer: str) -> tuple[str, Result]:
         """Identify one uploaded photo and keep it (unassigned) for a decision; UploadError if unusable."""
-        from tfwhale.identify import IdentifyError
-
         try:
             jpeg, result = self.engine.identify_bytes(data, box, filename)
-        except IdentifyError as err:
+        except QueryError as err:
             raise UploadError(str(err)) from None
         sha = sha256_hex(data)
         self.blobs.put(data)
@@ -139,7 +139,7 @@ class Catalogue:
     def result_for(self, photo: str) -> Result | None:
         """Candidates of a photo the catalogue holds (an upload or one of predict's test photos)."""
         embedding = self.embedding_of(photo)
-        return None if embedding is None else self.engine.search(embedding[None])[0]
+        return None if embedding is None else self.engine.search_stored(embedding[None])[0]
 
     def decide(
         self,

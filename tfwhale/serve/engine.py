@@ -1,8 +1,8 @@
 """The catalogue's identification engine (serve): the predict gallery in memory, grown as photos are added.
 
-It loads what identify loads (gallery.json and the files it names, the fold models once), crops and
-embeds a photo exactly as identify does, ranks with the gallery's options and threshold, and keeps the
-catalogue's assigned photos in the searched matrix so that the next query finds them.
+Every answer goes through the query path (tfwhale.query.path: crop, embed, rank, threshold policy), as
+identify's and predict's do; the engine only keeps the catalogue's assigned photos in the searched matrix
+so that the next query finds them, and finds each candidate's best-matching photos.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfwhale import identify
-from tfwhale.contracts.records import NEW_INDIVIDUAL
+from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.query.answers import QueryAnswer
+from tfwhale.query.path import Embedded, QueryPath
 from tfwhale.retrieval import ranking
-from tfwhale.retrieval.threshold import insert_new_individual
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +51,19 @@ class Result:
 class Engine:
     """Thread-safe: searches read a consistent snapshot, additions take the lock."""
 
-    def __init__(self, gallery: identify.Gallery, runs: list, models: list[list], batch: int = 16) -> None:
-        """From parts already loaded (see load); the latency benchmark builds them in memory."""
-        self.gallery = gallery
-        self.manifest = gallery.manifest
-        self.runs = runs
-        self.models = models
-        self.settings = identify.image_settings(gallery)
-        self.options = identify.options_of(self.gallery)
-        self.batch = batch
-        self.species_of = dict(zip(self.gallery.ids, self.gallery.species, strict=True))
+    def __init__(self, path: QueryPath) -> None:
+        """From a loaded query path (see load); the latency benchmark builds one in memory."""
+        self.path = path
+        self.gallery = path.gallery
+        self.manifest = path.gallery.manifest
+        arrays = self.gallery.arrays
+        self.species_of = self.gallery.species_of
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
-        base = self.gallery.embeddings.astype(np.float32)
+        base = arrays.gallery.astype(np.float32)
         self._matrix = np.ascontiguousarray(base)
         self._size = len(base)
-        self._ids = list(self.gallery.ids)
+        self._ids = list(arrays.train_ids)
         self._photos: list[str | None] = [None] * len(base)  # row -> photo hash, when known
         # kNN runs on integer codes: ranking sorts the labels per call, and 50,000 strings cost ~40 ms
         self._names = sorted(set(self._ids))
@@ -80,9 +77,7 @@ class Engine:
     @classmethod
     def load(cls, gallery_dir: str, run_dirs: list[str] | None = None, batch: int = 16) -> Engine:
         """What identify loads: gallery.json and the files it names, and the fold models, once."""
-        gallery = identify.load_gallery(gallery_dir)
-        runs = identify.recorded_runs(gallery, run_dirs)
-        return cls(gallery, runs, identify.load_models(runs), batch)
+        return cls(QueryPath.load(gallery_dir, run_dirs, batch))
 
     # -- the gallery
     @property
@@ -119,46 +114,47 @@ class Engine:
 
     # -- queries
     def prepare(self, data: bytes, box: tuple | None, name: str) -> tuple[bytes, np.ndarray]:
-        """(crop JPEG, uint8 image) of one photo, cropped as the records were; IdentifyError if unusable."""
-        return identify.prepare_photo_bytes(data, box, self.settings, name)
+        """(crop JPEG, uint8 image) of one photo, cropped as the records were; QueryError if unusable."""
+        return self.path.crop(data, box, name)
 
-    def embed(self, images: np.ndarray) -> tuple[np.ndarray, list]:
-        """Combined embeddings [n, D] (the gallery's space, before whitening) and the per-fold ones."""
+    def embed(self, images: np.ndarray, names: list[str]) -> Embedded:
         with self._embed_lock:  # one photo at a time: the models' first call builds their predict step
-            per_run = identify.embed_loaded(images, self.models, self.manifest.flip_tta, self.batch)
-        return identify.combine(per_run, self.gallery), per_run
+            return self.path.embed(images, names)
 
     def _snapshot(self):
         with self._lock:  # rows appended later are not in this search
             size = self._size
             return self._matrix[:size], self._codes[:size], list(self._names)
 
-    def search(self, queries: np.ndarray, per_run: list | None = None) -> list[Result]:
+    def _rank(self, embedded: Embedded, n: int = 5) -> tuple[ranking.Ranked, np.ndarray]:
+        """The query path's ranking against the grown gallery: (ranked with label strings, matrix)."""
         matrix, codes, names = self._snapshot()
-        prepared = ranking.PreparedGallery(matrix, self.gallery.whitening)
-        heads = None
-        if self.options.blend and per_run:
-            heads = identify.heads_for(per_run, self.runs, self.gallery)
-        if heads is None:
-            options = ranking.RankOptions(**{**self.manifest.options, "blend": 0.0})
-            ranked = ranking.rank(queries, prepared, codes, options)
-            labels_of = [[names[code] for code in row] for row in ranked.labels]
-        else:  # the blend matches kNN labels with the classifier's class names: strings
-            options = self.options
-            ranked = ranking.rank(queries, prepared, np.asarray(names)[codes], options, heads)
-            labels_of = ranked.labels
-        searched = ranking.prepare_queries(queries, prepared, options)
+        searched = ranking.PreparedGallery(matrix, self.gallery.whitening)
+        if self.path.blends(embedded):  # the blend matches kNN labels with the class names: strings
+            return self.path.rank(embedded, searched, np.asarray(names)[codes], n), matrix
+        ranked = self.path.rank(embedded, searched, codes, n)
+        return ranking.Ranked([[names[c] for c in row] for row in ranked.labels], ranked.scores), matrix
+
+    def search(self, embedded: Embedded) -> list[Result]:
+        ranked, matrix = self._rank(embedded)
+        searched = ranking.prepare_queries(
+            embedded.combined, ranking.PreparedGallery(matrix, self.gallery.whitening), self.path.options
+        )
+        answers = self.path.answer(ranked, self.species_of)
         return [
-            self._result(labels, scores, searched[i], matrix, queries[i])
-            for i, (labels, scores) in enumerate(zip(labels_of, ranked.scores, strict=True))
+            self._result(answer, searched[i], matrix, embedded.combined[i])
+            for i, answer in enumerate(answers)
         ]
 
-    def _result(self, labels, scores, searched, matrix, query) -> Result:
-        threshold = self.manifest.threshold_for(self.species_of.get(labels[0]) if labels else None)
-        top = insert_new_individual([labels], [scores], threshold)[0]
-        score_of = dict(zip(labels, scores, strict=True))
+    def search_stored(self, embeddings: np.ndarray) -> list[Result]:
+        """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend)."""
+        return self.search(Embedded(np.asarray(embeddings, np.float32), None))
+
+    def _result(self, answer: QueryAnswer, searched, matrix, query) -> Result:
         candidates = []
-        for label in top:
+        for label, similarity, species in zip(
+            answer.labels, answer.similarities, answer.species, strict=True
+        ):
             best = []
             if label in self._rows:  # row lists and photo hashes only grow: no copy needed
                 members = np.asarray(self._rows[label])
@@ -166,27 +162,22 @@ class Engine:
                 sims = matrix[members] @ searched  # only the candidate's photos, not the whole gallery
                 order = np.argsort(-sims)[:PHOTOS_PER_CANDIDATE]
                 best = [(self._photos[members[j]], float(sims[j])) for j in order]
-            similarity = score_of.get(label)
-            species = self.species_of.get(label) or None
-            candidates.append(
-                Candidate(label, None if similarity is None else float(similarity), species, best)
-            )
-        return Result(candidates, float(threshold), np.asarray(query, np.float32))
+            candidates.append(Candidate(label, similarity, species or None, best))
+        return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
 
     def identify_bytes(self, data: bytes, box: tuple | None, name: str) -> tuple[bytes, Result]:
         """One photo's crop and its candidates, with the time each step took."""
         start = time.perf_counter()
         jpeg, image = self.prepare(data, box, name)
         decoded = time.perf_counter()
-        queries, per_run = self.embed(image[None])
-        embedded = time.perf_counter()
-        identify.check_finite(queries, [name], "the fold models")
-        (result,) = self.search(queries, per_run)
+        embedded = self.embed(image[None], [name])
+        embedded_at = time.perf_counter()
+        (result,) = self.search(embedded)
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,
-            "embed": embedded - decoded,
-            "search": searched - embedded,
+            "embed": embedded_at - decoded,
+            "search": searched - embedded_at,
         }
         return jpeg, result
 
@@ -202,13 +193,11 @@ class Engine:
 
     def best(self, queries: np.ndarray) -> list[tuple[str, float, float]]:
         """(best individual, its similarity, its threshold) per query, without the photo comparison."""
-        matrix, codes, names = self._snapshot()
-        options = ranking.RankOptions(**{**self.manifest.options, "blend": 0.0})
-        prepared = ranking.PreparedGallery(matrix, self.gallery.whitening)
-        ranked = ranking.rank(queries, prepared, codes, options, n=1)
+        ranked, _ = self._rank(Embedded(np.asarray(queries, np.float32), None), n=1)
         out = []
-        for labels, scores in zip(ranked.labels, ranked.scores, strict=True):
-            label = names[labels[0]] if labels else NEW_INDIVIDUAL
-            score = float(scores[0]) if scores else -1.0
-            out.append((label, score, self.manifest.threshold_for(self.species_of.get(label))))
+        for labels, scores, answer in zip(
+            ranked.labels, ranked.scores, self.path.answer(ranked, self.species_of), strict=True
+        ):
+            label = labels[0] if labels else NEW_INDIVIDUAL
+            out.append((label, float(scores[0]) if scores else -1.0, answer.threshold))
         return out

@@ -19,8 +19,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL
 from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.synthetic.identity import SPECIES, draw_template, make_identity
 from tfwhale.synthetic.render import render_photo
 

@@ -209,7 +209,7 @@ def _brief(row: dict[str, Any]) -> str:
     return ", ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)
 
 
-def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime) -> dict[str, Any]:
+def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime) -> run_folder.RunRecord:
     """Train (or resume) one fold and write its artefacts; returns its run.json content."""
     if runtime.is_writer:
         files.makedirs(plan.out_dir)
@@ -247,7 +247,7 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
     return finish_fold(cfg, manifest, plan, runtime, monitor, time.time() - started)
 
 
-def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: float) -> dict[str, Any]:
+def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: float) -> run_folder.RunRecord:
     out, writes = plan.out_dir, runtime.is_writer
     checkpoint.save_weights(monitor.train_model, files.join(out, "last.weights.h5"), write=writes)
     if monitor.best:
@@ -257,25 +257,26 @@ def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: flo
         checkpoint.save_weights(monitor.train_model, files.join(out, "best.weights.h5"), write=writes)
     _save_model(monitor.train_model, files.join(out, run_folder.TRAIN_MODEL), writes)
     _save_model(monitor.embedding_model, files.join(out, run_folder.EMBEDDING_MODEL), writes)
-    info = {
-        "status": "finished",
-        "fold": plan.name, "val_fold": plan.val_fold, "train_folds": plan.train_folds,
-        "epochs": len(monitor.history), "best": monitor.best,
-        "final": monitor.history[-1] if monitor.history else {},
-        "seconds_this_session": round(seconds, 1),
-        "seconds_per_epoch": [row.get("seconds") for row in monitor.history],
-        "global_batch": plan.global_batch, "steps_per_epoch": plan.steps_per_epoch,
-        "replicas": runtime.replicas, "device": runtime.kind, "processes": runtime.num_processes,
-        "records": {"root": manifest.root, "manifest_sha256": manifest.sha256,
-                    "labels_sha256": manifest.labels_sha256, "n_folds": manifest.n_folds,
-                    "image_size": manifest.image_size},
-        "versions": run_record.library_versions(),
-    }  # fmt: skip
+    record = run_folder.RunRecord(
+        fold=plan.name, val_fold=plan.val_fold, train_folds=list(plan.train_folds),
+        epochs=len(monitor.history), best=monitor.best or {},
+        final=monitor.history[-1] if monitor.history else {},
+        seconds_this_session=round(seconds, 1),
+        seconds_per_epoch=[row.get("seconds") for row in monitor.history],
+        global_batch=plan.global_batch, steps_per_epoch=plan.steps_per_epoch,
+        replicas=runtime.replicas, device=runtime.kind,
+        records=run_folder.RecordsRef(
+            root=manifest.root, manifest_sha256=manifest.sha256, labels_sha256=manifest.labels_sha256,
+            n_folds=manifest.n_folds, image_size=manifest.image_size,
+        ),
+        versions=run_record.library_versions(),
+        extra={"processes": runtime.num_processes},
+    )  # fmt: skip
     if writes:
         run_record.plot_curve(files.join(out, run_folder.CURVE_NAME), monitor.history, f"{plan.name}")
-        files.write_json(files.join(out, run_folder.RUN_JSON), info)
+        files.write_json(files.join(out, run_folder.RUN_JSON), record.to_json())
     _wait_for_writer(runtime, f"{plan.name} finished")  # no process moves on before the fold is whole
-    return info
+    return record
 
 
 def _save_model(model: keras.Model, path: str, write: bool = True) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfwhale.contracts.records import NEW_INDIVIDUAL, Manifest
+from tfwhale.contracts.records import Manifest
 from tfwhale.core.config import PredictConfig
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.core.metrics import map_at_k
 from tfwhale.feed.data import embed
 from tfwhale.retrieval import threshold

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 try:
-    from tfwhale.contracts import _jpeg_region
+    from tfwhale.imaging import _jpeg_region
 except ImportError:  # built at install time only where libjpeg-turbo's headers were found
     _jpeg_region = None
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tfwhale.contracts import jpeg_region
-from tfwhale.contracts.crop_box import Box, crop_region
+from tfwhale.imaging import jpeg_region
+from tfwhale.imaging.crop_box import Box, crop_region
 
 RESIZE_MODES = ("square", "letterbox")
 
@@ -52,6 +53,26 @@ class ImageSettings:
     resize_mode: str = "square"
     quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger photos are refused before decoding (decompression bombs)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The settings as the records' manifest stores them (its "crop" section; size is "image_size")."""
+        return {
+            "enlarge": self.enlarge,
+            "resize_mode": self.resize_mode,
+            "jpeg_quality": self.quality,
+            "max_pixels": self.max_pixels,
+        }
+
+    @classmethod
+    def from_manifest(cls, size: int, crop: Mapping[str, Any]) -> ImageSettings:
+        """Read back what manifest_fields wrote (an older manifest without max_pixels: the default)."""
+        return cls(
+            size=int(size),
+            enlarge=float(crop["enlarge"]),
+            resize_mode=str(crop["resize_mode"]),
+            quality=int(crop["jpeg_quality"]),
+            max_pixels=int(crop.get("max_pixels") or DEFAULT_MAX_PIXELS),
+        )
 
 
 @dataclass(frozen=True)

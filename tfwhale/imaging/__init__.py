@@ -1,0 +1,1 @@
+"""The image engine: photo bytes + box -> the crop every stage sees (region decode, resize, encode)."""
