@@ -116,8 +116,19 @@ def test_process_shares_of_the_training_shards_are_disjoint_and_complete(rec):
     assert all(rows is None for _, rows in shares)  # enough shard files: split by file
     first, second = (set(p) for p, _ in shares)
     assert first and second and not first & second and first | second == set(paths)
+    # the examples behind them: each training example is read by exactly one process
+    names = [_image_names(p) for p, _ in shares]
+    everyone = [n for share in names for n in share]
+    assert len(everyone) == len(set(everyone)) == manifest.count("train", [1])
     # fewer files than processes: each reads every file and keeps its own rows
     assert share_of(paths[:1], (1, 2)) == (paths[:1], (1, 2))
+
+
+def _image_names(paths: list[str]) -> list[str]:
+    from tfwhale.feed.shards import read_records
+
+    rows = read_records(paths, 4).map(lambda s: records.parse_train_example(s)["image_name"])
+    return [name.decode() for name in rows.as_numpy_iterator()]
 
 
 def test_eval_shares_interleave_back_to_the_one_process_order(rec):
