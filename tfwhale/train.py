@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 try:  # one line naming the extra instead of a traceback
@@ -24,7 +25,8 @@ from tfwhale.core.config import ConfigError, load_config, save_config
 from tfwhale.feed.data import with_records_image_size
 from tfwhale.nets.hub_backbone import check_hub, is_hub
 from tfwhale.nets.model import check_backbone
-from tfwhale.training.distribute import DeviceError, get_runtime, split_cpu
+from tfwhale.training.cluster import DEFAULT_PEER_TIMEOUT, ClusterError, cluster_request, lost_peer_message
+from tfwhale.training.distribute import DeviceError, current_runtime, get_runtime, split_cpu
 from tfwhale.training.fold_trainer import TrainingError, plan_fold, train_fold
 from tfwhale.training.resume_check import start_fold
 
@@ -36,8 +38,12 @@ EXAMPLES = """examples:
       --out gs://bucket/runs/b6 --fold 0 --tpu
   python -m tfwhale.train --config configs/effnet_b7_768.yaml --records gs://b/rec --out gs://b/runs/b7 \\
       --full --tpu --set train.epochs=25
+  # several hosts (JAX): the same command on each, with its own --process-id (0 on the coordinator)
+  KERAS_BACKEND=jax python -m tfwhale.train --config configs/effnet_b6_768.yaml --records gs://b/rec \\
+      --out gs://b/runs/b6 --fold 0 --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0
 Run the same command again to resume an interrupted run; finished folds are skipped. A fold started on
-other records or with another config is refused: --overwrite starts it over (or give a new --out).
+other records or with another config is refused: --overwrite starts it over (or give a new --out). On a
+TPU pod slice run it on every host (gcloud ... ssh --worker=all); TensorFlow workers are named by TF_CONFIG.
 """
 
 
@@ -71,6 +77,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cpu-devices", type=int, default=0, metavar="N",
         help="split the CPU into N devices and train data-parallel over them (a multi-replica test proxy)",
     )  # fmt: skip
+    hosts = parser.add_argument_group(
+        "several hosts (KERAS_BACKEND=jax; TPU pod slices need none of these, TensorFlow reads TF_CONFIG)"
+    )
+    hosts.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="address of process 0, which every process can reach"
+    )
+    hosts.add_argument(
+        "--num-processes", type=int, metavar="N", help="training processes in all (one per host)"
+    )
+    hosts.add_argument(
+        "--process-id", type=int, metavar="I", help="this process, 0..N-1 (0 writes the run folder)"
+    )
+    hosts.add_argument(
+        "--peer-timeout", type=int, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
+        help=f"stop when another process is silent this long (default {DEFAULT_PEER_TIMEOUT}); TF workers: "
+        "a collective may wait 6x this long (the writer uploading a checkpoint holds the others)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -101,15 +124,17 @@ def run(args: argparse.Namespace) -> list[run_folder.RunRecord]:
     cfg = with_records_image_size(cfg, manifest)  # before any device is set up
     if args.cpu_devices > 1:
         split_cpu(args.cpu_devices)
-    runtime = get_runtime(args.tpu, mirrored_cpu=args.cpu_devices > 1)
+    cluster = cluster_request(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
+    runtime = get_runtime(args.tpu, mirrored_cpu=args.cpu_devices > 1, cluster=cluster)
     if runtime.kind == "tpu" and runtime.backend == "tensorflow":
         for path in (args.records, args.out):
             if not files.is_remote(path):
                 raise DeviceError(f"{path}: TPU workers read and write only gs:// paths; copy it to a bucket")
     precision = cfg.train.mixed_precision
     keras.mixed_precision.set_global_policy(runtime.precision_policy if precision == "auto" else precision)
-    files.makedirs(args.out)
-    save_config(cfg, files.join(args.out, run_folder.CONFIG_NAME))
+    if runtime.is_writer:
+        files.makedirs(args.out)
+        save_config(cfg, files.join(args.out, run_folder.CONFIG_NAME))
     results = []
     for val_fold in selected_folds(args, manifest.n_folds):
         plan = plan_fold(cfg, manifest, val_fold, args.out, runtime)
@@ -118,7 +143,10 @@ def run(args: argparse.Namespace) -> list[run_folder.RunRecord]:
             logger.info("%s already finished (%s); skipping", plan.name, plan.out_dir)
             results.append(run_folder.read_run_record(plan.out_dir))
             continue
-        logger.info("%s: %d steps/epoch, global batch %d", plan.name, plan.steps_per_epoch, plan.global_batch)
+        logger.info(
+            "%s: %d steps/epoch, global batch %d (%d per process)",
+            plan.name, plan.steps_per_epoch, plan.global_batch, plan.global_batch // runtime.num_processes,
+        )  # fmt: skip
         results.append(train_fold(cfg, manifest, plan, runtime))
     return results
 
@@ -128,25 +156,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         results = run(args)
-    except (ConfigError, ManifestError, DeviceError, TrainingError) as err:
+    except (ConfigError, ManifestError, DeviceError, TrainingError, ClusterError) as err:
         logger.error("%s", err)
         return 1
     except (tf.errors.OpError, OSError) as err:
         if files.is_unwritable_error(err):
             logger.error("%s", files.unwritable_message(err, "--out", args.out))
             return 1
-        if (
-            not isinstance(err, tf.errors.OpError)
-            or (message := records_error_message(args.records, err)) is None
-        ):
+        message = records_error_message(args.records, err) if isinstance(err, tf.errors.OpError) else None
+        if message is None:
+            _stop_if_a_peer_was_lost(err)
             raise
         logger.error("%s", message)
         return 1
+    except Exception as err:
+        _stop_if_a_peer_was_lost(err)
+        raise
     for record in results:
         best = record.best
         score = f"{best['val_map5']:.4f} (epoch {best['epoch']})" if "val_map5" in best else "n/a"
         logger.info("%s: %d epochs, best val MAP@5 %s", record.fold, record.epochs, score)
     return 0
+
+
+def _stop_if_a_peer_was_lost(error: BaseException) -> None:
+    """When one of several processes failed: name the lost peer and exit now. A normal exit would wait on
+    the distributed runtime's shutdown handshake with the peer that is gone (and then abort with a trace).
+    A single process returns and the error goes on as it is."""
+    runtime = current_runtime()
+    if runtime is None or runtime.num_processes == 1:
+        return
+    logger.debug("training step failed", exc_info=error)
+    logger.error("%s", lost_peer_message(error, runtime))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

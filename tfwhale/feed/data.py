@@ -28,7 +28,7 @@ from tfwhale.core import files
 from tfwhale.core.config import Config, ConfigError, uses_pk_sampler
 from tfwhale.feed.augment import augment_image, flip_as_new_class
 from tfwhale.feed.pk_sampler import pk_examples
-from tfwhale.feed.shards import TRAIN_CYCLE, read_records, training_fields
+from tfwhale.feed.shards import ONE_PROCESS, TRAIN_CYCLE, Share, read_records, share_of, training_fields
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,12 @@ def shard_paths(manifest: Manifest, split: str, folds: list[int] | None) -> list
     return paths
 
 
-def _random_examples(paths: list[str], cfg: Config, seed: int) -> tf.data.Dataset:
-    """Training examples (encoded images) in shuffled order, forever."""
-    examples = read_records(paths, TRAIN_CYCLE, shuffle_seed=seed)
+def _random_examples(paths: list[str], cfg: Config, seed: int, share: Share) -> tf.data.Dataset:
+    """This process's training examples (encoded images) in shuffled order, forever."""
+    own_paths, own_rows = share_of(paths, share)
+    examples = read_records(own_paths, TRAIN_CYCLE, shuffle_seed=seed)
+    if own_rows is not None:  # fewer shards than processes: every process reads all, keeps its rows
+        examples = examples.shard(*own_rows)
     examples = examples.map(training_fields, num_parallel_calls=AUTOTUNE)
     if cfg.data.cache:
         examples = examples.cache()  # encoded bytes: about the size of the shards, not of decoded images
@@ -102,28 +105,34 @@ def _training_example(example: dict[str, tf.Tensor], image: tf.Tensor) -> dict[s
 
 
 def train_dataset(
-    manifest: Manifest, folds: list[int], cfg: Config, global_batch: int, seed: int
-) -> tf.data.Dataset:
+    manifest: Manifest, folds: list[int], cfg: Config, global_batch: int, seed: int,
+    share: Share = ONE_PROCESS,
+) -> tf.data.Dataset:  # fmt: skip
     """Endless augmented training batches of `global_batch` examples from the shards of `folds`
-    (see the module doc for their structure)."""
+    (see the module doc for their structure). With several training processes, `share` is
+    (process index, process count): each reads its own shards (shards.share_of) and `global_batch`
+    is the batch this process delivers."""
     paths = shard_paths(manifest, "train", folds)
+    index, count = share
     size, augment, n_individuals = _image_size(cfg, manifest), cfg.augment, len(manifest.individuals)
     if uses_pk_sampler(cfg):
         group = cfg.data.ids_per_batch * cfg.data.photos_per_id
         if global_batch % group:
             raise ConfigError(f"PK sampler: global batch {global_batch} is not a multiple of P x K = {group}")
-        examples = pk_examples(paths, cfg, seed)
+        # each process holds every photo (a group needs K of one individual) and draws its own groups
+        examples = pk_examples(paths, cfg, seed + 7919 * index)
     else:
-        examples = _random_examples(paths, cfg, seed)
+        examples = _random_examples(paths, cfg, seed, share)
 
-    def prepare(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def prepare(position: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        position = position * count + index  # unique over the processes: no two draw the same augmentation
         example_seed = tf.random.experimental.stateless_fold_in(
-            tf.constant([seed, _AUGMENT_STREAM], tf.int64), index
+            tf.constant([seed, _AUGMENT_STREAM], tf.int64), position
         )
         image = augment_image(records.decode_image(example["image"], size), example_seed, augment)
         if augment.flip == "new_class":
             flip_seed = tf.random.experimental.stateless_fold_in(
-                tf.constant([seed, _FLIP_CLASS_STREAM], tf.int64), index
+                tf.constant([seed, _FLIP_CLASS_STREAM], tf.int64), position
             )
             image, label = flip_as_new_class(image, example["label"], flip_seed, n_individuals)
             example = {**example, "label": label}
@@ -132,27 +141,38 @@ def train_dataset(
     batches = examples.enumerate().map(prepare, num_parallel_calls=cfg.data.num_parallel_calls or AUTOTUNE)
     batches = batches.batch(global_batch, drop_remainder=True)
     batches = batches.map(_inputs_and_labels).prefetch(AUTOTUNE)
+    return batches.with_options(_training_options(cfg.data.deterministic))
+
+
+def _training_options(deterministic: bool) -> tf.data.Options:
     options = tf.data.Options()
-    options.deterministic = cfg.data.deterministic
-    return batches.with_options(options)
+    options.deterministic = deterministic
+    # the records are split over the training processes here (share); TF must not split them again
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
 
 
-def val_loss_dataset(manifest: Manifest, folds: list[int], cfg: Config, global_batch: int) -> tf.data.Dataset:
+def val_loss_dataset(
+    manifest: Manifest, folds: list[int], cfg: Config, global_batch: int, share: Share = ONE_PROCESS
+) -> tf.data.Dataset:
     """Unaugmented batches shaped like train_dataset's, for Keras' validation loss: a fixed order,
-    full batches only (at least one: a fold smaller than a batch is repeated to fill it)."""
+    full batches only (at least one: a fold smaller than a batch is repeated to fill it); with several
+    processes, each reads every n-th example (share) and as many batches as the others."""
     paths = shard_paths(manifest, "train", folds)
     size = _image_size(cfg, manifest)
+    index, processes = share
 
     def prepare(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         example = training_fields(serialized)
         return _training_example(example, records.decode_image(example["image"], size))
 
-    n_batches = max(1, manifest.count("train", folds) // global_batch)
-    examples = read_records(paths, _EVAL_CYCLE).map(prepare, num_parallel_calls=AUTOTUNE)
+    n_batches = max(1, manifest.count("train", folds) // processes // global_batch)
+    examples = read_records(paths, _EVAL_CYCLE)
+    if processes > 1:
+        examples = examples.shard(processes, index)
+    examples = examples.map(prepare, num_parallel_calls=AUTOTUNE)
     batches = examples.repeat().batch(global_batch, drop_remainder=True).take(n_batches)
-    options = tf.data.Options()
-    options.deterministic = True
-    return batches.map(_inputs_and_labels).prefetch(AUTOTUNE).with_options(options)
+    return batches.map(_inputs_and_labels).prefetch(AUTOTUNE).with_options(_training_options(True))
 
 
 def _eval_fields(split: str, size: int):
@@ -182,24 +202,34 @@ def _padding_row(split: str, size: int) -> dict[str, tf.Tensor]:
 
 
 def eval_dataset(
-    manifest: Manifest, split: str, folds: list[int] | None, batch: int
+    manifest: Manifest, split: str, folds: list[int] | None, batch: int, share: Share = ONE_PROCESS
 ) -> tuple[tf.data.Dataset, int]:
     """Ordered, unaugmented batches of every example of the split/folds, last batch padded.
 
     Yields dicts: image uint8 [batch, S, S, 3], image_name; on the train split also label (int32,
     -1 on padding rows), individual_id, species. Returns the dataset and the true example count.
+    With share=(index, processes) of several processes, this process gets rows index, index + processes, ...
+    of that order, padded so that every process runs as many batches (the returned count stays the total).
     """
     if batch < 1:
         raise ValueError(f"eval batch must be at least 1, got {batch}")
     paths = shard_paths(manifest, split, folds)
     size = manifest.image_size
-    rows = read_records(paths, _EVAL_CYCLE).map(_eval_fields(split, size), num_parallel_calls=AUTOTUNE)
-    # batch - 1 padding rows always complete the last batch; drop_remainder then drops only padding
-    padding = tf.data.Dataset.from_tensors(_padding_row(split, size)).repeat(batch - 1)
-    batches = rows.concatenate(padding).batch(batch, drop_remainder=True)
+    index, processes = share
+    rows = read_records(paths, _EVAL_CYCLE)
     count = manifest.count(split, folds)
+    n_batches = -(-count // (batch * processes))
+    if processes > 1:  # before decoding: each process decodes only its own rows
+        rows = rows.shard(processes, index)
+    own = len(range(index, count, processes))
+    # the padding completes the last batch; drop_remainder then drops only padding
+    n_padding = n_batches * batch - own if processes > 1 else batch - 1
+    rows = rows.map(_eval_fields(split, size), num_parallel_calls=AUTOTUNE)
+    padding = tf.data.Dataset.from_tensors(_padding_row(split, size)).repeat(n_padding)
+    rows = rows.concatenate(padding)
+    batches = rows.batch(batch, drop_remainder=True)
     # a known length lets Keras predict size its progress; a miscounting manifest fails loudly here
-    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch)))
+    batches = batches.apply(tf.data.experimental.assert_cardinality(n_batches))
     options = tf.data.Options()
     options.deterministic = True
     return batches.prefetch(AUTOTUNE).with_options(options), count

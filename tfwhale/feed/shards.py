@@ -9,6 +9,21 @@ from tfwhale.contracts import records
 READ_BUFFER = 8 << 20  # bytes per open shard; large reads matter on gs://
 TRAIN_CYCLE = 16
 
+Share = tuple[int, int]  # (this process's index, number of training processes)
+ONE_PROCESS: Share = (0, 1)
+
+
+def share_of(paths: list[str], share: Share) -> tuple[list[str], Share | None]:
+    """(shard files, row share) one training process reads: every count-th file from its own index, so the
+    processes read disjoint parts that cover every shard; with fewer files than processes each reads all
+    files and keeps every count-th row (the returned row share, for Dataset.shard)."""
+    index, count = share
+    if count == 1:
+        return paths, None
+    if len(paths) >= count:
+        return paths[index::count], None
+    return paths, share
+
 
 def read_records(paths: list[str], cycle: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
     files = tf.data.Dataset.from_tensor_slices(paths)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from typing import Any
 
 import keras
@@ -14,8 +16,15 @@ logger = logging.getLogger(__name__)
 STATE_NAME = "state.json"
 
 
-def save_weights(model: keras.Model, path: str) -> str:
-    """Save weights (with optimizer state, Keras 3) to a local or gs:// path, atomically; returns sha256."""
+def save_weights(model: keras.Model, path: str, write: bool = True) -> str:
+    """Save weights (with optimizer state, Keras 3) to a local or gs:// path, atomically; returns sha256.
+
+    write=False (a training process other than the writer): the same save, which on JAX gathers the
+    weights with the other processes, goes to a scratch file that is deleted; returns ""."""
+    if not write:
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save_weights(os.path.join(scratch, os.path.basename(path)))
+        return ""
     with files.written_via_local(path) as local:
         model.save_weights(local)
     return files.sha256(path)
@@ -28,10 +37,17 @@ def load_weights(model: keras.Model, path: str) -> None:
         model.load_weights(local)
 
 
-def save_checkpoint(model: keras.Model, ckpt_dir: str, epoch: int, state: dict[str, Any]) -> None:
-    """Checkpoint after `epoch` finished epochs; state.json is written last and marks it whole."""
-    files.makedirs(ckpt_dir)
+def save_checkpoint(
+    model: keras.Model, ckpt_dir: str, epoch: int, state: dict[str, Any], write: bool = True
+) -> None:
+    """Checkpoint after `epoch` finished epochs; state.json is written last and marks it whole.
+
+    Every training process calls it; only the writer (write=True) touches ckpt_dir."""
     name = f"epoch-{epoch:04d}.weights.h5"
+    if not write:
+        save_weights(model, name, write=False)
+        return
+    files.makedirs(ckpt_dir)
     digest = save_weights(model, files.join(ckpt_dir, name))
     files.write_json(
         files.join(ckpt_dir, STATE_NAME), {**state, "epoch": epoch, "weights": name, "sha256": digest}

@@ -6,6 +6,8 @@ import contextlib
 import io
 import logging
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +46,9 @@ class FoldPlan:
     out_dir: str
     global_batch: int  # examples per optimizer update, all replicas, all micro-batches
     steps_per_epoch: int  # optimizer updates per epoch
-    data_batch: int  # examples per batch the pipeline delivers
+    data_batch: int  # examples per batch this process's pipeline delivers
     fit_steps: int  # batches per epoch that fit consumes (= optimizer calls)
+    share: tuple[int, int] = (0, 1)  # (this process, training processes): whose records it reads
 
 
 def plan_fold(
@@ -62,9 +65,12 @@ def plan_fold(
         data_batch, fit_steps = global_batch // accumulate, steps * accumulate
     else:  # TF splits each full batch into micro-batches inside the train step
         data_batch, fit_steps = global_batch, steps
+    if runtime.backend == "jax":  # each JAX process delivers its part of the batch (TF splits it itself)
+        data_batch //= runtime.num_processes
     return FoldPlan(
-        name, val_fold, train_folds, files.join(run_dir, name), global_batch, steps, data_batch, fit_steps
-    )
+        name, val_fold, train_folds, files.join(run_dir, name), global_batch, steps, data_batch, fit_steps,
+        (runtime.process_id, runtime.num_processes),
+    )  # fmt: skip
 
 
 def build_compiled(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime):
@@ -126,10 +132,13 @@ class FoldMonitor(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, cfg: Config, manifest: Manifest, plan: FoldPlan, nets, state: dict[str, Any], ema_swap=None
-    ):
+        self, cfg: Config, manifest: Manifest, plan: FoldPlan, nets, state: dict[str, Any], ema_swap=None,
+        runtime: Runtime | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.cfg, self.manifest, self.plan, self.ema_swap = cfg, manifest, plan, ema_swap
+        self.runtime = runtime
+        self.writes = runtime is None or runtime.is_writer  # only one of several processes writes
         self.train_model, self.embedding_model = nets
         self.history: list[dict[str, Any]] = state.get("history", [])
         self.best: dict[str, Any] = state.get("best", {})
@@ -155,16 +164,18 @@ class FoldMonitor(keras.callbacks.Callback):
                 predict = self.cfg.predict
                 metrics, oof = validate_fold(
                     self.embedding_model, self.manifest, self.plan.val_fold, self.cfg.data.batch_size,
-                    predict.new_share, predict.new_share_seed,
+                    predict.new_share, predict.new_share_seed, self.runtime,
                 )  # fmt: skip
                 row.update(metrics)
                 if metrics["val_map5"] > self.best.get("val_map5", -1.0):
                     self._keep_best(epoch + 1, metrics, oof)
         row["seconds"] = round(time.time() - self._epoch_start, 2)
         self.history.append(row)
-        run_record.write_history(files.join(self.plan.out_dir, run_folder.HISTORY_NAME), self.history)
+        if self.writes:
+            run_record.write_history(files.join(self.plan.out_dir, run_folder.HISTORY_NAME), self.history)
         state = {"history": self.history, "best": self.best}
-        checkpoint.save_checkpoint(self.model, files.join(self.plan.out_dir, "ckpt"), epoch + 1, state)
+        ckpt = files.join(self.plan.out_dir, "ckpt")
+        checkpoint.save_checkpoint(self.model, ckpt, epoch + 1, state, write=self.writes)
         logger.info("%s epoch %d: %s", self.plan.name, epoch + 1, _brief(row))
 
     @contextlib.contextmanager
@@ -185,10 +196,11 @@ class FoldMonitor(keras.callbacks.Callback):
 
     def _keep_best(self, epoch: int, metrics: dict[str, Any], oof: dict[str, Any]) -> None:
         out = self.plan.out_dir
-        checkpoint.save_weights(self.train_model, files.join(out, "best.weights.h5"))
-        buffer = io.BytesIO()
-        np.savez(buffer, epoch=epoch, **oof)
-        files.write_bytes(files.join(out, run_folder.OOF_NAME), buffer.getvalue())
+        checkpoint.save_weights(self.train_model, files.join(out, "best.weights.h5"), write=self.writes)
+        if self.writes:
+            buffer = io.BytesIO()
+            np.savez(buffer, epoch=epoch, **oof)
+            files.write_bytes(files.join(out, run_folder.OOF_NAME), buffer.getvalue())
         self.best = {"epoch": epoch, **metrics}
 
 
@@ -199,20 +211,24 @@ def _brief(row: dict[str, Any]) -> str:
 
 def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime) -> run_folder.RunRecord:
     """Train (or resume) one fold and write its artefacts; returns its run.json content."""
-    files.makedirs(plan.out_dir)
-    save_config(cfg, files.join(plan.out_dir, run_folder.CONFIG_NAME))
+    if runtime.is_writer:
+        files.makedirs(plan.out_dir)
+        save_config(cfg, files.join(plan.out_dir, run_folder.CONFIG_NAME))
     model, train_model, embedding_model = build_compiled(cfg, manifest, plan, runtime)
-    state = checkpoint.load_checkpoint(model, files.join(plan.out_dir, "ckpt")) or {}
+    with runtime.scope():  # restoring builds the optimizer, whose variables belong to the strategy
+        state = checkpoint.load_checkpoint(model, files.join(plan.out_dir, "ckpt")) or {}
     ema_swap = keras.callbacks.SwapEMAWeights() if cfg.train.ema_momentum else None
-    monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state, ema_swap)
+    monitor = FoldMonitor(cfg, manifest, plan, (train_model, embedding_model), state, ema_swap, runtime)
     started = time.time()
-    dataset = train_dataset(manifest, plan.train_folds, cfg, plan.data_batch, cfg.train.seed)
+    dataset = train_dataset(manifest, plan.train_folds, cfg, plan.data_batch, cfg.train.seed, plan.share)
     dataset = dataset.map(to_targets(train_model.output.keys()))
     validation = None
     if plan.val_fold is not None:
-        validation = val_loss_dataset(manifest, [plan.val_fold], cfg, plan.data_batch)
+        validation = val_loss_dataset(manifest, [plan.val_fold], cfg, plan.data_batch, plan.share)
         validation = validation.map(to_targets(train_model.output.keys()))
-    callbacks = [monitor, keras.callbacks.TensorBoard(files.join(plan.out_dir, "tensorboard"))]
+    callbacks: list[keras.callbacks.Callback] = [monitor]
+    if runtime.is_writer:
+        callbacks.append(keras.callbacks.TensorBoard(files.join(plan.out_dir, "tensorboard")))
     if ema_swap is not None:
         callbacks.insert(0, ema_swap)
     model.fit(
@@ -232,14 +248,15 @@ def train_fold(cfg: Config, manifest: Manifest, plan: FoldPlan, runtime: Runtime
 
 
 def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: float) -> run_folder.RunRecord:
-    out = plan.out_dir
-    checkpoint.save_weights(monitor.train_model, files.join(out, "last.weights.h5"))
+    out, writes = plan.out_dir, runtime.is_writer
+    checkpoint.save_weights(monitor.train_model, files.join(out, "last.weights.h5"), write=writes)
     if monitor.best:
+        _wait_for_writer(runtime, f"{plan.name} best weights")  # the others read what process 0 wrote
         checkpoint.load_weights(monitor.train_model, files.join(out, "best.weights.h5"))
     else:  # no validation (--full): the last weights are the ones to keep
-        checkpoint.save_weights(monitor.train_model, files.join(out, "best.weights.h5"))
-    _save_model(monitor.train_model, files.join(out, run_folder.TRAIN_MODEL))
-    _save_model(monitor.embedding_model, files.join(out, run_folder.EMBEDDING_MODEL))
+        checkpoint.save_weights(monitor.train_model, files.join(out, "best.weights.h5"), write=writes)
+    _save_model(monitor.train_model, files.join(out, run_folder.TRAIN_MODEL), writes)
+    _save_model(monitor.embedding_model, files.join(out, run_folder.EMBEDDING_MODEL), writes)
     record = run_folder.RunRecord(
         fold=plan.name, val_fold=plan.val_fold, train_folds=list(plan.train_folds),
         epochs=len(monitor.history), best=monitor.best or {},
@@ -253,12 +270,27 @@ def finish_fold(cfg, manifest, plan, runtime, monitor: FoldMonitor, seconds: flo
             n_folds=manifest.n_folds, image_size=manifest.image_size,
         ),
         versions=run_record.library_versions(),
+        extra={"processes": runtime.num_processes},
     )  # fmt: skip
-    run_record.plot_curve(files.join(out, run_folder.CURVE_NAME), monitor.history, f"{plan.name}")
-    files.write_json(files.join(out, run_folder.RUN_JSON), record.to_json())
+    if writes:
+        run_record.plot_curve(files.join(out, run_folder.CURVE_NAME), monitor.history, f"{plan.name}")
+        files.write_json(files.join(out, run_folder.RUN_JSON), record.to_json())
+    _wait_for_writer(runtime, f"{plan.name} finished")  # no process moves on before the fold is whole
     return record
 
 
-def _save_model(model: keras.Model, path: str) -> None:
+def _save_model(model: keras.Model, path: str, write: bool = True) -> None:
+    if not write:  # the same (on JAX collective) save as the writer's, into scratch
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save(os.path.join(scratch, files.basename(path)))
+        return
     with files.written_via_local(path) as local:
         model.save(local)
+
+
+def _wait_for_writer(runtime: Runtime, what: str) -> None:
+    """All training processes meet here (a no-op for one), after process 0 wrote `what`."""
+    if runtime.num_processes > 1:
+        from tfwhale.training.cluster import barrier
+
+        barrier(runtime, what)

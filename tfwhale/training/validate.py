@@ -46,11 +46,21 @@ def validate_fold(
     batch: int,
     new_share: float = PredictConfig.new_share,
     seed: int = 0,
+    runtime: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metrics, out-of-fold embeddings of the val fold) for one fold's current weights."""
+    """(metrics, out-of-fold embeddings of the val fold) for one fold's current weights.
+
+    With several training processes (runtime), each embeds its share and every process gets all rows."""
     train_folds = [f for f in range(manifest.n_folds) if f != val_fold]
-    gallery = embed(embedding_model, manifest, "train", train_folds, batch)
-    queries = embed(embedding_model, manifest, "train", [val_fold], batch)
+    if runtime is not None and runtime.num_processes > 1:
+        from tfwhale.training.shared_embed import embed_across
+
+        local_batch = batch * max(1, runtime.replicas // runtime.num_processes)
+        gallery = embed_across(embedding_model, manifest, "train", train_folds, local_batch, runtime)
+        queries = embed_across(embedding_model, manifest, "train", [val_fold], local_batch, runtime)
+    else:
+        gallery = embed(embedding_model, manifest, "train", train_folds, batch)
+        queries = embed(embedding_model, manifest, "train", [val_fold], batch)
     metrics = score_queries(queries.embeddings, queries.ids, gallery.embeddings, gallery.ids, new_share, seed)
     oof = {
         "embeddings": queries.embeddings,
