@@ -118,9 +118,10 @@ def test_a_resume_on_other_records_or_another_config_is_refused(tmp_path, caplog
     cfg = with_records_image_size(load_config("tiny_cpu", overrides), records.load_manifest(rec_a))
     save_config(cfg, str(fold / "config.yaml"))
     manifest_a = records.load_manifest(rec_a)
-    finished = {"status": "finished", "fold": "fold0", "epochs": 2, "best": None}
-    finished["records"] = {"root": rec_a, "manifest_sha256": manifest_a.sha256}
-    files.write_json(str(fold / "run.json"), finished)
+    from tfwhale.contracts.run_folder import RecordsRef, RunRecord
+
+    refs = RecordsRef(rec_a, manifest_a.sha256, manifest_a.labels_sha256, manifest_a.n_folds, 32)
+    files.write_json(str(fold / "run.json"), RunRecord("fold0", 0, [1], 2, refs).to_json())
     caplog.clear()
     assert _train(rec_b, out) == 1 and f"-> {rec_b}" in caplog.text
     assert _train(rec_a, out) == 0  # the same inputs: skipped as finished
