@@ -11,6 +11,8 @@ import csv
 import dataclasses
 import io
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,7 @@ from tfwhale.retrieval.ranking import RankOptions
 logger = logging.getLogger(__name__)
 
 RECORDS_DIR = "records"  # in the gallery folder
+BUILT, BUILT_WITH_REJECTS = 0, 3  # build-tfrecords' exit codes that leave a finished build
 
 
 @dataclass(frozen=True)
@@ -88,21 +91,18 @@ def make_gallery(settings: GallerySettings) -> GalleryOutcome:
 
 
 def build_records(photo_set: PhotoSet, settings: GallerySettings, records_dir: str) -> Manifest:
-    """build-tfrecords as a library: training records only, resumable, bad photos listed as rejects."""
-    from tfrecords_builder.arguments import build_parser
-    from tfrecords_builder.cli import EXIT_OK, EXIT_REJECTS, run_build
-    from tfrecords_builder.errors import BuildInputError
-
+    """build-tfrecords, training records only: resumable, bad photos listed as rejects. Run as its own
+    process, as tfwhale.kaggle runs it: the builder imports tfwhale, so tfwhale does not import it."""
     argv = [*photo_set.builder_inputs, "--no-test", "--out", records_dir, "--size", str(settings.size)]
     argv += ["--boxes", settings.boxes] if settings.boxes else []
     argv += ["--workers", str(settings.workers)] if settings.workers else []
     argv += [] if settings.progress else ["-q"]
-    try:
-        code = run_build(build_parser().parse_args(argv))
-    except BuildInputError as err:
-        raise GalleryInputError(f"building the records: {err}") from None
-    if code not in (EXIT_OK, EXIT_REJECTS):
-        raise GalleryInputError(f"building the records in {records_dir} failed (exit {code})")
+    code = subprocess.call([sys.executable, "-m", "tfrecords_builder", *argv])
+    if code not in (BUILT, BUILT_WITH_REJECTS):
+        raise GalleryInputError(
+            f"build-tfrecords could not build {records_dir} from {settings.photos} (exit {code}); "
+            "its message above says why"
+        )
     records = load_manifest(records_dir)
     if not records.count("train"):
         see = files.join(records_dir, REJECTS_NAME)

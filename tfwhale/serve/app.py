@@ -38,6 +38,7 @@ def create_app(catalogue: Catalogue, token: str | None = None, reviewer: str = "
     app.add_middleware(GuardMiddleware, token=token)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     env = _env()
+    env.globals["gallery_made"] = catalogue.engine.manifest.extra  # "untrained gallery (...)" on every page
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
