@@ -111,6 +111,33 @@ def test_catalogue_answers_registers_and_says_it_is_untrained(folder_gallery, tm
     assert "untrained gallery (ImageNet Lite0)" in page.text and "--config lite0_224" in page.text
 
 
+def test_export_of_a_day_one_catalogue_builds_and_its_decisions_survive_a_trained_gallery(
+    folder_gallery, serve_gallery, tmp_path
+):
+    """The README's loop: export -> build-tfrecords; then the same catalogue on another (trained) gallery."""
+    from tfrecords_builder.cli import main as build_main
+    from tfwhale.serve.catalogue import Catalogue
+    from tfwhale.serve.export import export_catalogue
+
+    photos, out, _, rows = folder_gallery
+    catalogue = Catalogue(out, str(tmp_path / "catalogue"))
+    row = rows[4]
+    with open(f"{photos}/{row['individual_id']}/{row['image']}", "rb") as f:
+        sha, _ = catalogue.upload(f.read(), row["image"], None, "tester")
+    catalogue.decide(sha, "register", "Newcomer-2", "", "tester", [])
+    exported = export_catalogue(catalogue)
+    with open(exported / "train.csv") as f:
+        ids = [r["individual_id"] for r in csv.DictReader(f)]
+    assert len(ids) == len(rows) + 1 and "Newcomer-2" in ids
+    records = str(tmp_path / "records")
+    # no --boxes: no photo here has a box, and build-tfrecords refuses a boxes.csv with only a header
+    argv = ["--data", str(exported), "--no-test", "--out", records]
+    assert build_main([*argv, "--size", "32", "--folds", "2", "--workers", "1", "-q"]) == 0
+    switched = Catalogue(serve_gallery[1], str(tmp_path / "catalogue"))  # a trained gallery, same catalogue
+    assert switched.store.photo(sha).individual_id == "Newcomer-2"
+    assert switched.result_for(sha).candidates[0].label == "Newcomer-2"  # re-embedded, found again
+
+
 def test_kaggle_layout_with_boxes(tmp_path, capsys):
     data, rows = _synthetic(tmp_path, individuals=4)
     out = str(tmp_path / "gallery")
