@@ -81,7 +81,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--batch-size", type=int, default=defaults.batch, help=f"photos per batch ({defaults.batch})")
     add("--workers", type=int, metavar="N", help="image worker processes (default: every CPU)")
     add("-q", "--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
+    from tfwhale.core.labels import check_new_share
+
+    try:
+        check_new_share(args.new_share, "--new-share")
+    except ValueError as err:
+        parser.error(str(err))
+    if args.size < 32 or args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+        parser.error("--size must be >= 32, --batch-size and --workers >= 1")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
