@@ -138,6 +138,17 @@ def test_export_of_a_day_one_catalogue_builds_and_its_decisions_survive_a_traine
     assert switched.result_for(sha).candidates[0].label == "Newcomer-2"  # re-embedded, found again
 
 
+def test_a_trained_gallery_shows_no_untrained_note(serve_gallery, tmp_path):
+    pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from tfwhale.serve.app import create_app
+    from tfwhale.serve.catalogue import Catalogue
+
+    page = TestClient(create_app(Catalogue(serve_gallery[1], str(tmp_path / "catalogue")))).get("/")
+    assert page.status_code == 200 and "untrained gallery" not in page.text
+
+
 def test_kaggle_layout_with_boxes(tmp_path, capsys):
     data, rows = _synthetic(tmp_path, individuals=4)
     out = str(tmp_path / "gallery")
@@ -159,6 +170,11 @@ def test_kaggle_layout_with_boxes(tmp_path, capsys):
     assert "made in" in summary and "python -m tfwhale.serve" in summary
     with open(f"{out}/records/manifest.json") as f:
         assert json.load(f)["crop"]["box_source"] == "--boxes boxes.csv"
+    with open(f"{out}/gallery.json") as f:
+        first = json.load(f)["embeddings_sha256"]
+    assert gallery_cli.main([*argv, "-q"]) == 0  # run again: the records are reused, the gallery the same
+    with open(f"{out}/gallery.json") as f:
+        assert json.load(f)["embeddings_sha256"] == first
 
 
 def test_leave_one_out_never_matches_a_photo_to_itself():
