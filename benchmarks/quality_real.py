@@ -13,6 +13,9 @@ time of train + predict.
     python3 dev.py bench quality_real                         # every row, the configs' epochs
     python3 dev.py bench quality_real --size 128 --epochs 8 --rows floors,imagenet,frozen,lite0,tiny
     python3 dev.py bench quality_real --extra "lite0 m=0.5:model.arc_m=0.5"   # a recipe change as a row
+    python3 dev.py bench quality_real --rows floors,dayone --seed 1   # the day-one gallery, no training
+The dayone row runs python -m tfwhale.gallery on the split's training photos (no training, threshold tuned
+leave-one-out within them) and python -m tfwhale.identify on the queries; its wall time is both commands.
 Rows are kept under --work: a rerun reuses finished builds, runs and predictions (--fresh: start over).
 """
 
@@ -54,12 +57,14 @@ class Row:
     config: str | None  # None: a floor, no model
     overrides: tuple[str, ...] = ()
     all_epochs_frozen: bool = False  # frozen_epochs = epochs
+    dayone: bool = False  # python -m tfwhale.gallery + identify, no training (config unused)
 
 
 def rows(default: str) -> dict[str, Row]:
     pk = ("model.head=triplet", "data.batch_size=16", "data.ids_per_batch=4", "data.photos_per_id=4")
     return {
         "floors": Row("floors", None),
+        "dayone": Row("day-one gallery: ImageNet Lite0, no training (tfwhale.gallery)", None, dayone=True),
         "imagenet": Row(
             "ImageNet Lite0, no training (kNN)", default,
             ("train.epochs=1", "train.freeze_bn=true", *LR_ZERO), all_epochs_frozen=True,
@@ -104,13 +109,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run(command: list[str], log: str) -> tuple[float, float]:
-    """Run a project command, output to `log`; (wall s, CPU s of it and its children)."""
+def run(command: list[str], log: str, ok=(0,), stdout: str | None = None) -> tuple[float, float]:
+    """Run a project command, output to `log` (stdout to `stdout` when given); (wall s, CPU s of it and
+    its children). An exit code outside `ok` stops the benchmark with the log's tail."""
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    with open(log, "a") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    with open(log, "a") as out, open(stdout or os.devnull, "w") as answer:
+        done = subprocess.run(command, stdout=answer if stdout else out, stderr=out)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
+    if done.returncode not in ok:
         with open(log) as f:
             tail = "".join(f.readlines()[-25:])
         raise SystemExit(f"{' '.join(command[:4])} ... failed (exit {done.returncode}); {log}:\n{tail}")
@@ -118,17 +124,75 @@ def run(command: list[str], log: str) -> tuple[float, float]:
     return time.perf_counter() - start, cpu
 
 
-def make_task(args: argparse.Namespace) -> tuple[str, str, pd.DataFrame, pd.DataFrame]:
-    """(records, solution path, train table, solution table): the split and the build, done once."""
-    data = os.path.join(args.work, f"task-seed{args.seed}-new{args.new_share}")
+def make_task(args: argparse.Namespace, build: bool = True) -> tuple[str, str, pd.DataFrame, pd.DataFrame]:
+    """(records, solution path, train table, solution table): the split and the build (when `build`: a
+    trained row needs it), done once."""
+    data = task_dir(args)
     split = make_split(read_photo_folder(args.photos), new_share=args.new_share, seed=args.seed)
     paths = write_task(split, data, species=args.species)
     records = os.path.join(args.work, f"records-{args.size}px-{args.folds}folds-seed{args.seed}")
-    if not os.path.exists(os.path.join(records, "manifest.json")):
+    if build and not os.path.exists(os.path.join(records, "manifest.json")):
         log = os.path.join(args.work, "build.log")
         run([sys.executable, "-m", "tfrecords_builder", "--data", data, "--out", records, "--size",
              str(args.size), "--folds", str(args.folds), "--overwrite", "-q"], log)  # fmt: skip
     return records, paths["solution"], pd.read_csv(paths["train_csv"]), pd.read_csv(paths["solution"])
+
+
+def task_dir(args: argparse.Namespace) -> str:
+    return os.path.join(args.work, f"task-seed{args.seed}-new{args.new_share}")
+
+
+def dayone(args: argparse.Namespace, solution: pd.DataFrame) -> dict:
+    """The day-one row: tfwhale.gallery on the training photos, identify on the queries (cached)."""
+    data, key = task_dir(args), f"dayone-{args.size}px-seed{args.seed}"
+    gallery, answers_path = os.path.join(args.work, "galleries", key), os.path.join(args.work, f"{key}.json")
+    log = os.path.join(args.work, f"{key}.log")
+    if not os.path.exists(answers_path):
+        shutil.rmtree(gallery, ignore_errors=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: python -m tfwhale.gallery", flush=True)
+        command = [sys.executable, "-m", "tfwhale.gallery", "--photos", data, "--out", gallery, "--size",
+                   str(args.size), "-q"]  # fmt: skip
+        gallery_wall, gallery_cpu = run(command, log, ok=(0, 3))
+        photos = [os.path.join(data, "test_images", name) for name in solution["image"]]
+        identify_wall, identify_cpu = run([sys.executable, "-m", "tfwhale.identify", *photos, "--gallery",
+                                           gallery, "--json"], log, stdout=answers_path + ".tmp")  # fmt: skip
+        with open(answers_path + ".tmp") as f:
+            answers = json.load(f)
+        with open(os.path.join(gallery, "gallery.json")) as f:
+            manifest = json.load(f)
+        result = {"answers": answers, "threshold": manifest["threshold"], "extra": manifest["extra"],
+                  "gallery_wall": gallery_wall, "wall": gallery_wall + identify_wall,
+                  "cpu": gallery_cpu + identify_cpu}  # fmt: skip
+        with open(answers_path, "w") as f:
+            json.dump(result, f, indent=1)
+        os.remove(answers_path + ".tmp")
+    with open(answers_path) as f:
+        return json.load(f)
+
+
+def dayone_row(result: dict, solution: pd.DataFrame) -> dict:
+    """The day-one row scored like the others: identify's answers, and its ranking without the threshold."""
+    by_name = {os.path.basename(a["photo"]): a for a in result["answers"]}
+    truths, answers, labels, sims = solution["individual_id"].tolist(), [], [], []
+    for name in solution["image"]:
+        predictions = by_name[name]["predictions"]
+        answers.append([p["label"] for p in predictions])
+        ranked = [p for p in predictions if p["label"] != NEW_INDIVIDUAL]
+        labels.append([p["label"] for p in ranked])
+        sims.append([p["similarity"] for p in ranked])
+    row = scores(truths, answers)
+    known = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
+    row["top1"] = float(np.mean([bool(labels[i]) and labels[i][0] == truths[i] for i in known]))
+    grid = np.round(np.arange(0.0, 1.0001, 0.01), 4)
+    swept = [map_at_k(truths, insert_new_individual(labels, sims, float(t))) for t in grid]
+    loo = result["extra"]["leave_one_out"]
+    row.update(
+        threshold=result["threshold"]["value"], oof_tuned=loo["tuned_threshold"],
+        best_threshold=float(grid[int(np.argmax(swept))]), best_map5=float(max(swept)),
+        wall=result["wall"], cpu=result["cpu"], epochs=0, oof_map5=loo["map5"],
+        gallery_wall=result["gallery_wall"], threshold_source=result["threshold"]["source"],
+    )  # fmt: skip
+    return row
 
 
 def train_and_predict(args, key: str, row: Row, records: str, solution: str) -> dict:
@@ -259,9 +323,14 @@ def main() -> None:
         shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work, exist_ok=True)
     chosen = selected(args)
-    records, solution_path, train, solution = make_task(args)
+    trained = any(row.config is not None for row in chosen.values())
+    records, solution_path, train, solution = make_task(args, build=trained)
     table: dict[str, dict] = {}
     for key, row in chosen.items():
+        if row.dayone:
+            table[row.title] = dayone_row(dayone(args, solution), solution)
+            print_table(table, args, train, solution)
+            continue
         if row.config is None:
             table.update(floor_rows(train, solution))
             continue
@@ -298,6 +367,8 @@ def print_table(table: dict, args: argparse.Namespace, train: pd.DataFrame, solu
     print(text, flush=True)
     with open(os.path.join(args.work, "table.md"), "w") as f:
         f.write(text + "\n")
+    with open(os.path.join(args.work, f"table-seed{args.seed}.json"), "w") as f:  # for benchmarks/seeds.py
+        json.dump({"photos": args.photos, "seed": args.seed, "rows": table}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ LAYERS = {
     "tfwhale.query": 4,  # the one query path: gallery -> crop -> embed -> rank -> threshold -> answers
     "tfwhale.inference": 5,  # predict's internals, on top of the query path
     "tfwhale": 6,  # the commands users call: train, predict, identify, demo, kaggle glue
+    "tfwhale.gallery": 6,  # the day-one gallery command: a photo folder -> a gallery, no training
     "tfwhale.serve": 7,  # the catalogue app, on top of the query path
 }
 

@@ -75,6 +75,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     env = _env()
     decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
+    env.globals["gallery_made"] = catalogue.engine.manifest.extra  # "untrained gallery (...)" on every page
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
