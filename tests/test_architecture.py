@@ -16,6 +16,7 @@ LAYERS = {
     "tfwhale.nets": 1,
     "tfwhale.contracts": 2,
     "tfwhale.retrieval": 3,
+    "tfwhale.matching": 3,
     "tfwhale.feed": 3,
     "tfwhale.synthetic": 3,
     "tfrecords_builder": 3,

@@ -1,0 +1,38 @@
+"""From photos to individuals: shortlists of what to verify, and per-individual scores of photo scores."""
+
+from __future__ import annotations
+
+import numpy as np
+
+AGGREGATIONS = ("max", "sum")
+
+
+def per_individual(photo_scores: np.ndarray, photo_individual: np.ndarray, n_individuals: int,
+                   how: str = "max") -> np.ndarray:  # fmt: skip
+    """float64 (queries, n_individuals) of photo_scores (queries, photos): each individual's best photo
+    ("max") or the total over its photos ("sum"). photo_individual: int (photos,) in [0, n_individuals).
+    Individuals with no photo score 0."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    scores = np.atleast_2d(np.asarray(photo_scores, np.float64))
+    out = np.zeros((len(scores), n_individuals), np.float64)
+    if how == "sum":
+        np.add.at(out.T, photo_individual, scores.T)
+    else:
+        out[:] = -np.inf
+        np.maximum.at(out.T, photo_individual, scores.T)
+        out[np.isinf(out)] = 0.0
+    return out
+
+
+def top_individual_photos(individual_scores: np.ndarray, photo_individual: np.ndarray, k: int) -> np.ndarray:
+    """bool (photos,): the photos of the k best-scoring individuals of one query (a global shortlist)."""
+    best = np.argsort(-np.asarray(individual_scores), kind="stable")[:k]
+    return np.isin(photo_individual, best)
+
+
+def top_photos(photo_scores: np.ndarray, m: int) -> np.ndarray:
+    """bool (photos,): one query's m best-scoring photos (an LNBNN shortlist)."""
+    chosen = np.zeros(len(photo_scores), bool)
+    chosen[np.argsort(-np.asarray(photo_scores), kind="stable")[:m]] = True
+    return chosen
