@@ -373,8 +373,8 @@ def seed_rows(args, seed: Seed, inliers, neighbours, method: Method) -> dict[str
 
 def summarise(per_seed: list[dict[str, dict]]) -> str:
     """Markdown table: mean +- standard deviation over seeds of every column, per row."""
-    columns = [("map5", "MAP@5"), ("known", "known MAP@5"), ("top1", "known top-1"),
-               ("new_precision", "new prec."), ("new_recall", "new recall"), ("best_map5", "MAP@5 best thr.")]  # fmt: skip
+    columns = [("map5", "MAP@5"), ("known", "known MAP@5"), ("top1", "known top-1"), ("new_precision",
+               "new prec."), ("new_recall", "new recall"), ("best_map5", "MAP@5 best thr.")]  # fmt: skip
     lines = ["| row | " + " | ".join(c for _, c in columns) + " |", "|---|" + "--:|" * len(columns)]
     for title in per_seed[0]:
         cells = []
@@ -418,8 +418,9 @@ def main() -> None:
         study(args, seeds, folder, sift, pairs, method)
         return
     per_seed = run_table(args, seeds, sift, pairs, method, folder)
-    header = (f"{os.path.basename(os.path.normpath(args.photos))}: seeds {args.seeds}; SIFT {sift.match_size} px, "
-              f"{sift.max_keypoints} keypoints; ratio {pairs.ratio}, {pairs.geometry}; {method}")  # fmt: skip
+    header = (f"{os.path.basename(os.path.normpath(args.photos))}: seeds {args.seeds}; SIFT "
+              f"{sift.match_size} px, {sift.max_keypoints} keypoints; ratio {pairs.ratio}, {pairs.geometry}; "
+              f"{method}")  # fmt: skip
     text = header + "\n\n" + summarise(per_seed)
     print(text)
     with open(os.path.join(args.work, "table.md"), "w") as f:
@@ -524,13 +525,18 @@ def timing(args, folder, sift: SiftSettings, pairs: PairSettings, method: Method
     file_bytes = os.path.getsize(
         os.path.join(args.work, f"features-{sift.match_size}px-{sift.max_keypoints}kp.npz")
     )
-    print(f"SIFT {sift.match_size} px {sift.max_keypoints} kp, ratio {pairs.ratio} {pairs.geometry}, 1 core:\n"
-          f"- extraction {extract_s * 1000:.0f} ms a photo; keypoints a photo mean {kp.mean():.0f} (median "
-          f"{np.median(kp):.0f})\n- one pair (ratio + mutual + {pairs.geometry}) {pair_s * 1000:.1f} ms\n"
-          f"- a query at K={method.shortlist_k} ({k_pairs:.0f} pairs at {per_individual_photos:.1f} photos an "
-          f"individual): {k_pairs * pair_s * 1000:.0f} ms\n- LNBNN: index of {len(fs)} photos built in "
-          f"{index_s:.2f} s, one query {lnbnn_s * 1000:.0f} ms\n- bytes a photo {per_photo:.0f} in memory, "
-          f"{file_bytes / len(fs):.0f} in the file; 79,000 photos: {79_000 * file_bytes / len(fs) / 2**30:.2f} GiB")  # fmt: skip
+    lines = [
+        f"SIFT {sift.match_size} px {sift.max_keypoints} kp, ratio {pairs.ratio} {pairs.geometry}, 1 core:",
+        f"- extraction {extract_s * 1000:.0f} ms a photo; keypoints a photo: mean {kp.mean():.0f}, median "
+        f"{np.median(kp):.0f}",
+        f"- one pair (ratio + mutual + {pairs.geometry}) {pair_s * 1000:.1f} ms",
+        f"- a query at K={method.shortlist_k} ({k_pairs:.0f} pairs at {per_individual_photos:.1f} photos "
+        f"an individual): {k_pairs * pair_s * 1000:.0f} ms",
+        f"- LNBNN: index of {len(fs)} photos built in {index_s:.2f} s, one query {lnbnn_s * 1000:.0f} ms",
+        f"- bytes a photo: {per_photo:.0f} in memory, {file_bytes / len(fs):.0f} in the file; 79,000 "
+        f"photos: {79_000 * file_bytes / len(fs) / 2**30:.2f} GiB",
+    ]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

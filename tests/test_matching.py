@@ -102,7 +102,9 @@ def test_rootsift_uint8_round_trip_keeps_unit_norm_and_the_matches():
         dots = x @ y.T
         two = np.sort(np.sqrt(np.maximum(2 - 2 * dots, 0)), axis=1)[:, :2]
         keep = two[:, 0] < 0.8 * two[:, 1]
-        return {(int(i), int(j)) for i, j in zip(np.flatnonzero(keep), np.argmax(dots, axis=1)[keep])}
+        return {
+            (int(i), int(j)) for i, j in zip(np.flatnonzero(keep), np.argmax(dots, axis=1)[keep], strict=True)
+        }
 
     exact = ratio_matches(exact_a, exact_b)
     stored = ratio_matches(back_a, dequantise(quantise(exact_b)))
@@ -141,7 +143,8 @@ def test_sift_matcher_is_a_matcher(three):
 
 def test_lnbnn_ranks_the_right_gallery_photo_first():
     gallery_images = [texture(seed) for seed in range(10, 16)]
-    gallery = FeatureSet.from_photos([f"g{i}" for i in range(6)], [extract_sift(g, SETTINGS) for g in gallery_images])
+    features = [extract_sift(image, SETTINGS) for image in gallery_images]
+    gallery = FeatureSet.from_photos([f"g{i}" for i in range(6)], features)
     index = LnbnnIndex(gallery)
     for target in (1, 4):
         query = extract_sift(rotated_scaled_crop(gallery_images[target]), SETTINGS)
@@ -183,7 +186,7 @@ def test_isotonic_calibration_is_monotone_and_saves():
     calibration = fit_calibration(scores, same)
     grid = np.linspace(-10, 80, 200)
     probability = calibration(grid)
-    assert np.all(np.diff(probability) >= 0) and 0 <= probability.min() and probability.max() <= 1
+    assert np.all(np.diff(probability) >= 0) and probability.min() >= 0 and probability.max() <= 1
     assert probability[0] < 0.1 and probability[-1] > 0.9
     assert ScoreCalibration.from_dict(calibration.to_dict()) == calibration
     with pytest.raises(ValueError, match="both"):
@@ -219,7 +222,7 @@ def test_feature_set_round_trip_and_corruption(tmp_path, three):
     with pytest.raises(LocalFeaturesError, match="sha256"):
         load_feature_set(path, sha256="0" * 64)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(LocalFeaturesError, match="bad.npz"):
+    with pytest.raises(LocalFeaturesError, match=r"bad\.npz"):
         load_feature_set(str(tmp_path / "bad.npz"))
 
 

@@ -6,6 +6,7 @@ in each photo's matching image) so that people can see them drawn.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -15,6 +16,8 @@ from tfwhale.contracts.local_features import LocalFeatures
 from tfwhale.matching.features import dequantise
 
 GEOMETRIES = ("homography", "affine", "similarity", "fundamental")
+logger = logging.getLogger(__name__)
+
 MIN_MODEL_POINTS = {"homography": 4, "affine": 3, "similarity": 2, "fundamental": 8}
 
 
@@ -97,6 +100,15 @@ def verify(query_xy: np.ndarray, gallery_xy: np.ndarray, settings: PairSettings)
     """Boolean inlier mask of the matched positions under settings.geometry (all False when too few)."""
     if len(query_xy) < MIN_MODEL_POINTS[settings.geometry]:
         return np.zeros(len(query_xy), bool)
+    try:
+        mask = _model_inliers(query_xy, gallery_xy, settings)
+    except cv2.error as error:  # USAC asserts on some degenerate samples (all points on a line)
+        logger.debug("%s verification failed on %d matches: %s", settings.geometry, len(query_xy), error)
+        mask = None
+    return np.zeros(len(query_xy), bool) if mask is None else mask.ravel().astype(bool)
+
+
+def _model_inliers(query_xy: np.ndarray, gallery_xy: np.ndarray, settings: PairSettings) -> np.ndarray | None:
     threshold, iterations = settings.reprojection_px, settings.max_iterations
     if settings.geometry == "homography":
         _, mask = cv2.findHomography(query_xy, gallery_xy, cv2.USAC_MAGSAC, threshold, maxIters=iterations)
@@ -104,9 +116,10 @@ def verify(query_xy: np.ndarray, gallery_xy: np.ndarray, settings: PairSettings)
         _, mask = cv2.findFundamentalMat(query_xy, gallery_xy, cv2.USAC_MAGSAC, threshold, 0.999, iterations)
     else:
         estimate = cv2.estimateAffine2D if settings.geometry == "affine" else cv2.estimateAffinePartial2D
-        _, mask = estimate(query_xy, gallery_xy, method=cv2.RANSAC, ransacReprojThreshold=threshold,
-                           maxIters=iterations)  # fmt: skip
-    return np.zeros(len(query_xy), bool) if mask is None else mask.ravel().astype(bool)
+        _, mask = estimate(
+            query_xy, gallery_xy, method=cv2.RANSAC, ransacReprojThreshold=threshold, maxIters=iterations
+        )
+    return mask
 
 
 def match_pair(
