@@ -78,6 +78,14 @@ def parse_args() -> argparse.Namespace:
     add("--m", type=int, default=Method.shortlist_m, help="LNBNN shortlist: top-M photos")
     add("--workers", type=int, default=2, help="processes for the pair inliers (2)")
     add("--study", action="store_true", help="run the parameter grid instead of the table")
+    add(
+        "--feature-grid",
+        type=lambda t: [tuple(int(v) for v in x.split("x")) for x in t.split(",")],
+        default="640x1000,384x1000,512x500,512x2000",
+        help="study: SIZExKEYPOINTS settings to compare",
+    )
+    add("--lnbnn-only", action="store_true", help="study: features compared by LNBNN alone (no pairs)")
+    add("--skip-pairs-study", action="store_true", help="study: only the method and feature grids")
     add("--timing", action="store_true", help="time pairs and queries on 1 core; feature bytes")
     return parser.parse_args()
 
@@ -438,17 +446,39 @@ def main() -> None:
 STUDY_ROWS = ("lnbnn", "verified", "global_verified", "fused", "fused_votes")
 
 
-def study_line(label: str, per_seed: list[dict]) -> str:
-    """MAP@5 and known top-1 (means over seeds) of the rows that decide, the global model untrained."""
+def study_line(label: str, per_seed: list[dict], rows: tuple[str, ...] = STUDY_ROWS) -> str:
+    """MAP@5 and known top-1 (means over seeds) of the rows that decide, the global model untrained;
+    rows not in `rows` are left blank."""
     cells = []
     for name in STUDY_ROWS:
         title = ROW_TITLES[name].format(g=GLOBAL_KEYS["imagenet"])
-        if title not in per_seed[0]:
+        if title not in per_seed[0] or name not in rows:
             cells.append("- | -")
             continue
         map5 = np.mean([t[title]["map5"] for t in per_seed])
         cells.append(f"{map5:.3f} | {np.mean([t[title]['top1'] for t in per_seed]):.3f}")
     return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def study_pairs_and_method(args, fs, tag, grid, line, pairs, method) -> np.ndarray:
+    """The pair settings' lines, then aggregation x K x M on the default pairs; their inliers."""
+    matrices = pair_inliers(args, fs, tag, grid)
+    for p, inliers in zip(grid, matrices if not args.skip_pairs_study else [], strict=False):
+        line(
+            f"ratio {p.ratio}, {p.geometry}{'' if p.mutual else ', no mutual check'}",
+            tag,
+            fs,
+            p,
+            inliers,
+            method,
+        )
+    base = matrices[0]
+    for agg in ("max", "sum"):
+        for k in (5, 10, 20):
+            for m in (10, 30, 60):
+                m_ = dataclasses.replace(method, aggregation=agg, shortlist_k=k, shortlist_m=m)
+                line(f"{agg}, K={k}, M={m}", tag, fs, pairs, base, m_)
+    return base
 
 
 def study(args, seeds, folder, sift: SiftSettings, pairs: PairSettings, method: Method) -> None:
@@ -470,25 +500,20 @@ def study(args, seeds, folder, sift: SiftSettings, pairs: PairSettings, method: 
     grid = [pairs] + [dataclasses.replace(pairs, ratio=r) for r in (0.7, 0.9) if r != pairs.ratio]
     grid += [dataclasses.replace(pairs, geometry=g) for g in ("affine", "similarity", "fundamental")
              if g != pairs.geometry] + [dataclasses.replace(pairs, mutual=False)]  # fmt: skip
-    matrices = pair_inliers(args, fs, tag, grid)
-    for p, inliers in zip(grid, matrices, strict=True):
-        line(
-            f"ratio {p.ratio}, {p.geometry}{'' if p.mutual else ', no mutual check'}",
-            tag,
-            fs,
-            p,
-            inliers,
-            method,
-        )
-    base = matrices[0]
-    for agg in ("max", "sum"):
-        for k in (5, 10, 20):
-            for m in (10, 30, 60):
-                m_ = dataclasses.replace(method, aggregation=agg, shortlist_k=k, shortlist_m=m)
-                line(f"{agg}, K={k}, M={m}", tag, fs, pairs, base, m_)
-    for size, kp in ((640, 1000), (384, 1000), (512, 500), (512, 2000)):
+    if args.lnbnn_only:
+        base = np.zeros((len(fs), len(fs)), np.int32)
+        if not loaded:
+            loaded.extend(load_seed(args, s, paths, individuals, names) for s in seeds)
+    else:
+        base = study_pairs_and_method(args, fs, tag, grid, line, pairs, method)
+    for size, kp in args.feature_grid:
         other = dataclasses.replace(sift, match_size=size, max_keypoints=kp)
         fs, tag = features(args, paths, other), f"{size}px-{kp}kp"
+        if args.lnbnn_only:  # no pair inliers: only the LNBNN row means anything
+            neighbours = lnbnn_neighbours(args, fs, tag)
+            per_seed = [seed_rows(args, seed, np.zeros_like(base), neighbours, method) for seed in loaded]
+            print(study_line(f"{size} px, {kp} keypoints (LNBNN only)", per_seed, ("lnbnn",)), flush=True)
+            continue
         (inliers,) = pair_inliers(args, fs, tag, [pairs])
         line(f"{size} px, {kp} keypoints", tag, fs, pairs, inliers, method)
 
