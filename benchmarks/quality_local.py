@@ -167,12 +167,9 @@ def lnbnn_neighbours(args, fs: FeatureSet, tag: str) -> list[Neighbours]:
         found = [index.neighbours(fs[i], LNBNN_SEARCH) for i in tqdm(range(len(fs)), desc="LNBNN")]
         np.savez(path, offsets=fs.offsets, photo=np.concatenate([f.photo for f in found]),
                  distance=np.concatenate([f.distance for f in found]))  # fmt: skip
-    data = np.load(path)
-    o = data["offsets"]
-    return [
-        Neighbours(data["photo"][o[i] : o[i + 1]], data["distance"][o[i] : o[i + 1]])
-        for i in range(len(o) - 1)
-    ]
+    with np.load(path) as data:  # each data[key] reads the whole array again: read each once
+        o, photo, distance = data["offsets"], data["photo"], data["distance"]
+    return [Neighbours(photo[o[i] : o[i + 1]], distance[o[i] : o[i + 1]]) for i in range(len(o) - 1)]
 
 
 # ---- per seed: split, global cosines, scores of every method ----
