@@ -391,6 +391,16 @@ def summarise(per_seed: list[dict[str, dict]]) -> str:
             values = np.asarray([t[title][key] for t in per_seed if title in t], np.float64)
             cells.append(f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}")
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + per_seed_table(per_seed)
+
+
+def per_seed_table(per_seed: list[dict[str, dict]]) -> str:
+    """MAP@5 / known top-1 of every row on every seed (blank: the row's global model did not run)."""
+    lines = ["| row | " + " | ".join(f"seed {i}" for i in range(len(per_seed))) + " |",
+             "|---|" + "--:|" * len(per_seed)]  # fmt: skip
+    for title in per_seed[0]:
+        cells = [f"{t[title]['map5']:.3f} / {t[title]['top1']:.3f}" if title in t else "" for t in per_seed]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
