@@ -27,6 +27,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import cv2
 import numpy as np
 import pandas as pd
 from _real_split import NEW_INDIVIDUAL, _linked_name, make_split, read_photo_folder
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from tfwhale.contracts.local_features import FeatureSet, load_feature_set, save_feature_set
 from tfwhale.core.metrics import map_at_k
-from tfwhale.matching.aggregate import per_individual, top_individual_photos, top_photos
+from tfwhale.matching.aggregate import RerankSettings, per_individual, top_individual_photos, top_photos
 from tfwhale.matching.features import SiftSettings, extract_sift
 from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse
 from tfwhale.matching.lnbnn import LnbnnIndex, Neighbours, lnbnn_votes
@@ -49,14 +50,7 @@ LNBNN_SEARCH = 12  # neighbours searched per descriptor; the folder's own photo 
 GLOBAL_KEYS = {"imagenet": "ImageNet Lite0 untrained", "lite0": "lite0_224 fine-tuned"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """The knobs the study varies, besides the features and pair settings."""
-
-    aggregation: str = "max"
-    shortlist_k: int = 20  # global top-K individuals verified
-    shortlist_m: int = 30  # LNBNN top-M photos verified
-    lnbnn_k: int = 1
+Method = RerankSettings  # the knobs the study varies, besides the features and pair settings
 
 
 def parse_args() -> argparse.Namespace:
@@ -532,6 +526,7 @@ def timing(args, folder, sift: SiftSettings, pairs: PairSettings, method: Method
     """Per photo extraction, per pair and per query (global top-K individuals' photos verified, plus
     one LNBNN search over the whole folder) on one core; bytes per photo."""
     paths, individuals, _ = folder
+    cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
     sample = rng.choice(len(paths), size=min(40, len(paths)), replace=False)
     with threadpool_limits(1):

@@ -14,7 +14,7 @@ from tfwhale.contracts.local_features import (
     load_feature_set,
     save_feature_set,
 )
-from tfwhale.matching.aggregate import per_individual, top_individual_photos, top_photos
+from tfwhale.matching.aggregate import RerankSettings, per_individual, top_individual_photos, top_photos
 from tfwhale.matching.features import (
     ROOTSIFT_SCALE,
     SiftSettings,
@@ -177,6 +177,10 @@ def test_per_individual_max_and_sum_and_shortlists():
     np.testing.assert_array_equal(top_photos(photo_scores[0], 2), [1, 0, 1, 0])
     with pytest.raises(ValueError, match="aggregation"):
         per_individual(photo_scores, owner, 3, "mean")
+    with pytest.raises(ValueError, match="aggregation"):
+        RerankSettings(aggregation="mean")
+    with pytest.raises(ValueError, match="shortlist_k"):
+        RerankSettings(shortlist_k=0)
 
 
 def test_isotonic_calibration_is_monotone_and_saves():

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 AGGREGATIONS = ("max", "sum")
+
+
+@dataclass(frozen=True)
+class RerankSettings:
+    """What a query verifies and how photo scores become individual scores. Chosen on nyala-dev (5
+    split seeds, BENCHMARKS.md "Local-feature matching"): max beat sum by ~0.1 MAP@5 (sum favours
+    individuals with many photos); K >= 10 and any M in 10..60 scored alike there, so K=10 (half the
+    pairs of K=20) and M=30 (an LNBNN shortlist found animals the embedding missed on a larger set)."""
+
+    aggregation: str = "max"
+    shortlist_k: int = 10  # the global embedding's top-K individuals: all their photos are verified
+    shortlist_m: int = 30  # LNBNN's top-M photos over the whole gallery, verified too
+    lnbnn_k: int = 1  # neighbours that vote per query descriptor
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if min(self.shortlist_k, self.shortlist_m, self.lnbnn_k) < 1:
+            raise ValueError(f"shortlist_k, shortlist_m and lnbnn_k must be >= 1, got {self}")
 
 
 def per_individual(photo_scores: np.ndarray, photo_individual: np.ndarray, n_individuals: int,
