@@ -26,7 +26,7 @@ from tfwhale.matching.features import (
 from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse, leave_one_out_scores
 from tfwhale.matching.lnbnn import LnbnnIndex, lnbnn_votes
 from tfwhale.matching.matcher import Matcher, SiftMatcher
-from tfwhale.matching.pairs import PairSettings, match_pair, nearest_candidates
+from tfwhale.matching.pairs import PairSettings, match_pair, nearest_candidates, verify
 
 
 def texture(seed: int, size: int = 320) -> np.ndarray:
@@ -235,3 +235,13 @@ def test_local_features_refuse_wrong_dtypes():
         LocalFeatures(np.zeros((2, 4), np.float32), np.zeros((2, 128), np.uint8), (10, 10))
     with pytest.raises(LocalFeaturesError, match="descriptors"):
         LocalFeatures(np.zeros((2, 4), np.float16), np.zeros((3, 128), np.uint8), (10, 10))
+
+
+def test_degenerate_matches_verify_to_no_inliers_without_an_error():
+    on_a_line = np.stack([np.arange(12.0), 2 * np.arange(12.0)], axis=1).astype(np.float32)
+    one_point = np.repeat(on_a_line[:1], 12, axis=0)
+    for geometry in ("homography", "affine", "fundamental"):
+        assert not verify(on_a_line, 1.5 * on_a_line, PairSettings(geometry=geometry)).any(), geometry
+    for geometry in ("homography", "affine", "similarity", "fundamental"):
+        assert not verify(one_point, one_point, PairSettings(geometry=geometry)).any(), geometry
+    assert not verify(on_a_line[:3], on_a_line[:3], PairSettings(geometry="homography")).any()  # < 4
