@@ -38,7 +38,13 @@ from tqdm import tqdm
 
 from tfwhale.contracts.local_features import FeatureSet, load_feature_set, save_feature_set
 from tfwhale.core.metrics import map_at_k
-from tfwhale.matching.aggregate import RerankSettings, per_individual, top_individual_photos, top_photos
+from tfwhale.matching.aggregate import (
+    RerankSettings,
+    best_photos_of_each,
+    per_individual,
+    top_individual_photos,
+    top_photos,
+)
 from tfwhale.matching.features import SiftSettings, extract_sift
 from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse
 from tfwhale.matching.lnbnn import LnbnnIndex, Neighbours, lnbnn_votes
@@ -70,6 +76,12 @@ def parse_args() -> argparse.Namespace:
     add("--aggregation", default=Method.aggregation)
     add("--k", type=int, default=Method.shortlist_k, help="global shortlist: top-K individuals")
     add("--m", type=int, default=Method.shortlist_m, help="LNBNN shortlist: top-M photos")
+    add(
+        "--photos-per-individual",
+        type=int,
+        default=Method.photos_per_individual,
+        help=f"of each top-K individual, verify its best-voted photos ({Method.photos_per_individual}; 0: all)",
+    )
     add("--workers", type=int, default=2, help="processes for the pair inliers (2)")
     add("--study", action="store_true", help="run the parameter grid instead of the table")
     add(
@@ -263,6 +275,9 @@ def method_scores(seed: Seed, votes, pair, cosine, method: Method, self_mask) ->
         best = per_individual(cos, seed.gallery_class, n, "max")
         best[~np.isfinite(best)] = -1.0
         by_cos = np.stack([top_individual_photos(b, seed.gallery_class, method.shortlist_k) for b in best])
+        if method.photos_per_individual:  # of each shortlisted individual, only its best-voted photos
+            n_best = method.photos_per_individual
+            by_cos &= np.stack([best_photos_of_each(v, seed.gallery_class, n_best) for v in votes])
         out["global"] = best
         out["global_verified"] = per_individual(pair * by_cos, seed.gallery_class, n, agg) + 1e-3 * best
         out["local_union"] = per_individual(pair * (by_cos | by_votes), seed.gallery_class, n, agg)
@@ -402,7 +417,12 @@ def settings_from(args) -> tuple[SiftSettings, PairSettings, Method]:
     return (
         SiftSettings(match_size=args.match_size, max_keypoints=args.keypoints),
         PairSettings(ratio=args.ratio, geometry=args.geometry),
-        Method(aggregation=args.aggregation, shortlist_k=args.k, shortlist_m=args.m),
+        Method(
+            aggregation=args.aggregation,
+            shortlist_k=args.k,
+            shortlist_m=args.m,
+            photos_per_individual=args.photos_per_individual,
+        ),
     )
 
 

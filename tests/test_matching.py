@@ -14,7 +14,13 @@ from tfwhale.contracts.local_features import (
     load_feature_set,
     save_feature_set,
 )
-from tfwhale.matching.aggregate import RerankSettings, per_individual, top_individual_photos, top_photos
+from tfwhale.matching.aggregate import (
+    RerankSettings,
+    best_photos_of_each,
+    per_individual,
+    top_individual_photos,
+    top_photos,
+)
 from tfwhale.matching.features import (
     ROOTSIFT_SCALE,
     SiftSettings,
@@ -177,6 +183,8 @@ def test_per_individual_max_and_sum_and_shortlists():
     np.testing.assert_array_equal(top_photos(photo_scores[0], 2), [1, 0, 1, 0])
     with pytest.raises(ValueError, match="aggregation"):
         per_individual(photo_scores, owner, 3, "mean")
+    np.testing.assert_array_equal(best_photos_of_each(np.array([1.0, 4.0, 2.0, 3.0]), owner, 1), [0, 1, 0, 1])
+    np.testing.assert_array_equal(best_photos_of_each(np.array([1.0, 4.0, 2.0, 3.0]), owner, 2), [1, 1, 1, 1])
     with pytest.raises(ValueError, match="aggregation"):
         RerankSettings(aggregation="mean")
     with pytest.raises(ValueError, match="shortlist_k"):
