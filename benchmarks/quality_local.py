@@ -80,7 +80,7 @@ def parse_args() -> argparse.Namespace:
         "--photos-per-individual",
         type=int,
         default=Method.photos_per_individual,
-        help=f"verify each top-K individual's best-voted photos only ({Method.photos_per_individual}; 0: all)",
+        help=f"verify only the best-voted photos of a top-K individual ({Method.photos_per_individual})",
     )
     add("--workers", type=int, default=2, help="processes for the pair inliers (2)")
     add("--study", action="store_true", help="run the parameter grid instead of the table")
