@@ -53,6 +53,11 @@ setup(
         "pandas>=2.1",
         "pillow>=10.0",
         "scikit-learn>=1.4",
+        # Local-feature matching (tfwhale.matching: SIFT, RANSAC, FLANN). In the default install, not an
+        # extra: it needs no weights and no training, so it is what a field user's `pip install tfwhale`
+        # should identify with on day one. Headless: no GUI libraries on servers. The Kaggle kernels
+        # install with --no-deps and use the platform's own OpenCV (opencv-python, same cv2 module).
+        "opencv-python-headless>=4.7",
         "threadpoolctl>=3",  # the exact kNN search pins BLAS threads per worker
         "numba>=0.59",  # the exact kNN search's top-k kernel
         "pyyaml>=6.0",

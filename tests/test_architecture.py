@@ -17,6 +17,7 @@ LAYERS = {
     "tfwhale.imaging": 1,  # photo bytes + box -> crop: below the contracts that name its settings
     "tfwhale.contracts": 2,
     "tfwhale.retrieval": 3,
+    "tfwhale.matching": 3,
     "tfwhale.feed": 3,
     "tfwhale.synthetic": 3,
     "tfrecords_builder": 3,
