@@ -129,7 +129,7 @@ def test_the_printed_build_command_runs_as_printed(client, tmp_path):
     assert not (folder / "boxes.csv").exists()  # no box drawn: no header-only boxes.csv
     argv = shlex.split(answer["command"].replace("RECORDS_DIR", str(tmp_path / "rebuilt")))
     assert argv[0] == "build-tfrecords"
-    size = client.catalogue.engine.settings.size
+    size = client.catalogue.engine.manifest.image.size
     assert argv[argv.index("--size") + 1] == str(size)
     assert cli.main(argv[1:]) == cli.EXIT_OK
     rebuilt = load_manifest(str(tmp_path / "rebuilt"))
