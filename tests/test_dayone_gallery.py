@@ -11,8 +11,11 @@ import pytest
 
 from tfwhale.gallery import __main__ as gallery_cli
 from tfwhale.gallery.tune import FALLBACK_THRESHOLD, leave_one_out, tune_on_catalogue
+from tfwhale.serve.security import allowed_host_names
 
 SIZE = 64  # small photos keep the ImageNet Lite0 passes fast
+
+TEST_HOSTS = allowed_host_names("127.0.0.1", ["testserver"])  # the test client's Host
 
 
 def _synthetic(root, individuals: int = 6):
@@ -107,7 +110,7 @@ def test_catalogue_answers_registers_and_says_it_is_untrained(folder_gallery, tm
     assert result.candidates[0].label == row["individual_id"]
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
     assert catalogue.store.photo(sha).individual_id == "Newcomer-1"
-    page = TestClient(create_app(catalogue)).get("/")
+    page = TestClient(create_app(catalogue, hosts=TEST_HOSTS)).get("/")
     assert "untrained gallery (ImageNet Lite0)" in page.text and "--config lite0_224" in page.text
 
 
@@ -145,7 +148,9 @@ def test_a_trained_gallery_shows_no_untrained_note(serve_gallery, tmp_path):
     from tfwhale.serve.app import create_app
     from tfwhale.serve.catalogue import Catalogue
 
-    page = TestClient(create_app(Catalogue(serve_gallery[1], str(tmp_path / "catalogue")))).get("/")
+    page = TestClient(
+        create_app(Catalogue(serve_gallery[1], str(tmp_path / "catalogue")), hosts=TEST_HOSTS)
+    ).get("/")
     assert page.status_code == 200 and "untrained gallery" not in page.text
 
 
