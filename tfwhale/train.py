@@ -160,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", err)
         return 1
     except (tf.errors.OpError, OSError) as err:
+        _stop_if_a_peer_was_lost(err)  # several processes: a failed collective first means a lost peer
         if files.is_unwritable_error(err):
             logger.error("%s", files.unwritable_message(err, "--out", args.out))
             return 1
         message = records_error_message(args.records, err) if isinstance(err, tf.errors.OpError) else None
         if message is None:
-            _stop_if_a_peer_was_lost(err)
             raise
         logger.error("%s", message)
         return 1
