@@ -35,6 +35,7 @@ from tfwhale.inference.identify_output import (
     exit_code,
     format_answers,
 )
+from tfwhale.inference.match_pictures import explained_answers
 from tfwhale.query.gallery import QueryError
 from tfwhale.query.path import QueryPath
 
@@ -61,6 +62,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--threshold", type=float, help="new_individual threshold (default: the one predict used)")
     add("--batch-size", type=int, default=16, help="photos per embedding batch")
     add("--json", action="store_true", help="print JSON instead of a table")
+    add(
+        "--explain",
+        metavar="DIR",
+        help="write per photo a PNG of its crop beside each top candidate's best photo, with the verified "
+        "local-feature matches drawn as lines (galleries made with local features)",
+    )
     return parser.parse_args(argv)
 
 
@@ -128,7 +135,12 @@ def identify(args: argparse.Namespace) -> list[Answer]:
     if good:
         names = [args.photos[i] for i in good]
         features = [prepared.features[i] for i in good] if path.local else None
-        found = path.identify(np.stack([images[i] for i in good]), names, features)
+        stacked = np.stack([images[i] for i in good])
+        if args.explain:
+            good_boxes = [boxes[i] for i in good]
+            found = explained_answers(path, names, good_boxes, stacked, features, good, args.explain)
+        else:
+            found = path.identify(stacked, names, features)
         answered = {
             i: Answer(args.photos[i], boxes[i], a.labels, a.similarities, a.species, a.threshold)
             for i, a in zip(good, found, strict=True)
