@@ -16,7 +16,7 @@ from tfwhale.contracts.local_features import FeatureSet
 from tfwhale.matching.aggregate import RerankSettings
 from tfwhale.matching.features import SiftSettings, extract_sift
 from tfwhale.matching.pairs import PairSettings
-from tfwhale.matching.rerank import LocalGallery, fit_calibrations, leave_one_out
+from tfwhale.matching.rerank import Calibrations, LocalGallery, fit_calibrations, leave_one_out
 
 SIZE = 64  # model input: small keeps the ImageNet Lite0 passes fast; local features use 512 px crops
 
@@ -180,3 +180,30 @@ def test_older_gallery_json_loads_without_rerank_and_a_changed_feature_file_is_r
     features.write_bytes(features.read_bytes()[:-10])
     with pytest.raises(GalleryError, match="missing or changed"):
         load_gallery_manifest(str(copy))
+
+
+def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_similarity(sift_gallery, tmp_path):
+    pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
+    from tfwhale.serve.catalogue import Catalogue
+
+    out, second, stranger, _ = sift_gallery
+    catalogue = Catalogue(out, str(tmp_path / "catalogue"))
+    policy = load_gallery_manifest(out).threshold
+    with open(second, "rb") as f:
+        _, result = catalogue.upload(f.read(), "second.jpg", None, "tester")
+    first = result.candidates[0]
+    assert first.label == "ind-2" and first.similarity > 0.8
+    assert result.threshold == pytest.approx(policy.value)  # held to the fused policy
+    assert "local_features" in result.timings
+    with open(stranger, "rb") as f:
+        data = f.read()
+    sha, _ = catalogue.upload(data, "stranger.jpg", None, "tester")
+    catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
+    # the same photo again: its registered individual (grown, no local features) is found by its
+    # similarity alone, fused with P(inliers) and P(votes) of 0 matches
+    _, again = catalogue.upload(data, "stranger-again.jpg", None, "tester")
+    (newcomer,) = [c for c in again.candidates if c.label == "Newcomer-1"]
+    calibrations = Calibrations.from_dict(load_gallery_manifest(out).local.calibrations)
+    none = np.zeros(1)
+    expected = calibrations.fused(np.ones(1), none, none)[0]
+    assert newcomer.similarity == pytest.approx(expected, abs=1e-3)

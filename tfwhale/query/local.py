@@ -91,15 +91,29 @@ class LocalRerankPath:
         return photo_features(data, box, self.image, self.settings.sift)
 
     def rerank(self, ranked: Ranked, features: Sequence[LocalFeatures]) -> Reranked:
-        """ranked: the embedding's ranking of every individual (scores = its similarity) per query."""
+        """ranked: the embedding's ranking of every individual (scores = its similarity) per query.
+        Individuals the features were not made with (the catalogue app's grown ones) are scored by their
+        similarity alone, their inliers and votes 0: P(inliers) and P(votes) of nothing seen."""
         labels, scores, evidence = [], [], []
+        code_of = {label: code for code, label in enumerate(self.individuals.tolist())}
         for row_labels, row_scores, query in zip(ranked.labels, ranked.scores, features, strict=True):
             cosine = np.full(len(self.individuals), -1.0)
-            cosine[np.searchsorted(self.individuals, np.asarray(row_labels))] = row_scores
+            grown, grown_cosine = [], []
+            for label, score in zip(row_labels, row_scores, strict=True):
+                if label in code_of:
+                    cosine[code_of[label]] = score
+                else:
+                    grown.append(label)
+                    grown_cosine.append(score)
             found = query_evidence(query, cosine, self.gallery, self.settings.rerank, self.settings.pairs)
-            fused = self.calibrations.fused(found.cosine, found.inliers, found.votes)
-            order = np.argsort(-order_key(fused, found.cosine), kind="stable")
-            labels.append(self.individuals[order].tolist())
+            nothing = np.zeros(len(grown))
+            fused = np.concatenate([
+                self.calibrations.fused(found.cosine, found.inliers, found.votes),
+                self.calibrations.fused(np.asarray(grown_cosine, np.float64), nothing, nothing),
+            ])  # fmt: skip
+            every = self.individuals.tolist() + grown  # a list: a numpy array's width would cut names
+            order = np.argsort(-order_key(fused, np.concatenate([found.cosine, grown_cosine])), kind="stable")
+            labels.append([every[i] for i in order])
             scores.append(fused[order].tolist())
             evidence.append(found)
         return Reranked(Ranked(labels, scores), evidence)
