@@ -14,6 +14,7 @@ time of train + predict.
     python3 dev.py bench quality_real --size 128 --epochs 8 --rows floors,imagenet,frozen,lite0,tiny
     python3 dev.py bench quality_real --extra "lite0 m=0.5:model.arc_m=0.5"   # a recipe change as a row
     python3 dev.py bench quality_real --rows floors,dayone --seed 1   # the day-one gallery, no training
+    python3 dev.py bench quality_real --rows dayone,dayone_sift --seed 1   # ... and with SIFT fused
 The dayone row runs python -m tfwhale.gallery on the split's training photos (no training, threshold tuned
 leave-one-out within them) and python -m tfwhale.identify on the queries; its wall time is both commands.
 Rows are kept under --work: a rerun reuses finished builds, runs and predictions (--fresh: start over).
@@ -58,6 +59,7 @@ class Row:
     overrides: tuple[str, ...] = ()
     all_epochs_frozen: bool = False  # frozen_epochs = epochs
     dayone: bool = False  # python -m tfwhale.gallery + identify, no training (config unused)
+    local: bool = False  # the day-one gallery with SIFT features, re-ranked and fused (its default)
 
 
 def rows(default: str) -> dict[str, Row]:
@@ -65,6 +67,10 @@ def rows(default: str) -> dict[str, Row]:
     return {
         "floors": Row("floors", None),
         "dayone": Row("day-one gallery: ImageNet Lite0, no training (tfwhale.gallery)", None, dayone=True),
+        "dayone_sift": Row(
+            "day-one gallery: ImageNet Lite0 + SIFT fused, no training (tfwhale.gallery)", None, dayone=True,
+            local=True,
+        ),
         "imagenet": Row(
             "ImageNet Lite0, no training (kNN)", default,
             ("train.epochs=1", "train.freeze_bn=true", *LR_ZERO), all_epochs_frozen=True,
@@ -142,16 +148,17 @@ def task_dir(args: argparse.Namespace) -> str:
     return os.path.join(args.work, f"task-seed{args.seed}-new{args.new_share}")
 
 
-def dayone(args: argparse.Namespace, solution: pd.DataFrame) -> dict:
-    """The day-one row: tfwhale.gallery on the training photos, identify on the queries (cached)."""
-    data, key = task_dir(args), f"dayone-{args.size}px-seed{args.seed}"
+def dayone(args: argparse.Namespace, solution: pd.DataFrame, local: bool = False) -> dict:
+    """The day-one row: tfwhale.gallery on the training photos, identify on the queries (cached); local:
+    with its SIFT features and fused re-rank (its default), else --no-local-features."""
+    data, key = task_dir(args), f"dayone{'-sift' if local else ''}-{args.size}px-seed{args.seed}"
     gallery, answers_path = os.path.join(args.work, "galleries", key), os.path.join(args.work, f"{key}.json")
     log = os.path.join(args.work, f"{key}.log")
     if not os.path.exists(answers_path):
         shutil.rmtree(gallery, ignore_errors=True)
         print(f"[{time.strftime('%H:%M:%S')}] {key}: python -m tfwhale.gallery", flush=True)
         command = [sys.executable, "-m", "tfwhale.gallery", "--photos", data, "--out", gallery, "--size",
-                   str(args.size), "-q"]  # fmt: skip
+                   str(args.size), "-q", *([] if local else ["--no-local-features"])]  # fmt: skip
         gallery_wall, gallery_cpu = run(command, log, ok=(0, 3))
         photos = [os.path.join(data, "test_images", name) for name in solution["image"]]
         identify_wall, identify_cpu = run([sys.executable, "-m", "tfwhale.identify", *photos, "--gallery",
@@ -328,7 +335,7 @@ def main() -> None:
     table: dict[str, dict] = {}
     for key, row in chosen.items():
         if row.dayone:
-            table[row.title] = dayone_row(dayone(args, solution), solution)
+            table[row.title] = dayone_row(dayone(args, solution, row.local), solution)
             print_table(table, args, train, solution)
             continue
         if row.config is None:

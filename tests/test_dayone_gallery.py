@@ -9,8 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
+from tfwhale.contracts.gallery_manifest import load_gallery_manifest
 from tfwhale.gallery import __main__ as gallery_cli
+from tfwhale.gallery.local import FALLBACK_FUSED_THRESHOLD
 from tfwhale.gallery.tune import FALLBACK_THRESHOLD, leave_one_out, tune_on_catalogue
+from tfwhale.matching.rerank import Calibrations
 from tfwhale.serve.security import allowed_host_names
 
 SIZE = 64  # small photos keep the ImageNet Lite0 passes fast
@@ -53,7 +56,7 @@ def test_folder_gallery_is_written_through_the_contracts(folder_gallery):
     gallery = load_gallery(out)
     extra = gallery.manifest.extra
     assert extra["made_by"] == "tfwhale.gallery" and extra["trained"] is False
-    assert gallery.manifest.extra["label"] == "untrained gallery (ImageNet Lite0)"
+    assert gallery.manifest.extra["label"] == "untrained gallery (ImageNet Lite0 + SIFT)"
     assert not gallery.manifest.flip_tta  # left and right flanks differ: off unless asked for
     assert len(gallery.arrays.train_ids) == len(rows)  # every readable photo, the broken one left out
     assert sorted(gallery.arrays.train_ids) == sorted(r["individual_id"] for r in rows)
@@ -77,10 +80,15 @@ def test_unreadable_photo_is_listed_and_the_rest_built(folder_gallery, capsys):
 def test_small_catalogue_warns_and_says_what_it_used(folder_gallery):
     _, out, _, _ = folder_gallery
     with open(f"{out}/gallery.json") as f:
-        threshold = json.load(f)["threshold"]
-    assert threshold["value"] == FALLBACK_THRESHOLD
-    assert "too small to tune" in threshold["source"]
-    assert any("too small to tune" in w and str(FALLBACK_THRESHOLD) in w for w in threshold["warnings"])
+        manifest = json.load(f)
+    # the gallery re-ranks by local features: its policy is on the fused P, the embedding's kept beside it
+    for threshold, fallback in (
+        (manifest["threshold"], FALLBACK_FUSED_THRESHOLD),
+        (manifest["embedding_threshold"], FALLBACK_THRESHOLD),
+    ):
+        assert threshold["value"] == fallback
+        assert "too small to tune" in threshold["source"]
+        assert any("too small to tune" in w and str(fallback) in w for w in threshold["warnings"])
 
 
 def test_a_gallery_photo_identifies_itself_first(folder_gallery, capsys):
@@ -91,7 +99,13 @@ def test_a_gallery_photo_identifies_itself_first(folder_gallery, capsys):
     assert identify.main([f"{photos}/{row['individual_id']}/{row['image']}", "--gallery", out, "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)[0]
     assert answer["predictions"][0]["label"] == row["individual_id"]
-    assert answer["predictions"][0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+    # the photo itself is in the gallery: every kind of evidence saturates, so its fused P is the mean
+    # of the three calibrations' highest steps
+    calibrations = Calibrations.from_dict(load_gallery_manifest(out).local.calibrations)
+    top = np.mean([c.y[-1] for c in (calibrations.cosine, calibrations.inliers, calibrations.votes)])
+    assert answer["predictions"][0]["similarity"] == pytest.approx(top, abs=1e-6)
+    assert identify.main([f"{photos}/{row['individual_id']}/{row['image']}", "--gallery", out, "--json",
+                          "--threshold", "0.3"]) == 0  # fmt: skip
 
 
 def test_catalogue_answers_registers_and_says_it_is_untrained(folder_gallery, tmp_path):
@@ -111,7 +125,7 @@ def test_catalogue_answers_registers_and_says_it_is_untrained(folder_gallery, tm
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
     assert catalogue.store.photo(sha).individual_id == "Newcomer-1"
     page = TestClient(create_app(catalogue, hosts=TEST_HOSTS)).get("/")
-    assert "untrained gallery (ImageNet Lite0)" in page.text and "--config lite0_224" in page.text
+    assert "untrained gallery (ImageNet Lite0 + SIFT)" in page.text and "--config lite0_224" in page.text
 
 
 def test_export_of_a_day_one_catalogue_builds_and_its_decisions_survive_a_trained_gallery(

@@ -60,9 +60,9 @@ def test_a_test_photo_gets_the_submission_answer_and_the_records_embedding(galle
     assert [s is None for s in answer.similarities] == [label == NEW for label in answer.labels]
     # the photo's embedding through identify is the records pass's embedding of the same photo
     path = QueryPath.load(out, batch=4)
-    images, errors = identify.prepare_each(args.photos, identify.parse_boxes(args.box, 1), path)
-    assert errors == [None]
-    embedding = path.embed(np.stack(images), args.photos).combined
+    prepared = identify.prepare_each(args.photos, identify.parse_boxes(args.box, 1), path)
+    assert prepared.errors == [None] and prepared.features == [None]  # no local features in this gallery
+    embedding = path.embed(np.stack(prepared.images), args.photos).combined
     saved = np.load(f"{out}/embeddings.npz")
     row = saved["test_names"].tolist().index(image)
     np.testing.assert_allclose(embedding[0], saved["test"][row], atol=1e-4)

@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from tfwhale.inference.identify_output import (
     exit_code,
     format_answers,
 )
+from tfwhale.inference.match_pictures import explained_answers
 from tfwhale.query.gallery import QueryError
 from tfwhale.query.path import QueryPath
 
@@ -60,6 +62,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--threshold", type=float, help="new_individual threshold (default: the one predict used)")
     add("--batch-size", type=int, default=16, help="photos per embedding batch")
     add("--json", action="store_true", help="print JSON instead of a table")
+    add(
+        "--explain",
+        metavar="DIR",
+        help="write per photo a PNG of its crop beside each top candidate's best photo, with the verified "
+        "local-feature matches drawn as lines (galleries made with local features)",
+    )
     return parser.parse_args(argv)
 
 
@@ -81,40 +89,58 @@ def parse_boxes(boxes: Sequence[str] | None, n_photos: int) -> list[tuple | None
     return parsed
 
 
-def prepare_each(
-    photos: Sequence[str], boxes: Sequence[tuple | None], path: QueryPath
-) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Per photo: its crop as the gallery's records were cropped; or, for a photo that cannot be read or
-    decoded, its own error (the other photos are still answered)."""
-    images: list[np.ndarray | None] = []
-    errors: list[str | None] = []
+@dataclass
+class Prepared:
+    """Per photo: its crop as the gallery's records were cropped, its local features where the gallery
+    re-ranks by them, or the error that photo alone met."""
+
+    images: list[np.ndarray | None] = field(default_factory=list)
+    features: list = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+
+
+def prepare_each(photos: Sequence[str], boxes: Sequence[tuple | None], path: QueryPath) -> Prepared:
+    """Each photo prepared; one that cannot be read or decoded gets its own error (the others are still
+    answered)."""
+    prepared = Prepared()
     for photo, box in zip(photos, boxes, strict=True):
-        image, error = None, None
+        image, features, error = None, None, None
         try:
             if not files.exists(photo):
                 raise QueryError(f"{photo}: file not found")
-            image = path.crop(files.read_bytes(photo), box, photo)[1]
+            data = files.read_bytes(photo)
+            image = path.crop(data, box, photo)[1]
+            features = path.local_features(data, box, photo)
         except QueryError as err:
             error = str(err)
         except tf.errors.OpError as err:  # storage errors while reading a gs:// photo
             error = files.storage_error_message(err) if files.is_storage_error(err) else f"{photo}: {err}"
         if error:
             logger.error("%s", error)
-        images.append(image)
-        errors.append(error)
-    return images, errors
+            image, features = None, None
+        prepared.images.append(image)
+        prepared.features.append(features)
+        prepared.errors.append(error)
+    return prepared
 
 
 def identify(args: argparse.Namespace) -> list[Answer]:
     """One Answer per photo, in order: its 5 labels, or the error that photo alone met."""
     path = QueryPath.load(args.gallery, args.runs, args.batch_size, args.threshold)
     boxes = parse_boxes(args.box, len(args.photos))
-    images, errors = prepare_each(args.photos, boxes, path)
+    prepared = prepare_each(args.photos, boxes, path)
+    images, errors = prepared.images, prepared.errors
     good = [i for i, error in enumerate(errors) if error is None]
     answered = {}
     if good:
         names = [args.photos[i] for i in good]
-        found = path.identify(np.stack([images[i] for i in good]), names)
+        features = [prepared.features[i] for i in good] if path.local else None
+        stacked = np.stack([images[i] for i in good])
+        if args.explain:
+            good_boxes = [boxes[i] for i in good]
+            found = explained_answers(path, names, good_boxes, stacked, features, good, args.explain)
+        else:
+            found = path.identify(stacked, names, features)
         answered = {
             i: Answer(args.photos[i], boxes[i], a.labels, a.similarities, a.species, a.threshold)
             for i, a in zip(good, found, strict=True)

@@ -54,6 +54,26 @@ class GalleryRun:
     folds: dict[str, str]
 
 
+RERANKS = ("none", "local")
+
+
+@dataclass(frozen=True)
+class LocalRerank:
+    """What a gallery answers with when it re-ranks by local features (issue 24): its photos' features
+    (contracts.local_features FeatureSet, rows = GalleryArrays.train_names in order, checked by sha256),
+    the settings they were made and are matched with (matching.features.SiftSettings, pairs.PairSettings,
+    aggregate.RerankSettings fields) and the three isotonic calibrations (matching.rerank.Calibrations).
+    The threshold policy of such a gallery is on the fused probability."""
+
+    features_file: str  # in the gallery folder
+    features_sha256: str
+    calibrations: dict[str, Any]
+    sift: dict[str, Any] = field(default_factory=dict)
+    pairs: dict[str, Any] = field(default_factory=dict)
+    rerank: dict[str, Any] = field(default_factory=dict)
+    photos_root: str = ""  # where the gallery's photo names are found (for drawing matches); "" unknown
+
+
 @dataclass(frozen=True)
 class GalleryManifest:
     runs: tuple[GalleryRun, ...]
@@ -67,6 +87,17 @@ class GalleryManifest:
     embeddings_sha256: str
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    rerank: str = "none"  # "local": fused with local features (see LocalRerank); older galleries: none
+    local: LocalRerank | None = None
+    # rerank "local": `threshold` is on the fused P; this one is on the embedding similarity, for answers
+    # made without local features (the catalogue app ranks its grown gallery by the embedding alone)
+    embedding_threshold: ThresholdPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if self.rerank not in RERANKS:
+            raise GalleryError(f"rerank must be one of {RERANKS}, got {self.rerank!r}")
+        if self.rerank == "local" and self.local is None:
+            raise GalleryError("rerank 'local' without the local features section")
 
     @property
     def image_size(self) -> int:
@@ -78,6 +109,8 @@ def write_gallery_manifest(out_dir: str, manifest: GalleryManifest) -> str:
     path = files.join(out_dir, GALLERY_NAME)
     body = asdict(manifest)
     body["threshold"]["warnings"] = list(manifest.threshold.warnings)
+    if manifest.embedding_threshold is not None:
+        body["embedding_threshold"]["warnings"] = list(manifest.embedding_threshold.warnings)
     files.write_json(path, {"status": "finished", **body})
     return path
 
@@ -112,19 +145,30 @@ def load_gallery_manifest(out_dir: str, check_files: bool = True) -> GalleryMani
             raise GalleryError(
                 f"{embeddings}: missing or changed since predict wrote {path}; run predict again"
             )
+        if manifest.local is not None:
+            features = files.join(out_dir, manifest.local.features_file)
+            if not files.exists(features) or files.sha256(features) != manifest.local.features_sha256:
+                raise GalleryError(f"{features}: missing or changed since {path} was written; make it again")
     return manifest
 
 
 def _from_json(body: dict[str, Any]) -> GalleryManifest:
-    threshold = body["threshold"]
     return GalleryManifest(
         **{
             **body,
             "runs": tuple(GalleryRun(**run) for run in body["runs"]),
-            "threshold": ThresholdPolicy(**{**threshold, "warnings": tuple(threshold.get("warnings", ()))}),
+            "threshold": _policy(body["threshold"]),
             "image": ImageSettings(**body["image"]),
+            "local": LocalRerank(**body["local"]) if body.get("local") else None,
+            "embedding_threshold": _policy(body["embedding_threshold"])
+            if body.get("embedding_threshold")
+            else None,
         }
     )
+
+
+def _policy(threshold: dict[str, Any]) -> ThresholdPolicy:
+    return ThresholdPolicy(**{**threshold, "warnings": tuple(threshold.get("warnings", ()))})
 
 
 def _upgrade_v1(body: dict[str, Any]) -> dict[str, Any]:

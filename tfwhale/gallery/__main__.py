@@ -80,6 +80,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add("--batch-size", type=int, default=defaults.batch, help=f"photos per batch ({defaults.batch})")
     add("--workers", type=int, metavar="N", help="image worker processes (default: every CPU)")
+    add(
+        "--no-local-features",
+        action="store_true",
+        help="embedding only: no SIFT features, no re-rank (default: SIFT features of every photo at 512 px, "
+        "re-ranked and fused with the embedding; not yet for galleries cropped to boxes)",
+    )
     add("-q", "--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from tfwhale.core.labels import check_new_share
@@ -108,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         photos=args.photos, out=args.out, backbone=args.backbone, size=args.size,
         flip_tta=args.tta == "flip", species=args.species, boxes=args.boxes, batch=args.batch_size,
         workers=args.workers, new_share=args.new_share, progress=not args.quiet,
+        local_features=not args.no_local_features,
     )  # fmt: skip
     try:
         outcome = make_gallery(settings)

@@ -28,6 +28,7 @@ from tfwhale.contracts.records import REJECTS_NAME, Manifest, load_manifest
 from tfwhale.core import files
 from tfwhale.gallery.backbone import UntrainedRun, build_embedding_model, describe, save_untrained_run
 from tfwhale.gallery.embed import EmbeddedPhotos, embed_records
+from tfwhale.gallery.local import LocalOutcome, make_local
 from tfwhale.gallery.photos import GalleryInputError, PhotoSet, find_photos, local_path
 from tfwhale.gallery.tune import CatalogueTuning, tune_on_catalogue
 from tfwhale.retrieval.ranking import RankOptions
@@ -52,6 +53,7 @@ class GallerySettings:
     new_share: float = 0.2
     seed: int = 0
     progress: bool = True
+    local_features: bool = True  # SIFT re-rank, fused with the embedding (issue 24); False: embedding only
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,40 @@ def make_gallery(settings: GallerySettings) -> GalleryOutcome:
     embedded = embed_records(model, records, settings.flip_tta, settings.batch, settings.progress)
     tuning = tune_on_catalogue(embedded.embeddings, embedded.ids, settings.new_share, settings.seed)
     write_gallery_arrays(out, gallery_arrays(embedded, records))
-    label = f"untrained gallery ({describe(settings.backbone)})"
-    write_gallery_manifest(out, gallery_manifest(out, records, run, settings, tuning, label))
+    local = with_local_features(out, photo_set, embedded, records, settings)
+    label = f"untrained gallery ({describe(settings.backbone)}{' + SIFT' if local else ''})"
+    manifest = gallery_manifest(out, records, run, settings, local.tuning if local else tuning, label)
+    if local:
+        manifest = dataclasses.replace(
+            manifest, rerank="local", local=local.local, embedding_threshold=tuning.policy
+        )
+        tuning = local.tuning
+    write_gallery_manifest(out, manifest)
     rejects = read_rejects(records.root)
     if rejects:
         listed = files.read_text(files.join(records.root, REJECTS_NAME))
         files.write_text(files.join(out, REJECTS_NAME), listed)
     return GalleryOutcome(out, len(embedded.names), len(set(embedded.ids)), rejects, tuning, label)
+
+
+def with_local_features(
+    out: str, photo_set: PhotoSet, embedded: EmbeddedPhotos, records: Manifest, settings: GallerySettings
+) -> LocalOutcome | None:
+    """The local re-rank of the gallery, or None (asked not to, or it cannot be made: logged why)."""
+    if not settings.local_features:
+        return None
+    if settings.boxes or photo_set.boxed:
+        # the box each record was cropped to is chosen inside build-tfrecords and not recorded with it
+        logger.warning("local features are not yet made for galleries cropped to boxes; embedding only")
+        return None
+    try:
+        return make_local(
+            out, photo_set.images_root, embedded.embeddings, embedded.names, embedded.ids,
+            records.image_settings, settings.new_share, settings.seed, settings.progress,
+        )  # fmt: skip
+    except ValueError as err:  # e.g. no same-individual pair verified anything: nothing to calibrate
+        logger.warning("no local re-rank for this gallery (%s); embedding only", err)
+        return None
 
 
 def build_records(photo_set: PhotoSet, settings: GallerySettings, records_dir: str) -> Manifest:

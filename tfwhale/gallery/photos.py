@@ -31,6 +31,8 @@ class PhotoSet:
     layout: str  # "folders" (ID/photo) or "kaggle" (train.csv + train_images/)
     builder_inputs: tuple[str, ...]  # build-tfrecords input flags
     photos_per_individual: dict[str, int]
+    images_root: str = ""  # where the records' image names are found (the original photos)
+    boxed: bool = False  # the photo table has box columns (build-tfrecords crops to them)
 
 
 def find_photos(photos_dir: str, gallery_dir: str, species: str) -> PhotoSet:
@@ -48,16 +50,20 @@ def _kaggle_layout(photos_dir: str) -> PhotoSet:
         raise GalleryInputError(
             f"{photos_dir}: has train.csv but no train_images/ folder (the Kaggle layout needs both)"
         )
-    counts = _csv_counts(files.join(photos_dir, "train.csv"))
+    counts, columns = _csv_counts(files.join(photos_dir, "train.csv"))
     check_counts(photos_dir, counts)
-    return PhotoSet("kaggle", ("--data", photos_dir), counts)
+    boxed = bool({"box", "bbox", "x1"} & set(columns))
+    return PhotoSet("kaggle", ("--data", photos_dir), counts, images, boxed)
 
 
-def _csv_counts(path: str) -> dict[str, int]:
+def _csv_counts(path: str) -> tuple[dict[str, int], list[str]]:
+    """Photos per individual, and the table's columns."""
     rows = csv.DictReader(io.StringIO(files.read_text(path)))
-    if "individual_id" not in (rows.fieldnames or []):
+    columns = list(rows.fieldnames or [])
+    if "individual_id" not in columns:
         raise GalleryInputError(f"{path}: no individual_id column (expected image, species, individual_id)")
-    return dict(Counter(row["individual_id"].strip() for row in rows if (row["individual_id"] or "").strip()))
+    ids = (row["individual_id"].strip() for row in rows if (row["individual_id"] or "").strip())
+    return dict(Counter(ids)), columns
 
 
 def _id_folders(photos_dir: str, gallery_dir: str, species: str) -> PhotoSet:
@@ -84,7 +90,7 @@ def _id_folders(photos_dir: str, gallery_dir: str, species: str) -> PhotoSet:
     files.makedirs(gallery_dir)
     train_csv = files.join(gallery_dir, TRAIN_CSV)
     files.write_text(train_csv, buffer.getvalue())
-    return PhotoSet("folders", ("--train-csv", train_csv, "--train-images", photos_dir), counts)
+    return PhotoSet("folders", ("--train-csv", train_csv, "--train-images", photos_dir), counts, photos_dir)
 
 
 def check_counts(photos_dir: str, counts: dict[str, int]) -> None:

@@ -61,21 +61,32 @@ def tune_on_catalogue(
     embeddings: np.ndarray, ids: Sequence[str], new_share: float, seed: int = 0
 ) -> CatalogueTuning:
     """The gallery's threshold policy, with its source, separation AUC and warnings."""
+    return tune_ranked(leave_one_out(embeddings, ids), ids, new_share, seed, FALLBACK_THRESHOLD, "")
+
+
+def tune_ranked(
+    ranked: Ranked, ids: Sequence[str], new_share: float, seed: int, fallback: float, score: str
+) -> CatalogueTuning:
+    """The policy from each photo's leave-one-out ranking (never itself); score names what the
+    threshold is on when it is not the embedding's similarity (e.g. "fused P(same)")."""
     counts = Counter(ids)
     truths = [i if counts[i] > 1 else NEW_INDIVIDUAL for i in ids]  # alone: nothing else to match
-    scored = simulate_new(leave_one_out(embeddings, ids), truths, new_share, seed)
+    scored = simulate_new(ranked, truths, new_share, seed)
     tuned = tune_threshold(
         scored.ranked.labels, scored.ranked.scores, scored.truths, n_simulated=int(scored.simulated.sum())
     )
+    on = f", on the {score}" if score else ""
     if min(tuned.n_known, tuned.n_new) >= MIN_GROUP_QUERIES:
-        policy = ThresholdPolicy(tuned.threshold, {}, SOURCE, tuned.separation_auc, tuple(tuned.warnings))
+        policy = ThresholdPolicy(
+            tuned.threshold, {}, SOURCE + on, tuned.separation_auc, tuple(tuned.warnings)
+        )
         return CatalogueTuning(policy, tuned, tuned.best_map)
     why = (
         f"the catalogue is too small to tune the new_individual threshold: {tuned.n_known} known and "
         f"{tuned.n_new} new leave-one-out queries (< {MIN_GROUP_QUERIES} of a kind); using the fixed "
-        f"{FALLBACK_THRESHOLD} measured on real photos instead (tuning would have said {tuned.threshold:.3f})"
+        f"{fallback}{on} instead (tuning would have said {tuned.threshold:.3f})"
     )
     logger.warning("%s", why)
-    source = f"fixed {FALLBACK_THRESHOLD} (catalogue too small to tune)"
-    policy = ThresholdPolicy(FALLBACK_THRESHOLD, {}, source, tuned.separation_auc, (why, *tuned.warnings))
+    source = f"fixed {fallback} (catalogue too small to tune){on}"
+    policy = ThresholdPolicy(fallback, {}, source, tuned.separation_auc, (why, *tuned.warnings))
     return CatalogueTuning(policy, tuned, tuned.best_map)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tfwhale.contracts import records
+from tfwhale.contracts.local_features import LocalFeatures
 from tfwhale.contracts.run_folder import load_embedding_model
 from tfwhale.imaging.photo_crop import ImageError, process_image
 from tfwhale.query.answers import QueryAnswer, answer_rows
@@ -20,6 +21,7 @@ from tfwhale.query.combine import check_finite, combine
 from tfwhale.query.embedder import TTAModel
 from tfwhale.query.gallery import Gallery, QueryError, load_gallery
 from tfwhale.query.heads import class_heads
+from tfwhale.query.local import LocalRerankPath, Reranked
 from tfwhale.retrieval import ranking
 
 
@@ -42,8 +44,19 @@ class QueryPath:
         self.options = gallery.options
         policy = gallery.manifest.threshold
         self.policy = policy if threshold is None else policy.fixed(threshold)
+        # a gallery that re-ranks: `policy` is on the fused P, this one on the embedding similarity alone
+        on_embedding = gallery.manifest.embedding_threshold or policy
+        self.embedding_policy = on_embedding if threshold is None else on_embedding.fixed(threshold)
         flip = gallery.manifest.flip_tta
         self.models = tuple(tuple(TTAModel(m, flip, batch) for m in run) for run in models)
+        self.local = None  # the local re-rank, for galleries made with local features (rerank "local")
+        if gallery.manifest.rerank == "local":
+            try:
+                self.local = LocalRerankPath(
+                    gallery.out_dir, gallery.manifest, gallery.arrays.train_names, gallery.arrays.train_ids
+                )
+            except ValueError as err:
+                raise QueryError(str(err)) from None
 
     @classmethod
     def load(
@@ -66,6 +79,16 @@ class QueryPath:
         except ImageError as err:
             raise QueryError(f"{name}: {err}") from None
         return jpeg, records.decode_image(jpeg, settings.size).numpy()
+
+    def local_features(self, data: bytes, box: tuple | None, name: str) -> LocalFeatures | None:
+        """The photo's local features from its match-size crop (None when the gallery does not re-rank);
+        QueryError naming the photo if unusable."""
+        if self.local is None:
+            return None
+        try:
+            return self.local.features(data, box)
+        except ImageError as err:
+            raise QueryError(f"{name}: {err}") from None
 
     def embed(self, images: np.ndarray, names: Sequence[str]) -> Embedded:
         per_fold = tuple(tuple(model.embed(images) for model in run) for run in self.models)
@@ -96,12 +119,33 @@ class QueryPath:
         """Class cosines are blended in when the gallery asks and the per-fold embeddings are at hand."""
         return bool(self.options.blend) and embedded.per_fold is not None
 
-    def answer(self, ranked: ranking.Ranked, species_of: dict[str, str] | None = None) -> list[QueryAnswer]:
+    def answer(
+        self, ranked: ranking.Ranked, species_of: dict[str, str] | None = None, fused: bool = False
+    ) -> list[QueryAnswer]:
+        """Answers of a ranking by the embedding (its similarity held to the embedding's threshold), or
+        fused: by the local re-rank's P (held to the gallery's policy on it)."""
         species_of = self.gallery.species_of if species_of is None else species_of
-        return answer_rows(ranked, self.policy, species_of)
+        return answer_rows(ranked, self.policy if fused else self.embedding_policy, species_of)
 
-    def identify(self, images: np.ndarray, names: Sequence[str]) -> list[QueryAnswer]:
-        return self.answer(self.rank(self.embed(images, names)))
+    def identify(
+        self, images: np.ndarray, names: Sequence[str], features: Sequence[LocalFeatures] | None = None
+    ) -> list[QueryAnswer]:
+        """features: the photos' local_features, needed when the gallery re-ranks by them."""
+        embedded = self.embed(images, names)
+        if self.local is None:
+            return self.answer(self.rank(embedded))
+        return self.answer(self.rerank(embedded, names, features).ranked, fused=True)
+
+    def rerank(
+        self, embedded: Embedded, names: Sequence[str], features: Sequence[LocalFeatures] | None
+    ) -> Reranked:
+        """The gallery's every individual by fused P(same) of the embedding and the local evidence."""
+        if self.local is None:
+            raise QueryError(f"{self.gallery.out_dir}: made without local features; it cannot re-rank")
+        if features is None or len(features) != len(names):
+            raise QueryError(f"{self.gallery.out_dir} re-ranks by local features: each photo needs its own")
+        every = len(self.local.individuals)
+        return self.local.rerank(self.rank(embedded, n=every), features)
 
     def _heads(self, embedded: Embedded) -> ranking.ClassHeads:
         arrays, centres, val_folds, queries = self.gallery.arrays, [], [], []

@@ -135,12 +135,19 @@ class Engine:
         ranked = self.path.rank(embedded, searched, codes, n)
         return ranking.Ranked([[names[c] for c in row] for row in ranked.labels], ranked.scores), matrix
 
-    def search(self, embedded: Embedded) -> list[Result]:
-        ranked, matrix = self._rank(embedded)
+    def search(self, embedded: Embedded, features: list | None = None) -> list[Result]:
+        """Candidates by the embedding; with the photos' local features (a gallery made with them), by
+        the fused P of the local re-rank (grown photos have no features: their similarity alone)."""
+        if features is None:
+            ranked, matrix = self._rank(embedded)
+            answers = self.path.answer(ranked, self.species_of)
+        else:
+            ranked, matrix = self._rank(embedded, n=len(self._snapshot()[2]))
+            reranked = self.path.local.rerank(ranked, features)
+            answers = self.path.answer(reranked.ranked, self.species_of, fused=True)
         searched = ranking.prepare_queries(
             embedded.combined, ranking.PreparedGallery(matrix, self.gallery.whitening), self.path.options
         )
-        answers = self.path.answer(ranked, self.species_of)
         return [
             self._result(answer, searched[i], matrix, embedded.combined[i])
             for i, answer in enumerate(answers)
@@ -170,15 +177,19 @@ class Engine:
         start = time.perf_counter()
         jpeg, image = self.prepare(data, box, name)
         decoded = time.perf_counter()
+        features = self.path.local_features(data, box, name)  # None: the gallery does not re-rank
+        featured = time.perf_counter()
         embedded = self.embed(image[None], [name])
         embedded_at = time.perf_counter()
-        (result,) = self.search(embedded)
+        (result,) = self.search(embedded, None if features is None else [features])
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,
-            "embed": embedded_at - decoded,
+            "embed": embedded_at - featured,
             "search": searched - embedded_at,
         }
+        if features is not None:
+            result.timings["local_features"] = featured - decoded
         return jpeg, result
 
     def free_id(self, taken: set[str], prefix: str = "ind-") -> str:

@@ -1,0 +1,209 @@
+"""Local-feature re-rank end to end: the leave-one-out fit (never a self-pair), a day-one gallery made with
+SIFT features answering a new shot of a gallery individual, identify --explain's pictures, and the
+gallery contract's rerank section (older galleries load without one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from tfwhale.contracts.gallery_manifest import GalleryError, load_gallery_manifest
+from tfwhale.contracts.local_features import FeatureSet
+from tfwhale.matching.aggregate import RerankSettings
+from tfwhale.matching.features import SiftSettings, extract_sift
+from tfwhale.matching.pairs import PairSettings
+from tfwhale.matching.rerank import Calibrations, LocalGallery, fit_calibrations, leave_one_out
+
+SIZE = 64  # model input: small keeps the ImageNet Lite0 passes fast; local features use 512 px crops
+
+
+def texture(seed: int, size: int = 320) -> np.ndarray:
+    """An RGB uint8 image of random blobs and lines: plenty of distinctive corners (an animal's markings)."""
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), 128, np.uint8)
+    for _ in range(60):
+        centre = tuple(int(v) for v in rng.integers(0, size, 2))
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        cv2.circle(image, centre, int(rng.integers(3, 18)), colour, -1)
+        end = tuple(int(v) for v in rng.integers(0, size, 2))
+        cv2.line(image, centre, end, colour, int(rng.integers(1, 4)))
+    return image
+
+
+def shot(image: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """Another photo of the same markings: turned, scaled, the middle 90 % kept."""
+    h, w = image.shape[:2]
+    warped = cv2.warpAffine(
+        image, cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale), (w, h), borderValue=(128, 128, 128)
+    )
+    return np.ascontiguousarray(warped[h // 20 : h - h // 20, w // 20 : w - w // 20])
+
+
+SHOTS = ((0, 1.0), (15, 0.9), (-12, 1.1))
+NEW_SHOT = (25, 0.85)
+
+
+def _features(images):
+    settings = SiftSettings(match_size=320, max_keypoints=400)
+    return FeatureSet.from_photos(
+        [str(i) for i in range(len(images))], [extract_sift(i, settings) for i in images]
+    )
+
+
+def test_leave_one_out_never_meets_itself_and_calibrates():
+    # individual 0: two unrelated textures (only the photo itself would match it); 1, 2, 3: two shots each;
+    # 4: a single photo (nothing left of it when it is the query)
+    images = [texture(10), texture(11)]
+    owners = [0, 0]
+    for ind, seed in ((1, 1), (2, 2), (3, 3)):
+        images += [shot(texture(seed), *SHOTS[0]), shot(texture(seed), *SHOTS[1])]
+        owners += [ind, ind]
+    images.append(texture(4))
+    owners.append(4)
+    gallery = LocalGallery(_features(images), np.asarray(owners), 5)
+    embeddings = np.eye(len(images), dtype=np.float32)  # the embedding says nothing: local evidence decides
+    loo = leave_one_out(embeddings, gallery, RerankSettings(), PairSettings())
+    assert loo.inliers.shape == (len(images), 5)
+    # a self-pair would give individual 0 hundreds of inliers and votes; the other texture gives few
+    assert loo.inliers[0, 0] < 15 and loo.inliers[1, 0] < 15
+    assert all(loo.inliers[row, owners[row]] > 30 for row in range(2, 8))  # the other shot verifies
+    assert not loo.scored[8, 4] and loo.inliers[8, 4] == 0 and loo.votes[8, 4] == 0  # nothing left of 4
+    assert loo.scored[8, :4].all() and loo.scored[0].all()
+    calibrations = fit_calibrations(loo)
+    assert calibrations.inliers(np.array([100.0]))[0] > calibrations.inliers(np.array([0.0]))[0]
+
+
+def _write_folder(root) -> tuple[str, str, str]:
+    """ID/photo folders: 5 individuals x 3 shots (JPEG); plus a new shot of individual ind-2 and a photo of
+    an animal the gallery has not seen, outside the folder."""
+    photos = root / "photos"
+    for ind in range(5):
+        (photos / f"ind-{ind}").mkdir(parents=True)
+        for n, (angle, scale) in enumerate(SHOTS):
+            image = shot(texture(100 + ind, 400), angle, scale)
+            cv2.imwrite(str(photos / f"ind-{ind}" / f"{n}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    second = str(root / "new_shot_of_ind-2.jpg")
+    cv2.imwrite(second, cv2.cvtColor(shot(texture(102, 400), *NEW_SHOT), cv2.COLOR_RGB2BGR))
+    stranger = str(root / "stranger.jpg")
+    cv2.imwrite(stranger, cv2.cvtColor(texture(999, 400), cv2.COLOR_RGB2BGR))
+    return str(photos), second, stranger
+
+
+@pytest.fixture(scope="module")
+def sift_gallery(tmp_path_factory):
+    from tfwhale.gallery import __main__ as gallery_cli
+
+    root = tmp_path_factory.mktemp("sift_gallery")
+    photos, second, stranger = _write_folder(root)
+    out = str(root / "gallery")
+    argv = ["--photos", photos, "--out", out, "--size", str(SIZE), "--workers", "1", "-q"]
+    assert gallery_cli.main(argv) == 0
+    return out, second, stranger, root
+
+
+def test_day_one_gallery_with_sift_answers_a_new_shot_first_with_high_fused_p(sift_gallery, capsys):
+    from tfwhale import identify
+
+    out, second, stranger, _ = sift_gallery
+    manifest = load_gallery_manifest(out)
+    assert (
+        manifest.rerank == "local" and manifest.extra["label"] == "untrained gallery (ImageNet Lite0 + SIFT)"
+    )
+    assert "fused P" in manifest.threshold.source and manifest.embedding_threshold is not None
+    assert manifest.local.sift == dataclasses.asdict(SiftSettings())  # the library's defaults, recorded
+    assert identify.main([second, stranger, "--gallery", out, "--json"]) == 0
+    known, unseen = json.loads(capsys.readouterr().out)
+    first = known["predictions"][0]
+    assert first["label"] == "ind-2" and first["similarity"] > 0.8
+    others = [p["similarity"] for p in known["predictions"][1:] if p["similarity"] is not None]
+    assert max(others) < first["similarity"] - 0.3
+    best_unseen = max(p["similarity"] for p in unseen["predictions"] if p["similarity"] is not None)
+    assert best_unseen < first["similarity"] - 0.3
+
+
+def test_identify_explain_draws_the_verified_matches(sift_gallery, capsys):
+    from tfwhale import identify
+
+    out, second, stranger, root = sift_gallery
+    pictures = root / "explain"
+    assert identify.main([second, stranger, "--gallery", out, "--explain", str(pictures)]) == 0
+    assert sorted(p.name for p in pictures.iterdir()) == ["000_new_shot_of_ind-2.png", "001_stranger.png"]
+    picture = cv2.imread(str(pictures / "000_new_shot_of_ind-2.png"))
+    assert picture.shape[0] > 320 and picture.shape[1] > 2 * 320  # a row per candidate, two crops a row
+    # the first row's matches are drawn in pure green (BGR 0, 255, 0), crossing the gap between the crops
+    gap = picture[28:348, 322:326]
+    green = (gap[..., 0] == 0) & (gap[..., 1] == 255) & (gap[..., 2] == 0)
+    assert green.sum() >= 5
+    unseen = cv2.imread(str(pictures / "001_stranger.png"))
+    gap = unseen[28:348, 322:326]
+    assert ((gap[..., 0] == 0) & (gap[..., 1] == 255) & (gap[..., 2] == 0)).sum() < green.sum()
+
+
+def test_explain_on_a_gallery_without_local_features_says_why(sift_gallery, tmp_path, caplog):
+    from tfwhale import identify
+    from tfwhale.gallery import __main__ as gallery_cli
+
+    _, second, _, root = sift_gallery
+    out = str(tmp_path / "plain")
+    argv = ["--photos", str(root / "photos"), "--out", out, "--size", str(SIZE), "--workers", "1", "-q"]
+    assert gallery_cli.main([*argv, "--no-local-features"]) == 0
+    manifest = load_gallery_manifest(out)
+    assert manifest.rerank == "none" and manifest.local is None
+    assert manifest.extra["label"] == "untrained gallery (ImageNet Lite0)"
+    assert identify.main([second, "--gallery", out, "--explain", str(tmp_path / "x")]) == 1
+    assert "made without local features" in caplog.text
+
+
+def test_older_gallery_json_loads_without_rerank_and_a_changed_feature_file_is_refused(
+    sift_gallery, tmp_path
+):
+    import shutil
+
+    out, *_ = sift_gallery
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    path = copy / "gallery.json"
+    body = json.loads(path.read_text())
+    older = {k: v for k, v in body.items() if k not in ("rerank", "local", "embedding_threshold")}
+    path.write_text(json.dumps(older))
+    manifest = load_gallery_manifest(str(copy))
+    assert manifest.rerank == "none" and manifest.local is None and manifest.embedding_threshold is None
+    path.write_text(json.dumps({**older, "rerank": "local"}))
+    with pytest.raises(GalleryError, match="without the local features"):
+        load_gallery_manifest(str(copy))
+    path.write_text(json.dumps(body))
+    features = copy / body["local"]["features_file"]
+    features.write_bytes(features.read_bytes()[:-10])
+    with pytest.raises(GalleryError, match="missing or changed"):
+        load_gallery_manifest(str(copy))
+
+
+def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_similarity(sift_gallery, tmp_path):
+    pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
+    from tfwhale.serve.catalogue import Catalogue
+
+    out, second, stranger, _ = sift_gallery
+    catalogue = Catalogue(out, str(tmp_path / "catalogue"))
+    policy = load_gallery_manifest(out).threshold
+    with open(second, "rb") as f:
+        _, result = catalogue.upload(f.read(), "second.jpg", None, "tester")
+    first = result.candidates[0]
+    assert first.label == "ind-2" and first.similarity > 0.8
+    assert result.threshold == pytest.approx(policy.value)  # held to the fused policy
+    assert "local_features" in result.timings
+    with open(stranger, "rb") as f:
+        data = f.read()
+    sha, _ = catalogue.upload(data, "stranger.jpg", None, "tester")
+    catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
+    # the same photo again: its registered individual (grown, no local features) is found by its
+    # similarity alone, fused with P(inliers) and P(votes) of 0 matches
+    _, again = catalogue.upload(data, "stranger-again.jpg", None, "tester")
+    (newcomer,) = [c for c in again.candidates if c.label == "Newcomer-1"]
+    calibrations = Calibrations.from_dict(load_gallery_manifest(out).local.calibrations)
+    none = np.zeros(1)
+    expected = calibrations.fused(np.ones(1), none, none)[0]
+    assert newcomer.similarity == pytest.approx(expected, abs=1e-3)

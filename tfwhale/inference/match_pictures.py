@@ -1,0 +1,156 @@
+"""identify --explain: per query, a picture of its crop beside each top candidate's best photo, with the
+verified matches drawn as lines, so that a person can check a match by eye.
+
+The crops are the match-size crops local features were taken from (query.local.match_crop); the matches'
+positions are in each photo's matching image and are scaled to the drawn crop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from tfwhale.contracts.local_features import LocalFeatures
+from tfwhale.core import files
+from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.imaging.photo_crop import ImageError
+from tfwhale.matching.pairs import PairMatch
+from tfwhale.query.answers import QueryAnswer
+from tfwhale.query.gallery import QueryError
+from tfwhale.query.local import LocalRerankPath, match_crop
+from tfwhale.query.path import QueryPath
+
+logger = logging.getLogger(__name__)
+
+PANEL = 320  # px, the long side of each drawn crop
+TITLE = 28  # px above each pair
+GAP = 8
+CANDIDATES = 3  # top candidates drawn per query
+MAX_LINES = 100  # more lines hide the photos: an even sample of the inliers is drawn
+COLOURS = ((0, 255, 0), (255, 200, 0), (0, 200, 255), (255, 0, 255), (255, 255, 0))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    probability: float
+    photo: str | None  # the gallery photo name of its best verified photo (None: no verified pair)
+    match: PairMatch | None
+
+
+def _panel(rgb: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """(the crop resized to PANEL on its long side, scale from crop pixels), or a grey square."""
+    if rgb is None:
+        return np.full((PANEL, PANEL, 3), 96, np.uint8), 0.0
+    scale = PANEL / max(rgb.shape[:2])
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _pair_row(query_rgb, query_features: LocalFeatures, gallery_rgb, gallery_size, candidate: Candidate):
+    """One row: title, query panel | gallery panel, the inlier matches as lines across."""
+    left, left_scale = _panel(query_rgb)
+    right, right_scale = _panel(gallery_rgb)
+    height = max(left.shape[0], right.shape[0])
+    row = np.full((TITLE + height, left.shape[1] + GAP + right.shape[1], 3), 255, np.uint8)
+    row[TITLE : TITLE + left.shape[0], : left.shape[1]] = left
+    offset = left.shape[1] + GAP
+    row[TITLE : TITLE + right.shape[0], offset:] = right
+    inliers = 0 if candidate.match is None else candidate.match.inliers
+    title = f"{candidate.label}  P={candidate.probability:.2f}  {inliers} verified matches"
+    cv2.putText(row, title, (4, TITLE - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    if candidate.match is None or not inliers or gallery_rgb is None:
+        return row
+    # keypoints are in each photo's matching image; the panels are the crops scaled by *_scale
+    q_scale = left_scale * query_rgb.shape[1] / max(query_features.image_size[0], 1)
+    g_scale = right_scale * gallery_rgb.shape[1] / max(gallery_size[0], 1)
+    drawn = np.unique(np.linspace(0, inliers - 1, min(inliers, MAX_LINES)).round().astype(int))
+    pairs = zip(candidate.match.query_xy[drawn], candidate.match.gallery_xy[drawn], strict=True)
+    for i, (q, g) in enumerate(pairs):
+        start = (round(float(q[0]) * q_scale), TITLE + round(float(q[1]) * q_scale))
+        end = (offset + round(float(g[0]) * g_scale), TITLE + round(float(g[1]) * g_scale))
+        cv2.line(row, start, end, COLOURS[i % len(COLOURS)], 1, cv2.LINE_8)
+    return row
+
+
+def draw_query(
+    local: LocalRerankPath,
+    query_rgb: np.ndarray,
+    query_features: LocalFeatures,
+    candidates: Sequence[Candidate],
+) -> np.ndarray:
+    """RGB picture of one query against its candidates, one row per candidate."""
+    rows = []
+    for candidate in candidates:
+        gallery_rgb, size = None, (0, 0)
+        if candidate.photo is not None:
+            gallery_rgb = _gallery_crop(local, candidate.photo)
+            index = local.gallery.features.names.index(candidate.photo)
+            size = tuple(int(v) for v in local.gallery.features.image_sizes[index])
+        rows.append(_pair_row(query_rgb, query_features, gallery_rgb, size, candidate))
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, GAP), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(padded)
+
+
+def _gallery_crop(local: LocalRerankPath, name: str) -> np.ndarray | None:
+    """A gallery photo's match-size crop, from where the gallery was made from (None: not found)."""
+    if not local.photos_root:
+        return None
+    path = files.join(local.photos_root, name)
+    try:
+        return match_crop(files.read_bytes(path), None, local.image, local.settings.sift)
+    except (ImageError, OSError, ValueError) as err:
+        logger.warning("%s: cannot draw this gallery photo (%s)", path, err)
+        return None
+
+
+def write_picture(path: str, rgb: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: could not encode the picture")
+    files.write_bytes(path, png.tobytes())
+
+
+def picture_name(index: int, photo: str) -> str:
+    """A file name per query: its position (photos may share a base name) and its base name."""
+    base = files.basename(photo).rsplit(".", 1)[0] or "photo"
+    return f"{index:03d}_{base}.png"
+
+
+def explained_answers(
+    path: QueryPath,
+    photos: Sequence[str],
+    boxes: Sequence[tuple | None],
+    images: np.ndarray,
+    features: Sequence[LocalFeatures],
+    positions: Sequence[int],
+    out_dir: str,
+) -> list[QueryAnswer]:
+    """The fused answers of the photos (as QueryPath.identify gives them), and per photo a picture in
+    out_dir named by picture_name(its position in the command line, the photo)."""
+    local = path.local
+    if local is None:
+        raise QueryError(f"{path.gallery.out_dir}: made without local features, so there are no matches to "
+                         "draw; make it with them (python -m tfwhale.gallery) for --explain")  # fmt: skip
+    reranked = path.rerank(path.embed(images, photos), photos, features)
+    answers = path.answer(reranked.ranked, fused=True)
+    files.makedirs(out_dir)
+    for photo, box, answer, evidence, found, position in zip(
+        photos, boxes, answers, reranked.evidence, features, positions, strict=True
+    ):
+        candidates = []
+        for label, probability in zip(answer.labels, answer.similarities, strict=True):
+            if label == NEW_INDIVIDUAL or len(candidates) == CANDIDATES:
+                continue
+            best = local.best_photo(evidence, label)
+            candidates.append(Candidate(label, float(probability), *(best or (None, None))))
+        rgb = match_crop(files.read_bytes(photo), box, local.image, local.settings.sift)
+        write_picture(
+            files.join(out_dir, picture_name(position, photo)), draw_query(local, rgb, found, candidates)
+        )
+    return answers

@@ -1,0 +1,164 @@
+"""Re-rank one query's individuals by local evidence: shortlist, verify, calibrate, fuse (the study's method).
+
+What benchmarks/quality_local.py chose on nyala-dev (5 seeds): the pairs verified are the union of the
+embedding's top-K individuals (each one's best-voted photos) and LNBNN's top-M photos over the whole
+gallery; each individual scores its best photo (max) by cosine, verified inliers and LNBNN votes; each of
+the three scores becomes P(same individual) by an isotonic calibration fitted leave-one-out over the
+gallery itself (never a self-pair), and the fused score is their mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfwhale.contracts.local_features import FeatureSet, LocalFeatures
+from tfwhale.matching.aggregate import (
+    RerankSettings,
+    best_photos_of_each,
+    per_individual,
+    top_individual_photos,
+    top_photos,
+)
+from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse
+from tfwhale.matching.lnbnn import LnbnnIndex, lnbnn_votes
+from tfwhale.matching.pairs import PairMatch, PairSettings, match_pair
+
+LNBNN_SEARCH = 12  # neighbours searched per descriptor: a left-out photo's own ones drop out of them
+EVIDENCE = ("cosine", "inliers", "votes")
+
+
+@dataclass(frozen=True)
+class Calibrations:
+    """P(same individual) of each kind of evidence; fused = their mean."""
+
+    cosine: ScoreCalibration
+    inliers: ScoreCalibration
+    votes: ScoreCalibration
+
+    def fused(self, cosine: np.ndarray, inliers: np.ndarray, votes: np.ndarray) -> np.ndarray:
+        return fuse(self.cosine(cosine), self.inliers(inliers), self.votes(votes))
+
+    def to_dict(self) -> dict[str, dict[str, list[float]]]:
+        return {name: getattr(self, name).to_dict() for name in EVIDENCE}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Calibrations:
+        return cls(*(ScoreCalibration.from_dict(data[name]) for name in EVIDENCE))
+
+
+class LocalGallery:
+    """A gallery's photo features with their individuals (int codes), and one LNBNN index over them."""
+
+    def __init__(self, features: FeatureSet, photo_individual: np.ndarray, n_individuals: int) -> None:
+        if len(features) != len(photo_individual):
+            raise ValueError(f"{len(features)} feature photos but {len(photo_individual)} individuals")
+        self.features = features
+        self.photo_individual = np.asarray(photo_individual, np.int64)
+        self.n_individuals = int(n_individuals)
+        self.index = LnbnnIndex(features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One query's raw per-individual scores, float64 (n_individuals,) each, and per individual its best
+    verified photo with the inlier matches (only individuals with at least one verified pair)."""
+
+    cosine: np.ndarray
+    inliers: np.ndarray
+    votes: np.ndarray
+    best: dict[int, tuple[int, PairMatch]]
+
+
+def query_evidence(
+    query: LocalFeatures,
+    cosine: np.ndarray,
+    gallery: LocalGallery,
+    settings: RerankSettings,
+    pairs: PairSettings,
+    leave_out: int | None = None,
+) -> Evidence:
+    """cosine: the embedding's per-individual score (n_individuals,); leave_out: a gallery photo that is
+    the query itself (its descriptors never vote, its pair is never verified)."""
+    n_photos, owner, agg = len(gallery), gallery.photo_individual, settings.aggregation
+    allowed = np.ones(n_photos, bool)
+    if leave_out is not None:
+        allowed[leave_out] = False
+    found = gallery.index.neighbours(query, LNBNN_SEARCH)
+    votes = lnbnn_votes(found, n_photos, settings.lnbnn_k, allowed)
+    voted = np.where(allowed, votes, -np.inf)
+    chosen = top_individual_photos(cosine, owner, settings.shortlist_k)
+    if settings.photos_per_individual:
+        chosen &= best_photos_of_each(voted, owner, settings.photos_per_individual)
+    chosen |= top_photos(voted, settings.shortlist_m)
+    chosen &= allowed
+    inliers = np.zeros(n_photos, np.float64)
+    best: dict[int, tuple[int, PairMatch]] = {}
+    for photo in np.flatnonzero(chosen):
+        match = match_pair(query, gallery.features[int(photo)], pairs)
+        inliers[photo] = match.inliers
+        individual = int(owner[photo])
+        if match.inliers and (individual not in best or match.inliers > best[individual][1].inliers):
+            best[individual] = (int(photo), match)
+    return Evidence(
+        cosine=np.asarray(cosine, np.float64),
+        inliers=per_individual(inliers, owner, gallery.n_individuals, agg)[0],
+        votes=per_individual(votes, owner, gallery.n_individuals, agg)[0],
+        best=best,
+    )
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Every gallery photo as a query against the rest: raw evidence (photos, n_individuals) per kind,
+    own (the photo's individual) and scored (False where an individual has no photo left: the query's
+    own, when it had one photo)."""
+
+    cosine: np.ndarray
+    inliers: np.ndarray
+    votes: np.ndarray
+    own: np.ndarray
+    scored: np.ndarray
+
+
+def leave_one_out(
+    embeddings: np.ndarray,
+    gallery: LocalGallery,
+    settings: RerankSettings,
+    pairs: PairSettings,
+    tick: Callable[[], None] | None = None,
+) -> LeaveOneOut:
+    """embeddings: unit rows (photos, D) in the gallery's order. No photo ever meets itself."""
+    n, owner = len(gallery), gallery.photo_individual
+    cos = embeddings @ embeddings.T
+    np.fill_diagonal(cos, -np.inf)
+    cosine = per_individual(cos, owner, gallery.n_individuals, "max")
+    counts = np.bincount(owner, minlength=gallery.n_individuals)
+    scored = np.tile(counts, (n, 1))
+    scored[np.arange(n), owner] -= 1
+    scored = scored > 0
+    cosine[~scored] = -1.0  # no photo left: the lowest cosine (per_individual wrote 0)
+    inliers, votes = np.zeros_like(cosine), np.zeros_like(cosine)
+    for photo in range(n):
+        found = query_evidence(gallery.features[photo], cosine[photo], gallery, settings, pairs, photo)
+        inliers[photo], votes[photo] = found.inliers, found.votes
+        if tick:
+            tick()
+    return LeaveOneOut(cosine, inliers, votes, owner.copy(), scored)
+
+
+def fit_calibrations(loo: LeaveOneOut) -> Calibrations:
+    """The three isotonic calibrations over the leave-one-out pairs that have a photo to score."""
+    same = np.arange(loo.cosine.shape[1])[None, :] == loo.own[:, None]
+    usable = loo.scored
+    return Calibrations(*(fit_calibration(getattr(loo, name)[usable], same[usable]) for name in EVIDENCE))
+
+
+def order_key(fused: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+    """What candidates are ranked by: the fused P, ties (same calibrated steps) broken by the cosine."""
+    return np.asarray(fused) + 1e-6 * np.asarray(cosine)

@@ -1,0 +1,127 @@
+"""Query path, local re-rank: a gallery's local features loaded once; a query's match-size crop -> its
+SIFT -> fused P(same individual) per individual, ranked (galleries with rerank "local", issue 24).
+
+Both sides crop the same way (match_crop): the original photo and its box through the gallery's own crop
+settings (enlarge, resize mode), at the match size instead of the model's input size, so the markings
+keep their detail. The gallery's features were made by the same function when the gallery was made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from tfwhale.contracts.gallery_manifest import GalleryManifest, LocalRerank
+from tfwhale.contracts.local_features import LocalFeatures, LocalFeaturesError, load_feature_set
+from tfwhale.core import files
+from tfwhale.imaging.photo_crop import ImageError, ImageSettings, process_image
+from tfwhale.matching.aggregate import RerankSettings
+from tfwhale.matching.features import SiftSettings, extract_sift
+from tfwhale.matching.pairs import PairSettings
+from tfwhale.matching.rerank import Calibrations, Evidence, LocalGallery, order_key, query_evidence
+from tfwhale.retrieval.ranking import Ranked
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """The three settings sections of a local re-rank, one source of defaults (the matching library's)."""
+
+    sift: SiftSettings = field(default_factory=SiftSettings)
+    pairs: PairSettings = field(default_factory=PairSettings)
+    rerank: RerankSettings = field(default_factory=RerankSettings)
+
+    @classmethod
+    def of(cls, local: LocalRerank) -> MatchSettings:
+        return cls(SiftSettings(**local.sift), PairSettings(**local.pairs), RerankSettings(**local.rerank))
+
+    def sections(self) -> dict[str, dict]:
+        """The fields LocalRerank stores (sift, pairs, rerank)."""
+        return {"sift": asdict(self.sift), "pairs": asdict(self.pairs), "rerank": asdict(self.rerank)}
+
+
+def match_crop(data: bytes, box: tuple | None, image: ImageSettings, sift: SiftSettings) -> np.ndarray:
+    """RGB uint8 crop of a photo's bytes for local features: the gallery's crop at the match size.
+    ImageError if the photo cannot be used."""
+    jpeg, _ = process_image(data, box, replace(image, size=sift.match_size, quality=95))
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ImageError("the match-size crop could not be decoded")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def photo_features(data: bytes, box: tuple | None, image: ImageSettings, sift: SiftSettings) -> LocalFeatures:
+    return extract_sift(match_crop(data, box, image, sift), sift)
+
+
+@dataclass(frozen=True)
+class Reranked:
+    """Queries' individuals ranked by fused P (the Ranked answer_rows takes) and each query's evidence
+    (its raw scores and the best verified photo of each individual, for --explain)."""
+
+    ranked: Ranked
+    evidence: list[Evidence]
+
+
+class LocalRerankPath:
+    """A gallery's local features, their LNBNN index and calibrations, read once."""
+
+    def __init__(self, out_dir: str, manifest: GalleryManifest, train_names: Sequence[str],
+                 train_ids: Sequence[str]) -> None:  # fmt: skip
+        local = manifest.local
+        assert local is not None, "only for galleries with rerank 'local'"
+        path = files.join(out_dir, local.features_file)
+        try:
+            features = load_feature_set(path, local.features_sha256)
+        except LocalFeaturesError as err:
+            raise ValueError(str(err)) from None
+        if list(features.names) != list(train_names):
+            raise ValueError(f"{path}: not the gallery's photos in order; make the gallery again")
+        self.settings = MatchSettings.of(local)
+        self.image = manifest.image
+        self.photos_root = local.photos_root
+        self.individuals = np.asarray(sorted(set(train_ids)))
+        codes = np.searchsorted(self.individuals, np.asarray(train_ids))
+        self.gallery = LocalGallery(features, codes, len(self.individuals))
+        self.calibrations = Calibrations.from_dict(local.calibrations)
+
+    def features(self, data: bytes, box: tuple | None) -> LocalFeatures:
+        return photo_features(data, box, self.image, self.settings.sift)
+
+    def rerank(self, ranked: Ranked, features: Sequence[LocalFeatures]) -> Reranked:
+        """ranked: the embedding's ranking of every individual (scores = its similarity) per query.
+        Individuals the features were not made with (the catalogue app's grown ones) are scored by their
+        similarity alone, their inliers and votes 0: P(inliers) and P(votes) of nothing seen."""
+        labels, scores, evidence = [], [], []
+        code_of = {label: code for code, label in enumerate(self.individuals.tolist())}
+        for row_labels, row_scores, query in zip(ranked.labels, ranked.scores, features, strict=True):
+            cosine = np.full(len(self.individuals), -1.0)
+            grown, grown_cosine = [], []
+            for label, score in zip(row_labels, row_scores, strict=True):
+                if label in code_of:
+                    cosine[code_of[label]] = score
+                else:
+                    grown.append(label)
+                    grown_cosine.append(score)
+            found = query_evidence(query, cosine, self.gallery, self.settings.rerank, self.settings.pairs)
+            nothing = np.zeros(len(grown))
+            fused = np.concatenate([
+                self.calibrations.fused(found.cosine, found.inliers, found.votes),
+                self.calibrations.fused(np.asarray(grown_cosine, np.float64), nothing, nothing),
+            ])  # fmt: skip
+            every = self.individuals.tolist() + grown  # a list: a numpy array's width would cut names
+            order = np.argsort(-order_key(fused, np.concatenate([found.cosine, grown_cosine])), kind="stable")
+            labels.append([every[i] for i in order])
+            scores.append(fused[order].tolist())
+            evidence.append(found)
+        return Reranked(Ranked(labels, scores), evidence)
+
+    def best_photo(self, evidence: Evidence, label: str) -> tuple[str, object] | None:
+        """(gallery photo name, PairMatch) of `label`'s best verified photo for a query, if any."""
+        code = int(np.searchsorted(self.individuals, label))
+        if code >= len(self.individuals) or self.individuals[code] != label or code not in evidence.best:
+            return None
+        photo, match = evidence.best[code]
+        return self.gallery.features.names[photo], match
