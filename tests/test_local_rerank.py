@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.textures import texture
 from tfwhale.contracts.gallery_manifest import GalleryError, load_gallery_manifest
 from tfwhale.contracts.local_features import FeatureSet
 from tfwhale.matching.aggregate import RerankSettings
@@ -19,19 +20,6 @@ from tfwhale.matching.pairs import PairSettings
 from tfwhale.matching.rerank import Calibrations, LocalGallery, fit_calibrations, leave_one_out
 
 SIZE = 64  # model input: small keeps the ImageNet Lite0 passes fast; local features use 512 px crops
-
-
-def texture(seed: int, size: int = 320) -> np.ndarray:
-    """An RGB uint8 image of random blobs and lines: plenty of distinctive corners (an animal's markings)."""
-    rng = np.random.default_rng(seed)
-    image = np.full((size, size, 3), 128, np.uint8)
-    for _ in range(60):
-        centre = tuple(int(v) for v in rng.integers(0, size, 2))
-        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
-        cv2.circle(image, centre, int(rng.integers(3, 18)), colour, -1)
-        end = tuple(int(v) for v in rng.integers(0, size, 2))
-        cv2.line(image, centre, end, colour, int(rng.integers(1, 4)))
-    return image
 
 
 def shot(image: np.ndarray, angle: float, scale: float) -> np.ndarray:
