@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from tfwhale.contracts.gallery_arrays import GalleryArrays, load_gallery_arrays
 from tfwhale.contracts.gallery_manifest import GalleryError, GalleryManifest, load_gallery_manifest
@@ -34,7 +35,7 @@ class Gallery:
     def whitening(self) -> Whitening | None:
         return None if self.arrays.whitening is None else Whitening(*self.arrays.whitening)
 
-    @property
+    @cached_property  # every answer looks species up: built once per gallery, not once per query
     def species_of(self) -> dict[str, str]:
         return dict(zip(self.arrays.train_ids, self.arrays.train_species, strict=True))
 

@@ -57,7 +57,7 @@ class Engine:
         self.gallery = path.gallery
         self.manifest = path.gallery.manifest
         arrays = self.gallery.arrays
-        self.species_of = self.gallery.species_of
+        self.species_of = dict(self.gallery.species_of)  # grows with the catalogue; the gallery's stays
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
         base = arrays.gallery.astype(np.float32)
