@@ -15,6 +15,7 @@ from tfwhale.contracts.local_features import (
     load_feature_set,
     save_feature_set,
 )
+from tfwhale.matching import pairs
 from tfwhale.matching.aggregate import (
     RerankSettings,
     best_photos_of_each,
@@ -33,7 +34,14 @@ from tfwhale.matching.features import (
 from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse, leave_one_out_scores
 from tfwhale.matching.lnbnn import LnbnnIndex, lnbnn_votes
 from tfwhale.matching.matcher import Matcher, SiftMatcher
-from tfwhale.matching.pairs import PairSettings, match_pair, nearest_candidates, verify
+from tfwhale.matching.pairs import (
+    PairSettings,
+    match_pair,
+    match_pairs,
+    nearest_candidates,
+    nearest_candidates_many,
+    verify,
+)
 
 
 def rotated_scaled_crop(image: np.ndarray) -> np.ndarray:
@@ -127,6 +135,49 @@ def test_a_stricter_ratio_keeps_fewer_tentative_matches(three):
     loose, strict = candidates.passing(PairSettings(ratio=0.9)), candidates.passing(PairSettings(ratio=0.6))
     assert len(strict) < len(loose)
     assert len(candidates.passing(PairSettings(mutual=False))) >= len(candidates.passing(PairSettings()))
+
+
+def brute_force_candidates(query: LocalFeatures, gallery: LocalFeatures):
+    """(best, ratio, mutual) of every query keypoint, one keypoint at a time (the reference): nearest by
+    the unit-norm distance sqrt(2 - 2 a.b), a.b exact in integers; mutual when no query keypoint is
+    strictly nearer to its nearest gallery keypoint."""
+    a, b = query.descriptors.astype(np.int64), gallery.descriptors.astype(np.int64)
+    best, ratio, mutual = [], [], []
+    for row in range(len(a)):
+        dots = b @ a[row]
+        nearest = int(np.argmax(dots))
+        distance = np.sqrt(np.maximum(2 - 2 * np.sort(dots)[::-1][:2] / ROOTSIFT_SCALE**2, 0))
+        best.append(nearest)
+        ratio.append(distance[0] / max(distance[1], 1e-12))
+        mutual.append(bool((a @ b[nearest]).max() <= dots[nearest]))
+    return np.array(best), np.array(ratio), np.array(mutual)
+
+
+def test_many_photos_at_once_find_what_each_pair_finds_alone(three, monkeypatch):
+    query = three[0]
+    one_point = LocalFeatures(three[1].keypoints[:1], three[1].descriptors[:1], (320, 320))
+    blank = extract_sift(np.full((64, 64, 3), 128, np.uint8), SETTINGS)
+    few = LocalFeatures(three[2].keypoints[:7], three[2].descriptors[:7], (320, 320))
+    galleries = [three[1], one_point, three[2], blank, few, three[0]]
+    monkeypatch.setattr(pairs, "CHUNK_ELEMENTS", len(query) * 500)  # several chunks of unequal photos
+    found = nearest_candidates_many(query, galleries)
+    assert len(found) == len(galleries)
+    for gallery, candidates in zip(galleries, found, strict=True):
+        if len(gallery) < 2:
+            assert len(candidates.rows) == 0 and len(candidates.passing(PairSettings())) == 0
+            continue
+        best, ratio, mutual = brute_force_candidates(query, gallery)
+        assert np.array_equal(candidates.rows, np.arange(len(query)))
+        assert np.array_equal(candidates.best, best)
+        assert np.allclose(candidates.ratio, ratio, atol=2e-3)
+        assert np.array_equal(candidates.mutual, mutual)
+    # the query against itself: (almost) every keypoint finds itself (uint8 norms are not exactly 1)
+    itself = found[-1]
+    assert np.mean(itself.best == np.arange(len(query))) > 0.95
+    alone = [match_pair(query, gallery) for gallery in galleries]
+    together = match_pairs(query, galleries)
+    assert [m.inliers for m in together] == [m.inliers for m in alone]
+    assert together[0].inliers >= 40 and together[3].inliers == 0
 
 
 def test_sift_matcher_is_a_matcher(three):

@@ -7,13 +7,14 @@ in each photo's matching image) so that people can see them drawn.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from tfwhale.contracts.local_features import LocalFeatures
-from tfwhale.matching.features import dequantise
+from tfwhale.matching.features import ROOTSIFT_SCALE
 
 GEOMETRIES = ("homography", "affine", "similarity", "fundamental")
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class PairMatch:
 
 
 NO_MATCH = PairMatch(0, 0, np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+CHUNK_ELEMENTS = 8_000_000  # dot products held at once (32 MB of float32): ~8 photos of 1000 keypoints
 
 
 @dataclass(frozen=True)
@@ -75,22 +77,74 @@ class Candidates:
         return np.stack([self.rows[keep], self.best[keep]], axis=1).astype(np.int64)
 
 
+NO_CANDIDATES = Candidates(
+    np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
+)
+
+
 def nearest_candidates(query: LocalFeatures, gallery: LocalFeatures) -> Candidates:
-    """Exact nearest neighbours by one matrix product: RootSIFT has unit norm, so the squared distance
-    is 2 - 2 x the dot product (faster here than cv2.BFMatcher and its per-match Python objects)."""
-    if len(query) < 2 or len(gallery) < 2:
-        empty = np.zeros(0, np.int64)
-        return Candidates(empty, empty, np.zeros(0, np.float32), np.zeros(0, bool))
-    dots = dequantise(query.descriptors) @ dequantise(gallery.descriptors).T
-    rows = np.arange(len(dots))
-    best = np.argmax(dots, axis=1)
-    first = dots[rows, best]
-    mutual = np.argmax(dots, axis=0)[best] == rows
-    dots[rows, best] = -np.inf  # the second nearest is the best of the rest
-    second = dots.max(axis=1)
-    distance = np.sqrt(np.maximum(2.0 - 2.0 * np.stack([first, second]), 0.0))
-    ratio = distance[0] / np.maximum(distance[1], 1e-12)
-    return Candidates(rows, best, ratio.astype(np.float32), mutual)
+    """Every query keypoint's nearest keypoint in one gallery photo (see nearest_candidates_many)."""
+    return nearest_candidates_many(query, [gallery])[0]
+
+
+def nearest_candidates_many(query: LocalFeatures, galleries: Sequence[LocalFeatures]) -> list[Candidates]:
+    """Candidates of a query against each of several gallery photos, exact, from a few matrix products.
+
+    RootSIFT has unit norm, so the squared distance is 2 - 2 x the dot product. The photos are stacked
+    (padded to the longest) and multiplied in chunks of about CHUNK_ELEMENTS dot products: one large
+    product is ~1.6x faster than one per photo, and every reduction runs along a contiguous axis (a
+    column argmax per photo copied its matrix). The products are of the stored uint8 values as float32:
+    integers below 2^24, so exact, and a tie is a true tie. A query keypoint is the mutual nearest of its
+    gallery keypoint when no query keypoint is strictly nearer to it."""
+    out: list[Candidates | None] = [None] * len(galleries)
+    usable = [i for i, gallery in enumerate(galleries) if len(query) >= 2 and len(gallery) >= 2]
+    for i in set(range(len(galleries))) - set(usable):
+        out[i] = NO_CANDIDATES
+    if not usable:
+        return out  # type: ignore[return-value]
+    stored = query.descriptors.astype(np.float32)
+    for chunk in _chunks([len(galleries[i]) for i in usable], len(query)):
+        photos = [usable[c] for c in chunk]
+        for i, found in zip(photos, _chunk_candidates(stored, [galleries[i] for i in photos]), strict=True):
+            out[i] = found
+    return out  # type: ignore[return-value]
+
+
+def _chunks(lengths: Sequence[int], query_length: int) -> list[list[int]]:
+    """Consecutive positions of `lengths` grouped so that each group's padded product stays small."""
+    groups: list[list[int]] = [[]]
+    longest = 0
+    for position, length in enumerate(lengths):
+        longest_with = max(longest, length)
+        if groups[-1] and query_length * longest_with * (len(groups[-1]) + 1) > CHUNK_ELEMENTS:
+            groups.append([])
+            longest_with = length
+        groups[-1].append(position)
+        longest = longest_with
+    return groups
+
+
+def _chunk_candidates(query: np.ndarray, galleries: Sequence[LocalFeatures]) -> list[Candidates]:
+    """query: float32 (n, 128) of the stored uint8 values; galleries: each with >= 2 keypoints."""
+    longest = max(len(g) for g in galleries)
+    stacked = np.zeros((len(galleries), longest, query.shape[1]), np.float32)
+    for p, gallery in enumerate(galleries):
+        stacked[p, : len(gallery)] = gallery.descriptors
+    dots = (query @ stacked.reshape(-1, query.shape[1]).T).reshape(len(query), len(galleries), longest)
+    for p, gallery in enumerate(galleries):
+        dots[:, p, len(gallery) :] = -np.inf  # padding is nobody's neighbour
+    rows = np.arange(len(query))[:, None]
+    photo = np.arange(len(galleries))[None, :]
+    best = dots.argmax(axis=2)
+    first = dots[rows, photo, best]
+    mutual = first >= dots.max(axis=0)[photo, best]
+    dots[rows, photo, best] = -np.inf  # the second nearest is the best of the rest
+    second = dots.max(axis=2)
+    unit = np.stack([first, second]).astype(np.float64) / ROOTSIFT_SCALE**2
+    distance = np.sqrt(np.maximum(2.0 - 2.0 * unit, 0.0))
+    ratio = (distance[0] / np.maximum(distance[1], 1e-12)).astype(np.float32)
+    indices = np.arange(len(query))
+    return [Candidates(indices, best[:, p], ratio[:, p], mutual[:, p]) for p in range(len(galleries))]
 
 
 def tentative_matches(query: LocalFeatures, gallery: LocalFeatures, settings: PairSettings) -> np.ndarray:
@@ -130,6 +184,17 @@ def match_pair(
     """The verified matches of a query photo's features against one gallery photo's."""
     settings = settings or PairSettings()
     return verified_match(query, gallery, tentative_matches(query, gallery, settings), settings)
+
+
+def match_pairs(
+    query: LocalFeatures, galleries: Sequence[LocalFeatures], settings: PairSettings | None = None
+) -> list[PairMatch]:
+    """match_pair of the query against each gallery photo, the nearest neighbours found in one go."""
+    settings = settings or PairSettings()
+    return [
+        verified_match(query, gallery, found.passing(settings), settings)
+        for gallery, found in zip(galleries, nearest_candidates_many(query, galleries), strict=True)
+    ]
 
 
 def verified_match(

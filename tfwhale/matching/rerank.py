@@ -24,7 +24,7 @@ from tfwhale.matching.aggregate import (
 )
 from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse
 from tfwhale.matching.lnbnn import LnbnnIndex, lnbnn_votes
-from tfwhale.matching.pairs import PairMatch, PairSettings, match_pair
+from tfwhale.matching.pairs import PairMatch, PairSettings, match_pairs
 
 LNBNN_SEARCH = 12  # neighbours searched per descriptor: a left-out photo's own ones drop out of them
 EVIDENCE = ("cosine", "inliers", "votes")
@@ -99,8 +99,9 @@ def query_evidence(
     chosen &= allowed
     inliers = np.zeros(n_photos, np.float64)
     best: dict[int, tuple[int, PairMatch]] = {}
-    for photo in np.flatnonzero(chosen):
-        match = match_pair(query, gallery.features[int(photo)], pairs)
+    verified = np.flatnonzero(chosen)
+    matches = match_pairs(query, [gallery.features[int(photo)] for photo in verified], pairs)
+    for photo, match in zip(verified, matches, strict=True):
         inliers[photo] = match.inliers
         individual = int(owner[photo])
         if match.inliers and (individual not in best or match.inliers > best[individual][1].inliers):
