@@ -18,6 +18,7 @@ from tfwhale.matching.aggregate import RerankSettings
 from tfwhale.matching.features import SiftSettings, extract_sift
 from tfwhale.matching.pairs import PairSettings
 from tfwhale.matching.rerank import Calibrations, LocalGallery, fit_calibrations, leave_one_out
+from tfwhale.query.local import MatchSettings
 
 SIZE = 64  # model input: small keeps the ImageNet Lite0 passes fast; local features use 512 px crops
 
@@ -160,6 +161,12 @@ def test_older_gallery_json_loads_without_rerank_and_a_changed_feature_file_is_r
     path.write_text(json.dumps(older))
     manifest = load_gallery_manifest(str(copy))
     assert manifest.rerank == "none" and manifest.local is None and manifest.embedding_threshold is None
+    # a gallery made before the match crop was recorded: its features were stretched square, so are queries
+    local = body["local"]
+    made_before = {**local, "sift": {k: v for k, v in local["sift"].items() if k != "crop"}}
+    path.write_text(json.dumps({**body, "local": made_before}))
+    assert MatchSettings.of(load_gallery_manifest(str(copy)).local).sift.crop == "square"
+    assert MatchSettings.of(load_gallery_manifest(out).local).sift.crop == "aspect"
     path.write_text(json.dumps({**older, "rerank": "local"}))
     with pytest.raises(GalleryError, match="without the local features"):
         load_gallery_manifest(str(copy))

@@ -11,7 +11,9 @@ float descriptors (BENCHMARKS.md; tests/test_matching.py checks the matches of a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,19 +24,37 @@ ROOTSIFT_MAX = 0.5  # measured: the largest component seen on real photos is ~0.
 ROOTSIFT_SCALE = 255.0 / ROOTSIFT_MAX
 
 
+MATCH_CROPS = ("aspect", "square")
+LEGACY_MATCH_CROP = "square"  # what settings stored before `crop` was recorded were made with
+
+
 @dataclass(frozen=True)
 class SiftSettings:
-    """How features are taken: the crop's long side is resized to match_size (never enlarged: that
-    invents no markings) and SIFT keeps its max_keypoints strongest keypoints. On nyala-dev (LNBNN,
-    5 seeds; BENCHMARKS.md) 512 px matched 384 px and beat 640 px; 1000 keypoints beat 500 clearly."""
+    """How features are taken: the photo's crop (its box, enlarged as the gallery's records are) is
+    resized to match_size on its long side keeping its aspect ratio ("aspect"), or stretched to
+    match_size x match_size ("square", as the records are); matching_image never enlarges it further,
+    and SIFT keeps its max_keypoints strongest keypoints. On nyala-dev (LNBNN, 5 seeds; BENCHMARKS.md)
+    512 px matched 384 px and beat 640 px; 1000 keypoints beat 500 clearly."""
 
     match_size: int = 512
     max_keypoints: int = 1000
     contrast_threshold: float = 0.04  # OpenCV's default; lower finds more keypoints on flat photos
+    crop: str = "aspect"
 
     def __post_init__(self) -> None:
         if self.match_size < 32 or self.max_keypoints < 1:
             raise ValueError(f"match_size must be >= 32 and max_keypoints >= 1, got {self}")
+        if self.crop not in MATCH_CROPS:
+            raise ValueError(f"crop must be one of {MATCH_CROPS}, got {self.crop!r}")
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> SiftSettings:
+        """The settings a gallery or feature file recorded (asdict of one). Recorded before `crop` was: the
+        square crop they were made with, so that new queries are cropped as their features were."""
+        unknown = set(stored) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown local-feature settings {sorted(unknown)}: made by a newer tfwhale?")
+        return cls(**{"crop": LEGACY_MATCH_CROP, **stored})
 
 
 def root_sift(descriptors: np.ndarray) -> np.ndarray:

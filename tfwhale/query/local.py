@@ -2,8 +2,8 @@
 SIFT -> fused P(same individual) per individual, ranked (galleries with rerank "local", issue 24).
 
 Both sides crop the same way (match_crop): the original photo and its box through the gallery's own crop
-settings (enlarge, resize mode), at the match size instead of the model's input size, so the markings
-keep their detail. The gallery's features were made by the same function when the gallery was made.
+settings (enlarge), at the match size instead of the model's input size, so the markings keep their
+detail, and with the aspect ratio kept or stretched square as the gallery's SiftSettings.crop recorded. The gallery's features were made by the same function when the gallery was made.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from tfwhale.contracts.gallery_manifest import GalleryManifest, LocalRerank
 from tfwhale.contracts.local_features import LocalFeatures, LocalFeaturesError, load_feature_set
 from tfwhale.core import files
-from tfwhale.imaging.photo_crop import ImageError, ImageSettings, process_image
+from tfwhale.imaging.photo_crop import ImageError, ImageSettings, process_image, process_image_keeping_aspect
 from tfwhale.matching.aggregate import RerankSettings
 from tfwhale.matching.features import SiftSettings, extract_sift
 from tfwhale.matching.pairs import PairSettings
@@ -35,7 +35,9 @@ class MatchSettings:
 
     @classmethod
     def of(cls, local: LocalRerank) -> MatchSettings:
-        return cls(SiftSettings(**local.sift), PairSettings(**local.pairs), RerankSettings(**local.rerank))
+        return cls(
+            SiftSettings.from_stored(local.sift), PairSettings(**local.pairs), RerankSettings(**local.rerank)
+        )
 
     def sections(self) -> dict[str, dict]:
         """The fields LocalRerank stores (sift, pairs, rerank)."""
@@ -43,9 +45,11 @@ class MatchSettings:
 
 
 def match_crop(data: bytes, box: tuple | None, image: ImageSettings, sift: SiftSettings) -> np.ndarray:
-    """RGB uint8 crop of a photo's bytes for local features: the gallery's crop at the match size.
-    ImageError if the photo cannot be used."""
-    jpeg, _ = process_image(data, box, replace(image, size=sift.match_size, quality=95))
+    """RGB uint8 crop of a photo's bytes for local features: the gallery's crop (box, enlarge) at the match
+    size, its aspect ratio kept or stretched square as sift.crop says. ImageError if the photo cannot be
+    used."""
+    crop = process_image_keeping_aspect if sift.crop == "aspect" else process_image
+    jpeg, _ = crop(data, box, replace(image, size=sift.match_size, quality=95))
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
         raise ImageError("the match-size crop could not be decoded")

@@ -1,0 +1,126 @@
+"""Benchmark of the local re-rank's cost per query: upload -> candidates with and without it (not a test).
+
+Real photos (default ../shared/data/nyala-dev, 800 px): one seeded split as benchmarks/quality_real.py
+makes it (benchmarks/_real_split.py), a day-one gallery of its training photos with local features
+(python -m tfwhale.gallery, made once under --work), and its held-out queries as whole photos through
+the engine the catalogue app runs (tfwhale.serve.engine.Engine.identify_bytes: crop, query SIFT, embed,
+search + re-rank, answer). Each query is answered once per mode, the modes interleaved so that the
+machine's load falls on all of them alike:
+  none          the global-only path: the same engine with its local re-rank switched off (the baseline)
+  local K=k     the fused re-rank verifying the embedding's top-k individuals (3 best-voted photos each)
+                and LNBNN's top-30 photos (the gallery's other settings as made)
+Printed: median milliseconds per step and the total, and each total's ratio to the baseline's.
+
+    python3 dev.py bench rerank_latency                      # K=10 (the default) and K=20, ~3 min first
+    python3 dev.py bench rerank_latency --k 20 --threads 1   # one BLAS/OpenCV thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from _real_split import make_split, read_photo_folder, write_task
+
+from tfwhale.serve.engine import Engine
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_PHOTOS = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "nyala-dev"))
+STEPS = (("decode", "decode/crop"), ("local_features", "query SIFT"), ("embed", "embed"),
+         ("search", "search + re-rank"))  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--photos", default=DEFAULT_PHOTOS, help="ID/photo folders of real photos (nyala-dev)")
+    add("--species", default="nyala", help="species written into the task (nyala)")
+    add("--seed", type=int, default=0, help="split seed (0)")
+    add("--size", type=int, default=224, help="the gallery's crop size (224)")
+    add("--k", default="10,20", help="shortlist_k values to time, comma-separated (10,20)")
+    add("--repeats", type=int, default=1, help="passes over the queries (1)")
+    add("--threads", type=int, help="pin BLAS and OpenCV to this many threads (default: theirs)")
+    add("--work", default="/tmp/tfwhale-rerank-bench", help="working folder (split and gallery kept)")
+    return parser.parse_args()
+
+
+def make_gallery(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(the gallery folder, the query photos): the seeded split and its day-one gallery, made once."""
+    split = make_split(read_photo_folder(args.photos), seed=args.seed)
+    task = os.path.join(args.work, f"task-seed{args.seed}")
+    write_task(split, task, species=args.species)
+    gallery = os.path.join(args.work, f"gallery-seed{args.seed}-{args.size}px")
+    if not os.path.exists(os.path.join(gallery, "gallery.json")):
+        shutil.rmtree(gallery, ignore_errors=True)  # an interrupted one: made again
+        print(f"[{time.strftime('%H:%M:%S')}] python -m tfwhale.gallery -> {gallery}", flush=True)
+        subprocess.run([sys.executable, "-m", "tfwhale.gallery", "--photos", task, "--out", gallery,
+                        "--size", str(args.size), "-q"], check=True)  # fmt: skip
+    return gallery, [photo for photo, _ in split.queries]
+
+
+def time_query(engine: Engine, local, data: bytes) -> dict[str, float]:
+    """Seconds per step of one upload -> candidates; local: the re-rank to use (None: global only)."""
+    engine.path.local = local
+    start = time.perf_counter()
+    _, result = engine.identify_bytes(data, None, "query.jpg")
+    timings = {key: result.timings.get(key, 0.0) for key, _ in STEPS}
+    timings["total"] = time.perf_counter() - start
+    return timings
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import cv2  # after the BLAS variables: numpy reads them when first imported by the engine
+
+    if args.threads:
+        cv2.setNumThreads(args.threads)
+    gallery, queries = make_gallery(args)
+    engine = Engine.load(gallery)
+    local = engine.path.local
+    if local is None:
+        raise SystemExit(f"{gallery}: made without local features")
+    modes = {"none (global only)": None}
+    for k in (int(v) for v in args.k.split(",")):
+        rerank = replace(local.settings.rerank, shortlist_k=k)
+        tuned = copy.copy(local)  # the same loaded gallery and index, another shortlist
+        tuned.settings = replace(local.settings, rerank=rerank)
+        modes[f"local K={k}"] = tuned
+    photos = [open(path, "rb").read() for path in queries]
+    for mode in modes.values():  # warm up: the first call builds the model's predict step
+        time_query(engine, mode, photos[0])
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+    for _ in range(args.repeats):
+        for data in photos:
+            for name, mode in modes.items():
+                runs[name].append(time_query(engine, mode, data))
+    print_table(args, gallery, engine, len(photos), runs)
+
+
+def print_table(args, gallery: str, engine: Engine, n_queries: int, runs: dict) -> None:
+    medians = {name: {key: 1000 * statistics.median(r[key] for r in rows) for key in (*dict(STEPS), "total")}
+               for name, rows in runs.items()}  # fmt: skip
+    baseline = medians["none (global only)"]["total"]
+    threads = f"{args.threads} thread(s)" if args.threads else "default threads"
+    print(f"\nupload -> candidates, {n_queries} real queries x {args.repeats} (whole photos), day-one gallery "
+          f"of {engine.size} photos ({gallery}); median ms; {threads}; load {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores\n")  # fmt: skip
+    print("| mode | " + " | ".join(title for _, title in STEPS) + " | total | x global only |")
+    print("|---|" + "--:|" * (len(STEPS) + 2))
+    for name, m in medians.items():
+        steps = " | ".join(f"{m[key]:.1f}" for key, _ in STEPS)
+        print(f"| {name} | {steps} | **{m['total']:.0f}** | {m['total'] / baseline:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
