@@ -96,7 +96,10 @@ def main() -> None:
         tuned = copy.copy(local)  # the same loaded gallery and index, another shortlist
         tuned.settings = replace(local.settings, rerank=rerank)
         modes[f"local K={k}"] = tuned
-    photos = [open(path, "rb").read() for path in queries]
+    photos = []
+    for path in queries:
+        with open(path, "rb") as f:
+            photos.append(f.read())
     for mode in modes.values():  # warm up: the first call builds the model's predict step
         time_query(engine, mode, photos[0])
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
@@ -112,9 +115,9 @@ def print_table(args, gallery: str, engine: Engine, n_queries: int, runs: dict) 
                for name, rows in runs.items()}  # fmt: skip
     baseline = medians["none (global only)"]["total"]
     threads = f"{args.threads} thread(s)" if args.threads else "default threads"
-    print(f"\nupload -> candidates, {n_queries} real queries x {args.repeats} (whole photos), day-one gallery "
-          f"of {engine.size} photos ({gallery}); median ms; {threads}; load {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores\n")  # fmt: skip
+    print(f"\nupload -> candidates, {n_queries} real queries x {args.repeats} (whole photos), day-one "
+          f"gallery of {engine.size} photos ({gallery}); median ms; {threads}; load "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")  # fmt: skip
     print("| mode | " + " | ".join(title for _, title in STEPS) + " | total | x global only |")
     print("|---|" + "--:|" * (len(STEPS) + 2))
     for name, m in medians.items():

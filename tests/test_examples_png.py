@@ -11,7 +11,9 @@ from tests.records_fixture import make_records
 from tests.run_fixture import make_run
 from tfwhale import predict
 from tfwhale.contracts.records import load_manifest
-from tfwhale.inference.examples import ExampleRow, pick_queries, plot_examples
+from tfwhale.inference.examples import ExampleRow, VerifiedPhoto, pick_queries, plot_examples
+from tfwhale.inference.match_pictures import COLOURS, GAP
+from tfwhale.matching.pairs import PairMatch
 from tfwhale.retrieval.threshold import NEW
 
 ORDER = [f"q{i:03d}.jpg" for i in range(40)]
@@ -78,3 +80,37 @@ def test_predict_draws_its_examples_with_the_seed_and_shows_the_truth_of_misses(
     assert any(o["examples"]["queries"] != first["examples"]["queries"] for o in other)
     assert first["examples"]["missed"] == first["examples"]["queries"]  # new_individual first everywhere
     assert first["png_width"] == 80 * 2 * 7  # the truth column is there
+
+
+def test_an_answer_with_verified_matches_is_drawn_beside_the_query_with_the_match_lines(tmp_path):
+    query, photo = np.full((64, 64, 3), 90, np.uint8), np.full((64, 64, 3), 160, np.uint8)
+    # matches in the matching images' pixels: the query's is 64 x 64, the photo's 128 x 64 (aspect kept,
+    # while its thumbnail is stretched square): (96, 10) there is (48, 10) on the thumbnail
+    match = PairMatch(
+        2, 5, np.array([[10, 10], [20, 40]], np.float32), np.array([[96, 10], [8, 40]], np.float32)
+    )
+    verified = VerifiedPhoto("g.jpg", match, (64, 64), (128, 64))
+    answers = [("whale_0", 0.9, photo), ("whale_1", 0.5, photo)]
+    plain = ExampleRow("a.jpg", query, "whale_0", answers)
+    drawn = ExampleRow("a.jpg", query, "whale_0", answers, verified=(verified, None))
+    assert plain.answer_image(0) is photo and drawn.answer_image(1) is photo  # no match: the photo alone
+    picture = drawn.answer_image(0)
+    assert picture.shape == (64, 64 + GAP + 64, 3)
+    green = np.array(COLOURS[0])
+    # the first line runs from (10, 10) on the query to (64 + GAP + 48, 10): along it, the line's colour
+    assert all(np.array_equal(picture[10, x], green) for x in (10, 40, 64 + GAP // 2, 64 + GAP + 48))
+    assert np.array_equal(picture[10, 64 + GAP + 50], [160, 160, 160])  # past its end, the photo
+    # the second, (20, 40) to (8, 40) on the 128 px wide matching image: x = 4 on the thumbnail
+    assert np.array_equal(picture[40, 20], COLOURS[1]) and np.array_equal(
+        picture[40, 64 + GAP + 4], COLOURS[1]
+    )
+    assert np.array_equal(picture[40, 64 + GAP + 6], [160] * 3)
+    # and the examples picture changes where the answer's tile is, not where the query's is
+    plot_examples(str(tmp_path / "plain.png"), [plain])
+    plot_examples(str(tmp_path / "drawn.png"), [drawn])
+    before = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB")).astype(int)
+    after = np.asarray(Image.open(tmp_path / "drawn.png").convert("RGB")).astype(int)
+    assert before.shape == after.shape
+    changed = np.flatnonzero(np.abs(after - before).sum(axis=(0, 2)))
+    tile = before.shape[1] // 3  # the query, two answers
+    assert len(changed) > 10 and changed.min() >= tile and changed.max() < 2 * tile

@@ -1,14 +1,17 @@
 """Stage 3 (predict) examples.png: test queries drawn at random (seeded), each with its answers' photos.
 
 A missed query (its truth known from --solution, the top answer wrong) also shows the true individual's
-closest gallery photo beside it, so a person sees what the model confused with what.
+closest gallery photo beside it, so a person sees what the model confused with what. With the local
+re-rank's evidence (VerifiedPhoto per query and answer), an answer shows its best verified photo instead,
+beside the query with the verified matches drawn as lines (match_pictures.draw_matches, as identify
+--explain draws them).
 """
 
 from __future__ import annotations
 
 import io
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +19,21 @@ import numpy as np
 from tfwhale.contracts import records
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
+from tfwhale.inference.match_pictures import draw_matches
 from tfwhale.inference.prediction import Prediction
+from tfwhale.matching.pairs import PairMatch
 from tfwhale.retrieval.threshold import NEW
+
+
+@dataclass(frozen=True)
+class VerifiedPhoto:
+    """An answer's best verified gallery photo for one query (the local re-rank's evidence): its name, the
+    inlier matches, and the (width, height) of the two matching images the match positions are in."""
+
+    photo: str
+    match: PairMatch
+    query_size: tuple[int, int]
+    photo_size: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,15 @@ class ExampleRow:
     answers: list[tuple[str, float | None, np.ndarray | None]]
     truth_image: np.ndarray | None = None  # missed queries: the true individual's closest gallery photo
     truth_score: float | None = None
+    verified: tuple[VerifiedPhoto | None, ...] = ()  # per answer, when the gallery re-ranks by local features
+
+    def answer_image(self, index: int) -> np.ndarray | None:
+        """What an answer's tile shows: its photo, or the query beside it with the verified matches."""
+        image = self.answers[index][2]
+        found = self.verified[index] if index < len(self.verified) else None
+        if found is None or image is None or self.image is None:
+            return image
+        return draw_matches(self.image, found.query_size, image, found.photo_size, found.match)
 
     @property
     def missed(self) -> bool:
@@ -50,14 +75,23 @@ def pick_queries(order: Sequence[str], count: int, seed: int) -> list[str]:
     return [order[i] for i in picks]
 
 
-def example_rows(p: Prediction, manifest: Manifest, count: int, seed: int) -> list[ExampleRow]:
-    """Random test queries (seeded), each answer shown with its individual's closest gallery photo."""
+def example_rows(
+    p: Prediction,
+    manifest: Manifest,
+    count: int,
+    seed: int,
+    verified: Mapping[tuple[str, str], VerifiedPhoto] | None = None,
+) -> list[ExampleRow]:
+    """Random test queries (seeded), each answer shown with its individual's closest gallery photo, or
+    with its best verified photo and the matches where `verified` has one for (query, answer label)."""
     chosen = pick_queries(p.order, count, seed)
     if not chosen:
         return []
+    verified = verified or {}
     truths = {name: (p.solution or {}).get(name) for name in chosen}
     position = {name: i for i, name in enumerate(p.emb.index.test_names)}
     closest, truth_sims = _closest_gallery_photos(p, chosen, position, truths)
+    closest.update({key: found.photo for key, found in verified.items() if key[0] in truths})
     queries = fetch_images(manifest, "test", set(chosen))
     thumbnails = fetch_images(manifest, "train", set(closest.values()))
     rows = []
@@ -67,7 +101,8 @@ def example_rows(p: Prediction, manifest: Manifest, count: int, seed: int) -> li
             (label, scores.get(label), thumbnails.get(closest.get((name, label), "")))
             for label in p.answers[name]
         ]
-        row = ExampleRow(name, queries.get(name), truths[name], shown)
+        found = tuple(verified.get((name, label)) for label in p.answers[name])
+        row = ExampleRow(name, queries.get(name), truths[name], shown, verified=found)
         if row.missed and (name, truths[name]) in closest:
             truth_image = thumbnails.get(closest[name, truths[name]])
             row = ExampleRow(**{**row.__dict__, "truth_image": truth_image, "truth_score": truth_sims[name]})
@@ -140,11 +175,11 @@ def plot_examples(path: str, rows: Sequence[ExampleRow]) -> None:
             else:
                 score = "" if row.truth_score is None else f" {row.truth_score:.3f}"
                 _tile(axes, row.truth_image, f"missed: {row.truth[:16]}\ntrue photo{score}", True)
-        for c, (label, score, image) in enumerate(row.answers):
+        for c, (label, score, _) in enumerate(row.answers):
             axes = figure.add_subplot(len(rows), columns, r * columns + c + first_answer)
             correct = None if row.truth is None else label == row.truth
             score_text = "" if score is None else f"\n{score:.3f}"
-            _tile(axes, image, f"{c + 1}. {label[:16]}{score_text}", correct)
+            _tile(axes, row.answer_image(c), f"{c + 1}. {label[:16]}{score_text}", correct)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -42,39 +42,53 @@ class Candidate:
     match: PairMatch | None
 
 
-def _panel(rgb: np.ndarray | None) -> tuple[np.ndarray, float]:
-    """(the crop resized to PANEL on its long side, scale from crop pixels), or a grey square."""
+def _panel(rgb: np.ndarray | None) -> np.ndarray:
+    """The crop resized to PANEL on its long side, or a grey square."""
     if rgb is None:
-        return np.full((PANEL, PANEL, 3), 96, np.uint8), 0.0
+        return np.full((PANEL, PANEL, 3), 96, np.uint8)
     scale = PANEL / max(rgb.shape[:2])
     size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def _pair_row(query_rgb, query_features: LocalFeatures, gallery_rgb, gallery_size, candidate: Candidate):
     """One row: title, query panel | gallery panel, the inlier matches as lines across."""
-    left, left_scale = _panel(query_rgb)
-    right, right_scale = _panel(gallery_rgb)
-    height = max(left.shape[0], right.shape[0])
-    row = np.full((TITLE + height, left.shape[1] + GAP + right.shape[1], 3), 255, np.uint8)
-    row[TITLE : TITLE + left.shape[0], : left.shape[1]] = left
-    offset = left.shape[1] + GAP
-    row[TITLE : TITLE + right.shape[0], offset:] = right
+    left, right = _panel(query_rgb), _panel(gallery_rgb)
+    match = None if gallery_rgb is None else candidate.match  # no photo: nothing to draw lines to
+    pair = draw_matches(left, query_features.image_size, right, gallery_size, match)
+    row = np.full((TITLE + pair.shape[0], pair.shape[1], 3), 255, np.uint8)
+    row[TITLE:] = pair
     inliers = 0 if candidate.match is None else candidate.match.inliers
     title = f"{candidate.label}  P={candidate.probability:.2f}  {inliers} verified matches"
     cv2.putText(row, title, (4, TITLE - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    if candidate.match is None or not inliers or gallery_rgb is None:
-        return row
-    # keypoints are in each photo's matching image; the panels are the crops scaled by *_scale
-    q_scale = left_scale * query_rgb.shape[1] / max(query_features.image_size[0], 1)
-    g_scale = right_scale * gallery_rgb.shape[1] / max(gallery_size[0], 1)
-    drawn = np.unique(np.linspace(0, inliers - 1, min(inliers, MAX_LINES)).round().astype(int))
-    pairs = zip(candidate.match.query_xy[drawn], candidate.match.gallery_xy[drawn], strict=True)
-    for i, (q, g) in enumerate(pairs):
-        start = (round(float(q[0]) * q_scale), TITLE + round(float(q[1]) * q_scale))
-        end = (offset + round(float(g[0]) * g_scale), TITLE + round(float(g[1]) * g_scale))
-        cv2.line(row, start, end, COLOURS[i % len(COLOURS)], 1, cv2.LINE_8)
     return row
+
+
+def draw_matches(
+    left: np.ndarray,
+    left_size: tuple[int, int],
+    right: np.ndarray,
+    right_size: tuple[int, int],
+    match: PairMatch | None,
+) -> np.ndarray:
+    """RGB uint8: two pictures side by side (GAP px apart, white behind) and a match's inliers as lines
+    across. left_size, right_size: (width, height) of the matching images the match's positions are in;
+    each picture shows the same crop at any size or aspect (a square-stretched thumbnail included)."""
+    height = max(left.shape[0], right.shape[0])
+    pair = np.full((height, left.shape[1] + GAP + right.shape[1], 3), 255, np.uint8)
+    pair[: left.shape[0], : left.shape[1]] = left
+    offset = left.shape[1] + GAP
+    pair[: right.shape[0], offset:] = right
+    if match is None or not match.inliers:
+        return pair
+    left_scale = np.array([left.shape[1], left.shape[0]]) / np.maximum(left_size, 1)
+    right_scale = np.array([right.shape[1], right.shape[0]]) / np.maximum(right_size, 1)
+    drawn = np.unique(np.linspace(0, match.inliers - 1, min(match.inliers, MAX_LINES)).round().astype(int))
+    starts = (match.query_xy[drawn] * left_scale).round().astype(int)
+    ends = (match.gallery_xy[drawn] * right_scale).round().astype(int) + np.array([offset, 0])
+    for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        cv2.line(pair, tuple(start), tuple(end), COLOURS[i % len(COLOURS)], 1, cv2.LINE_8)
+    return pair
 
 
 def draw_query(

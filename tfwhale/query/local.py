@@ -3,7 +3,8 @@ SIFT -> fused P(same individual) per individual, ranked (galleries with rerank "
 
 Both sides crop the same way (match_crop): the original photo and its box through the gallery's own crop
 settings (enlarge), at the match size instead of the model's input size, so the markings keep their
-detail, and with the aspect ratio kept or stretched square as the gallery's SiftSettings.crop recorded. The gallery's features were made by the same function when the gallery was made.
+detail, and with the aspect ratio kept or stretched square as the gallery's SiftSettings.crop recorded.
+The gallery's features were made by the same function when the gallery was made.
 """
 
 from __future__ import annotations
