@@ -9,7 +9,9 @@ machine's load falls on all of them alike:
   none          the global-only path: the same engine with its local re-rank switched off (the baseline)
   local K=k     the fused re-rank verifying the embedding's top-k individuals (3 best-voted photos each)
                 and LNBNN's top-30 photos (the gallery's other settings as made)
-Printed: median milliseconds per step and the total, and each total's ratio to the baseline's.
+Printed: median milliseconds per step, the total (wall) and the process's CPU time (every thread: on a
+shared machine the steadier measure of the work; with --threads 1 it does not count BLAS threads that
+spin), each with its ratio to the baseline's.
 
     python3 dev.py bench rerank_latency                      # K=10 (the default) and K=20, ~3 min first
     python3 dev.py bench rerank_latency --k 20 --threads 1   # one BLAS/OpenCV thread
@@ -70,10 +72,11 @@ def make_gallery(args: argparse.Namespace) -> tuple[str, list[str]]:
 def time_query(engine: Engine, local, data: bytes) -> dict[str, float]:
     """Seconds per step of one upload -> candidates; local: the re-rank to use (None: global only)."""
     engine.path.local = local
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     _, result = engine.identify_bytes(data, None, "query.jpg")
     timings = {key: result.timings.get(key, 0.0) for key, _ in STEPS}
     timings["total"] = time.perf_counter() - start
+    timings["cpu"] = time.process_time() - cpu
     return timings
 
 
@@ -111,18 +114,21 @@ def main() -> None:
 
 
 def print_table(args, gallery: str, engine: Engine, n_queries: int, runs: dict) -> None:
-    medians = {name: {key: 1000 * statistics.median(r[key] for r in rows) for key in (*dict(STEPS), "total")}
+    keys = (*dict(STEPS), "total", "cpu")
+    medians = {name: {key: 1000 * statistics.median(r[key] for r in rows) for key in keys}
                for name, rows in runs.items()}  # fmt: skip
-    baseline = medians["none (global only)"]["total"]
+    baseline = medians["none (global only)"]
     threads = f"{args.threads} thread(s)" if args.threads else "default threads"
     print(f"\nupload -> candidates, {n_queries} real queries x {args.repeats} (whole photos), day-one "
           f"gallery of {engine.size} photos ({gallery}); median ms; {threads}; load "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")  # fmt: skip
-    print("| mode | " + " | ".join(title for _, title in STEPS) + " | total | x global only |")
-    print("|---|" + "--:|" * (len(STEPS) + 2))
+    titles = " | ".join(title for _, title in STEPS)
+    print(f"| mode | {titles} | total | x global only | CPU | x global only |")
+    print("|---|" + "--:|" * (len(STEPS) + 4))
     for name, m in medians.items():
         steps = " | ".join(f"{m[key]:.1f}" for key, _ in STEPS)
-        print(f"| {name} | {steps} | **{m['total']:.0f}** | {m['total'] / baseline:.2f} |")
+        wall, cpu = m["total"] / baseline["total"], m["cpu"] / baseline["cpu"]
+        print(f"| {name} | {steps} | **{m['total']:.0f}** | {wall:.2f} | {m['cpu']:.0f} | {cpu:.2f} |")
 
 
 if __name__ == "__main__":
