@@ -55,7 +55,9 @@ class PairMatch:
 
 
 NO_MATCH = PairMatch(0, 0, np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
-CHUNK_ELEMENTS = 8_000_000  # dot products held at once (32 MB of float32): ~8 photos of 1000 keypoints
+# dot products held at once (16 MB of float32, ~4 photos of 1000 keypoints): 1 to 4 photos a chunk timed
+# alike on 65 nyala-dev photos, 16 and 32 slower (out of cache)
+CHUNK_ELEMENTS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,11 @@ def nearest_candidates_many(query: LocalFeatures, galleries: Sequence[LocalFeatu
     """Candidates of a query against each of several gallery photos, exact, from a few matrix products.
 
     RootSIFT has unit norm, so the squared distance is 2 - 2 x the dot product. The photos are stacked
-    (padded to the longest) and multiplied in chunks of about CHUNK_ELEMENTS dot products: one large
-    product is ~1.6x faster than one per photo, and every reduction runs along a contiguous axis (a
-    column argmax per photo copied its matrix). The products are of the stored uint8 values as float32:
-    integers below 2^24, so exact, and a tie is a true tie. A query keypoint is the mutual nearest of its
-    gallery keypoint when no query keypoint is strictly nearer to it."""
+    (padded to the longest) and multiplied in chunks of about CHUNK_ELEMENTS dot products, and every
+    reduction runs along a contiguous axis: the per-photo column argmax of the mutual check copied its
+    matrix, a column max does not (most of the gain; BENCHMARKS.md). The products are of the stored
+    uint8 values as float32: integers below 2^24, so exact, and a tie is a true tie. A query keypoint is
+    the mutual nearest of its gallery keypoint when no query keypoint is strictly nearer to it."""
     out: list[Candidates | None] = [None] * len(galleries)
     usable = [i for i, gallery in enumerate(galleries) if len(query) >= 2 and len(gallery) >= 2]
     for i in set(range(len(galleries))) - set(usable):
