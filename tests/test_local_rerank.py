@@ -132,6 +132,30 @@ def test_identify_explain_draws_the_verified_matches(sift_gallery, capsys):
     assert ((gap[..., 0] == 0) & (gap[..., 1] == 255) & (gap[..., 2] == 0)).sum() < green.sum()
 
 
+def test_examples_png_draws_the_answers_verified_photo_with_its_matches(sift_gallery):
+    from tfwhale.inference.examples import ExampleRow, verified_photos
+    from tfwhale.query.path import QueryPath
+
+    out, second, _, _ = sift_gallery
+    path = QueryPath.load(out)
+    with open(second, "rb") as f:
+        data = f.read()
+    features = path.local_features(data, None, "second.jpg")
+    _, image = path.crop(data, None, "second.jpg")
+    reranked = path.rerank(path.embed(image[None], ["q"]), ["q"], [features])
+    answers = {"q": reranked.ranked.labels[0][:3]}
+    verified = verified_photos(path.local, ["q"], [features], reranked.evidence, answers)
+    found = verified["q", "ind-2"]
+    assert found.photo in path.gallery.arrays.train_names and found.match.inliers >= 20
+    owner = dict(zip(path.gallery.arrays.train_names, path.gallery.arrays.train_ids, strict=True))
+    assert owner[found.photo] == "ind-2" and found.query_size == features.image_size
+    assert all(v.match.inliers < found.match.inliers for k, v in verified.items() if k[1] != "ind-2")
+    thumbnail = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    row = ExampleRow("q", image, None, [("ind-2", 0.9, thumbnail)], verified=(found,))
+    drawn = row.answer_image(0)
+    assert drawn.shape[1] > 2 * SIZE and not np.array_equal(drawn[:, -SIZE:], drawn[:, -SIZE:] * 0 + 128)
+
+
 def test_explain_on_a_gallery_without_local_features_says_why(sift_gallery, tmp_path, caplog):
     from tfwhale import identify
     from tfwhale.gallery import __main__ as gallery_cli

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfwhale.contracts import records
+from tfwhale.contracts.local_features import LocalFeatures
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
 from tfwhale.inference.match_pictures import draw_matches
 from tfwhale.inference.prediction import Prediction
 from tfwhale.matching.pairs import PairMatch
+from tfwhale.matching.rerank import Evidence
+from tfwhale.query.local import LocalRerankPath
 from tfwhale.retrieval.threshold import NEW
 
 
@@ -73,6 +76,27 @@ def pick_queries(order: Sequence[str], count: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(order), size=min(count, len(order)), replace=False))
     return [order[i] for i in picks]
+
+
+def verified_photos(
+    local: LocalRerankPath,
+    queries: Sequence[str],
+    features: Sequence[LocalFeatures],
+    evidence: Sequence[Evidence],
+    answers: Mapping[str, Sequence[str]],
+) -> dict[tuple[str, str], VerifiedPhoto]:
+    """(query, answer label) -> the answer's best verified photo, from the local re-rank of the queries
+    (their features and Reranked.evidence, in the same order): what example_rows draws matches from."""
+    names = list(local.gallery.features.names)
+    out = {}
+    for query, found, proof in zip(queries, features, evidence, strict=True):
+        for label in answers.get(query, ()):
+            best = local.best_photo(proof, label)
+            if best is not None:
+                photo, match = best
+                size = tuple(int(v) for v in local.gallery.features.image_sizes[names.index(photo)])
+                out[query, label] = VerifiedPhoto(photo, match, found.image_size, size)
+    return out
 
 
 def example_rows(
