@@ -24,7 +24,9 @@ from pydantic import ValidationError
 from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.serve import export
 from tfwhale.serve.bodies import DecideBody, first_error, single_line
+from tfwhale.serve.captions import photo_caption
 from tfwhale.serve.catalogue import Catalogue, UploadError
+from tfwhale.serve.compare_routes import add_compare_routes
 from tfwhale.serve.security import (
     MAX_UPLOAD_BYTES,
     BodyLimitMiddleware,
@@ -32,6 +34,7 @@ from tfwhale.serve.security import (
     allowed_host_names,
 )
 from tfwhale.serve.store import ConflictError
+from tfwhale.serve.verdict import of_result
 
 logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -76,6 +79,8 @@ def create_app(
     env = _env()
     decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
     env.globals["gallery_made"] = catalogue.engine.manifest.extra  # "untrained gallery (...)" on every page
+    env.globals["caption"] = lambda sha: photo_caption(catalogue.store.photo(sha)) if sha else ""
+    env.globals["verdict"] = of_result
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
@@ -87,6 +92,8 @@ def create_app(
             previous=catalogue.store.decisions(photo=photo),
             assigned=catalogue.store.photo(photo).individual_id,
         )  # fmt: skip
+
+    add_compare_routes(app, catalogue, page)
 
     @app.get("/", response_class=HTMLResponse)
     def identify_page(request: Request):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.query.answers import QueryAnswer
 from tfwhale.query.path import Embedded, QueryPath
@@ -38,6 +39,8 @@ class Result:
     threshold: float
     embedding: np.ndarray  # the query in the gallery's space, before whitening (what is stored)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    policy: ThresholdPolicy | None = None  # the policy the threshold came from (its source, AUC, warnings)
+    fused: bool = False  # scores are the local re-rank's calibrated P(same individual), not similarities
 
     @property
     def is_new(self) -> bool:
@@ -148,10 +151,14 @@ class Engine:
         searched = ranking.prepare_queries(
             embedded.combined, ranking.PreparedGallery(matrix, self.gallery.whitening), self.path.options
         )
-        return [
+        results = [
             self._result(answer, searched[i], matrix, embedded.combined[i])
             for i, answer in enumerate(answers)
         ]
+        for result in results:
+            result.fused = features is not None
+            result.policy = self.path.policy if result.fused else self.path.embedding_policy
+        return results
 
     def search_stored(self, embeddings: np.ndarray) -> list[Result]:
         """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend)."""

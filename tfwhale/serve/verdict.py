@@ -1,0 +1,70 @@
+"""The catalogue's verdict in words (serve): what the scores are, how far the new-individual threshold can
+be trusted (the gallery's ThresholdPolicy as predict or the gallery command wrote it), and why the answer
+leans towards a known individual or a new one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
+from tfwhale.core.labels import NEW_INDIVIDUAL
+
+# Known/new ROC AUC of the threshold's tuning -> how well the threshold can split them (upper bounds).
+SEPARATION = (
+    (0.6, "known and new barely separate: treat the verdict as a guess"),
+    (0.75, "known and new separate weakly: check the candidates by eye"),
+    (0.9, "known and new separate fairly well"),
+    (1.01, "known and new separate well"),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    score_name: str  # what the candidates' scores are: "P(same)" (calibrated) or "similarity"
+    why: str  # one sentence: the best score against the threshold, and how far the threshold holds
+    reliability: str  # the threshold's source and separation, in words
+    warnings: tuple[str, ...]  # the policy's own warnings, as written
+    unreliable: bool  # AUC under 0.75, or a threshold never tuned
+
+
+def separation_words(auc: float | None) -> str:
+    if auc is None:
+        return "never tuned on this gallery: how well it splits known from new is unknown"
+    return next(words for bound, words in SEPARATION if auc < bound)
+
+
+def explain(
+    labels: list[str],
+    scores: list[float | None],
+    threshold: float,
+    policy: ThresholdPolicy | None,
+    fused: bool,
+) -> Verdict:
+    """The verdict on one answer: labels and scores as the candidates show them (new_individual's is
+    None), the threshold it was held to, the policy that gave it, and whether scores are fused P."""
+    score_name = "P(same)" if fused else "similarity"
+    real = [s for label, s in zip(labels, scores, strict=True) if label != NEW_INDIVIDUAL and s is not None]
+    auc = None if policy is None else policy.separation_auc
+    source = "unknown" if policy is None else policy.source
+    tuned = f"tuned on {source} with AUC {auc:.2f}" if auc is not None else f"{source}"
+    reliability = f"threshold {threshold:.2f} ({tuned}): {separation_words(auc)}"
+    if not real:
+        why = f"no gallery individual to compare with: new (threshold {threshold:.2f}, {tuned})"
+    elif labels and labels[0] == NEW_INDIVIDUAL:
+        why = (f"leans new: best {score_name} {real[0]:.2f} is not above the threshold {threshold:.2f}, "
+               f"{tuned}")  # fmt: skip
+    else:
+        why = (f"leans known: best {score_name} {real[0]:.2f} is above the threshold {threshold:.2f} "
+               f"by {real[0] - threshold:.2f}, {tuned}")  # fmt: skip
+    if auc is not None:
+        why += f": {separation_words(auc).split(':')[0]}"
+    warnings = () if policy is None else tuple(policy.warnings)
+    return Verdict(score_name, why, reliability, warnings, auc is None or auc < 0.75)
+
+
+def of_result(result) -> Verdict:
+    """The verdict on a catalogue answer (serve.engine.Result)."""
+    labels = [c.label for c in result.candidates]
+    return explain(
+        labels, [c.similarity for c in result.candidates], result.threshold, result.policy, result.fused
+    )
