@@ -47,15 +47,15 @@ def explain(
     auc = None if policy is None else policy.separation_auc
     source = "unknown" if policy is None else policy.source
     tuned = f"tuned on {source} with AUC {auc:.2f}" if auc is not None else f"{source}"
-    reliability = f"threshold {threshold:.2f} ({tuned}): {separation_words(auc)}"
+    reliability = f"threshold {threshold:.3f} ({tuned}): {separation_words(auc)}"
     if not real:
-        why = f"no gallery individual to compare with: new (threshold {threshold:.2f}, {tuned})"
+        why = f"no gallery individual to compare with: new (threshold {threshold:.3f}, {tuned})"
     elif labels and labels[0] == NEW_INDIVIDUAL:
-        why = (f"leans new: best {score_name} {real[0]:.2f} is not above the threshold {threshold:.2f}, "
+        why = (f"leans new: best {score_name} {real[0]:.3f} is not above the threshold {threshold:.3f}, "
                f"{tuned}")  # fmt: skip
     else:
-        why = (f"leans known: best {score_name} {real[0]:.2f} is above the threshold {threshold:.2f} "
-               f"by {real[0] - threshold:.2f}, {tuned}")  # fmt: skip
+        why = (f"leans known: best {score_name} {real[0]:.3f} is above the threshold {threshold:.3f} "
+               f"by {real[0] - threshold:.3f}, {tuned}")  # fmt: skip
     if auc is not None:
         why += f": {separation_words(auc).split(':')[0]}"
     warnings = () if policy is None else tuple(policy.warnings)

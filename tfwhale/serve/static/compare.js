@@ -4,6 +4,7 @@
 (() => {
   const COLOURS = ["#00ff00", "#ffc800", "#00c8ff", "#ff00ff", "#ffff00"];
   const SVG = "http://www.w3.org/2000/svg";
+  const MAX_LINES = 80;  // more lines across the panes hide the photos
 
   function el(name, attrs, parent) {
     const node = document.createElementNS(SVG, name);
@@ -59,11 +60,13 @@
       const box = links.getBoundingClientRect();
       const [a, b] = panes.map((p) => p.getBoundingClientRect());
       const inside = (x, y, r) => x >= 0 && y >= 0 && x <= r.width && y <= r.height;
+      const every = Math.max(1, Math.ceil(matches.pairs.length / MAX_LINES));  // circles mark them all
       matches.pairs.forEach(([qx, qy, px, py], i) => {
+        if (i % every) return;
         const [ax, ay] = toPane(panes[0], qx, qy), [bx, by] = toPane(panes[1], px, py);
         if (!inside(ax, ay, a) || !inside(bx, by, b)) return;  // a line to a point out of view misleads
         el("line", { x1: a.left - box.left + ax, y1: a.top - box.top + ay, x2: b.left - box.left + bx,
-          y2: b.top - box.top + by, stroke: COLOURS[i % COLOURS.length], "stroke-width": 1, "stroke-opacity": 0.8 }, links);
+          y2: b.top - box.top + by, stroke: COLOURS[i % COLOURS.length], "stroke-width": 1, "stroke-opacity": 0.8, "data-i": i }, links);
       });
     }
     function drawMarks() {
@@ -171,10 +174,12 @@
       const kq = height / m.query.height, kp = height / m.photo.height;
       const left = m.query.width * kq, width = left + gap + m.photo.width * kp;
       strip.textContent = "";
-      const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, role: "img", "aria-label": countText(m) }, strip);
+      const shown = 150;  // px on screen
+      const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width: (width * shown) / height, height: shown,
+        role: "img", "aria-label": countText(m) }, strip);
       el("image", { href: m.query.url, x: 0, y: 0, width: left, height, preserveAspectRatio: "none" }, svg);
       el("image", { href: m.photo.url, x: left + gap, y: 0, width: width - left - gap, height, preserveAspectRatio: "none" }, svg);
-      m.pairs.slice(0, 100).forEach(([qx, qy, px, py], i) => el("line", { x1: qx * kq, y1: qy * kq, x2: left + gap + px * kp,
+      m.pairs.filter((_, i) => i % Math.max(1, Math.ceil(m.pairs.length / 60)) === 0).forEach(([qx, qy, px, py], i) => el("line", { x1: qx * kq, y1: qy * kq, x2: left + gap + px * kp,
         y2: py * kp, stroke: COLOURS[i % COLOURS.length], "stroke-width": 1.5 }, svg));
       const caption = document.createElement("small");
       caption.textContent = countText(m);
