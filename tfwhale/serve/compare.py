@@ -31,6 +31,7 @@ from tfwhale.serve.store import Photo
 logger = logging.getLogger(__name__)
 
 CACHED_FEATURES = 64  # photos whose features are kept: an upload and its candidates' photos
+COMPUTED_AT_ONCE = 2  # feature extractions at once: each decodes a photo (a large one holds hundreds of MB)
 MAX_PAIRS = 300  # matches sent to a browser: more lines hide the photos
 
 
@@ -64,14 +65,15 @@ class Comparer:
         )
         self._cache: OrderedDict[str, LocalFeatures] = OrderedDict()
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(COMPUTED_AT_ONCE)
 
     @property
     def gallery_has_features(self) -> bool:
         return self.local is not None
 
     def original_path(self, photo: Photo) -> str | None:
-        """The file a gallery photo was made from (the gallery's photos folder), if it is still there."""
-        if self.local is None or not self.local.photos_root or photo.source != "gallery":
+        """The file a gallery or test photo was made from (the gallery's photos folder), if it is there."""
+        if self.local is None or not self.local.photos_root or photo.source not in ("gallery", "test"):
             return None
         path = files.join(self.local.photos_root, photo.name)
         return path if files.exists(path) else None
@@ -85,24 +87,16 @@ class Comparer:
         path = self.original_path(photo)
         stored = None
         try:
-            if photo.source == "upload" and self.catalogue.blobs.has(photo.sha256):
-                data, url, box, original = (
-                    self.catalogue.blobs.get(photo.sha256),
-                    f"/blob/{sha}.jpg",
-                    photo.box,
-                    True,
-                )
+            if photo.source == "upload" and self.catalogue.blobs.has(sha):
+                picture = (self.catalogue.blobs.get(sha), f"/blob/{sha}.jpg", photo.box, True)
             elif path is not None:
-                data, url, box, original = files.read_bytes(path), f"/compare/original/{sha}", "", True
+                picture = (files.read_bytes(path), f"/compare/original/{sha}", "", True)
                 index = self._stored_index.get(photo.name)
                 stored = None if index is None else self.local.gallery.features[index]
             else:
-                data, url, box, original = (
-                    self.catalogue.blobs.get(photo.crop_sha256),
-                    f"/blob/{photo.crop_sha256}.jpg",
-                    "",
-                    False,
-                )
+                crop = photo.crop_sha256
+                picture = (self.catalogue.blobs.get(crop), f"/blob/{crop}.jpg", "", False)
+            data, url, box, original = picture
             size = displayed_size(data)
             parsed = parse_box_text(box) if box else None
         except (OSError, ImageError, ValueError) as err:
@@ -119,7 +113,8 @@ class Comparer:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         try:
-            found = photo_features(shown.data, shown.box, self.image, self.settings.sift)
+            with self._slots:
+                found = photo_features(shown.data, shown.box, self.image, self.settings.sift)
         except ImageError as err:
             raise CompareError(f"photo {shown.photo.name}: {err}") from None
         with self._lock:
