@@ -148,6 +148,20 @@ def test_bad_compare_requests_get_a_4xx_with_a_message(client):  # noqa: F811
     page = client.get(f"/compare?query={unknown}&photo={sha}")
     assert page.status_code == 404 and "no photo" in page.text
     assert client.get(f"/compare/original/{sha}").status_code == 404  # an upload has no gallery original
+    # a photo with no markings matches nothing: an empty answer, not an error
+    flat = _uploaded(client, _jpeg(np.full((120, 160, 3), 128, np.uint8)), "fog.jpg")
+    answer = client.get(f"/api/matches?query={flat}&photo={sha}").json()
+    assert (
+        answer["ok"]
+        and answer["inliers"] == 0
+        and answer["pairs"] == []
+        and answer["query"]["keypoints"] == 0
+    )
+    # a picture gone from the catalogue folder: 422 naming the photo
+    for digest in {flat, client.catalogue.store.photo(flat).crop_sha256}:
+        client.catalogue.blobs.path(digest).unlink()
+    answer = client.get(f"/api/matches?query={flat}&photo={sha}")
+    assert answer.status_code == 422 and "fog.jpg: its picture cannot be read" in answer.json()["message"]
 
 
 def test_candidate_rows_link_to_the_compare_view_and_say_what_the_scores_are(client):  # noqa: F811
