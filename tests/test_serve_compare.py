@@ -53,14 +53,16 @@ def test_the_verdict_says_why_it_leans_new_and_how_far_the_threshold_holds():
     verdict = explain(["new_individual", "A", "B"], [None, 0.41, 0.2], 0.55, policy, fused=True)
     assert verdict.score_name == "P(same)" and verdict.unreliable
     assert verdict.why == (
-        "leans new: best P(same) 0.410 is not above the threshold 0.550, tuned on auto (OOF) "
-        "with AUC 0.58: known and new barely separate"
+        "leans new: best P(same) 0.410 is not above the threshold 0.550 (set by auto (OOF), known/new "
+        "AUC 0.58): known and new barely separate"
     )
     assert verdict.warnings == ("few new individuals",)
     known = explain(["A", "new_individual"], [0.91, None], 0.5, ThresholdPolicy(0.5), fused=False)
     assert known.score_name == "similarity" and known.unreliable  # a fixed threshold was never tuned
     assert known.why.startswith("leans known: best similarity 0.910 is above the threshold 0.500 by 0.410")
-    assert "never tuned" in known.reliability
+    assert "no known/new AUC recorded" in known.reliability and "unknown" in known.reliability
+    tuned = explain(["A"], [0.8], 0.5, ThresholdPolicy(0.5, source="auto (OOF)", separation_auc=0.93), False)
+    assert not tuned.unreliable and tuned.why.endswith("AUC 0.93): known and new separate well")
 
 
 def test_a_caption_shows_the_name_and_what_metadata_knows():

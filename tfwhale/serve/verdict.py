@@ -5,9 +5,13 @@ leans towards a known individual or a new one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.core.labels import NEW_INDIVIDUAL
+
+if TYPE_CHECKING:
+    from tfwhale.serve.engine import Result
 
 # Known/new ROC AUC of the threshold's tuning -> how well the threshold can split them (upper bounds).
 SEPARATION = (
@@ -24,7 +28,7 @@ class Verdict:
     why: str  # one sentence: the best score against the threshold, and how far the threshold holds
     reliability: str  # the threshold's source and separation, in words
     warnings: tuple[str, ...]  # the policy's own warnings, as written
-    unreliable: bool  # AUC under 0.75, or a threshold never tuned
+    unreliable: bool  # AUC under 0.75, no AUC recorded, or warnings
 
 
 def separation_words(auc: float | None) -> str:
@@ -46,25 +50,27 @@ def explain(
     real = [s for label, s in zip(labels, scores, strict=True) if label != NEW_INDIVIDUAL and s is not None]
     auc = None if policy is None else policy.separation_auc
     source = "unknown" if policy is None else policy.source
-    tuned = f"tuned on {source} with AUC {auc:.2f}" if auc is not None else f"{source}"
-    reliability = f"threshold {threshold:.3f} ({tuned}): {separation_words(auc)}"
-    if not real:
-        why = f"no gallery individual to compare with: new (threshold {threshold:.3f}, {tuned})"
-    elif labels and labels[0] == NEW_INDIVIDUAL:
-        why = (f"leans new: best {score_name} {real[0]:.3f} is not above the threshold {threshold:.3f}, "
-               f"{tuned}")  # fmt: skip
+    warnings = () if policy is None else tuple(policy.warnings)
+    if auc is None:
+        origin = f"set by {source}, no known/new AUC recorded"
     else:
-        why = (f"leans known: best {score_name} {real[0]:.3f} is above the threshold {threshold:.3f} "
-               f"by {real[0] - threshold:.3f}, {tuned}")  # fmt: skip
+        origin = f"set by {source}, known/new AUC {auc:.2f}"
+    reliability = f"threshold {threshold:.3f} ({origin}): {separation_words(auc)}"
+    best = f"best {score_name} {real[0]:.3f}" if real else ""
+    if not real:
+        why = f"no gallery individual to compare with: new (threshold {threshold:.3f}, {origin})"
+    elif labels and labels[0] == NEW_INDIVIDUAL:
+        why = f"leans new: {best} is not above the threshold {threshold:.3f} ({origin})"
+    else:
+        margin = real[0] - threshold
+        why = f"leans known: {best} is above the threshold {threshold:.3f} by {margin:.3f} ({origin})"
     if auc is not None:
         why += f": {separation_words(auc).split(':')[0]}"
-    warnings = () if policy is None else tuple(policy.warnings)
-    return Verdict(score_name, why, reliability, warnings, auc is None or auc < 0.75)
+    return Verdict(score_name, why, reliability, warnings, auc is None or auc < 0.75 or bool(warnings))
 
 
-def of_result(result) -> Verdict:
-    """The verdict on a catalogue answer (serve.engine.Result)."""
+def of_result(result: Result) -> Verdict:
+    """The verdict on a catalogue answer."""
     labels = [c.label for c in result.candidates]
-    return explain(
-        labels, [c.similarity for c in result.candidates], result.threshold, result.policy, result.fused
-    )
+    scores = [c.similarity for c in result.candidates]
+    return explain(labels, scores, result.threshold, result.policy, result.fused)
