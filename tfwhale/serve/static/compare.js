@@ -42,6 +42,10 @@
     function toPane(pane, x, y, f = fit(pane)) {
       return [f.cx + state.tx + state.z * (f.ox + f.s * x - f.cx), f.cy + state.ty + state.z * (f.oy + f.s * y - f.cy)];
     }
+    function fitScreen() {  // the panes fill the window below whatever banner the page shows
+      const top = view.getBoundingClientRect().top + window.scrollY;
+      view.style.height = `${Math.max(320, window.innerHeight - top - 12)}px`;
+    }
     function render() {
       for (const pane of panes) {
         const f = fit(pane);
@@ -138,7 +142,7 @@
     view.querySelector(".zoom-out").addEventListener("click", () => zoomCentre(1 / 1.5));
     view.querySelector(".zoom-reset").addEventListener("click", reset);
     toggle.addEventListener("change", showMatches);
-    window.addEventListener("resize", render);
+    window.addEventListener("resize", () => { fitScreen(); render(); });
     document.addEventListener("keydown", (e) => {
       if (["INPUT", "TEXTAREA"].includes(e.target.tagName) && e.target.type !== "checkbox") return;
       const step = 60;
@@ -153,6 +157,7 @@
       if (keys[e.key] && !e.ctrlKey && !e.metaKey && !e.altKey) { e.preventDefault(); keys[e.key](); }
     });
     for (const img of view.querySelectorAll(".pane img")) img.addEventListener("load", render);
+    fitScreen();
     showMatches();
   }
   const view = document.querySelector(".compare-view");
