@@ -146,3 +146,8 @@ def test_five_candidates_and_their_buttons_fit_a_laptop_screen(browser, live, tm
     page.keyboard.press("c")  # the first candidate, side by side
     page.wait_for_url("**/compare?query=*")
     assert page.locator(".pane").count() == 2
+    opened = page.url
+    page.keyboard.press("]")  # the next candidate photo, in place
+    page.wait_for_function(f"location.href !== {opened!r} && document.querySelectorAll('.pane').length == 2")
+    page.keyboard.press("Escape")  # back to the queue, not to the previous photo
+    page.wait_for_url("**/review*")

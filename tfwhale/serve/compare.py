@@ -75,6 +75,8 @@ class Comparer:
         """The file a gallery or test photo was made from (the gallery's photos folder), if it is there."""
         if self.local is None or not self.local.photos_root or photo.source not in ("gallery", "test"):
             return None
+        if photo.name.startswith("/") or ".." in photo.name.split("/"):  # only below the photos folder
+            return None
         path = files.join(self.local.photos_root, photo.name)
         return path if files.exists(path) else None
 

@@ -138,6 +138,13 @@
       pane.addEventListener("pointerup", up);
       pane.addEventListener("pointercancel", up);
     }
+    view.querySelector(".back").addEventListener("click", (e) => {  // back where it was opened from, if here
+      if (history.length > 1 && document.referrer.startsWith(location.origin)) { e.preventDefault(); history.back(); }
+    });
+    for (const step of view.querySelectorAll(".prev, .next")) step.addEventListener("click", (e) => {
+      e.preventDefault();
+      location.replace(step.href);  // stepping through candidates keeps one history entry: back leaves
+    });
     view.querySelector(".zoom-in").addEventListener("click", () => zoomCentre(1.5));
     view.querySelector(".zoom-out").addEventListener("click", () => zoomCentre(1 / 1.5));
     view.querySelector(".zoom-reset").addEventListener("click", reset);
@@ -151,8 +158,7 @@
         m: () => { toggle.checked = !toggle.checked; showMatches(); },
         ArrowLeft: () => pan(step, 0), ArrowRight: () => pan(-step, 0), ArrowUp: () => pan(0, step), ArrowDown: () => pan(0, -step),
         "[": () => view.querySelector(".prev")?.click(), "]": () => view.querySelector(".next")?.click(),
-        Escape: () => (history.length > 1 && document.referrer.startsWith(location.origin)
-          ? history.back() : view.querySelector(".back").click()),
+        Escape: () => view.querySelector(".back").click(),
       };
       if (keys[e.key] && !e.ctrlKey && !e.metaKey && !e.altKey) { e.preventDefault(); keys[e.key](); }
     });
