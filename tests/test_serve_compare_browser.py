@@ -39,12 +39,12 @@ def _catalogue_with_a_pair(catalogue):
 
 
 def _small_shot(page, name: str) -> None:
-    """A screenshot as a 64-colour PNG: the README's pictures stay well under 200 kB."""
+    """A screenshot as a 48-colour PNG: the README's pictures stay well under 200 kB."""
     from PIL import Image
 
     _shot(page, name)
     path = SHOTS / f"serve-{name}.png"
-    Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)
+    Image.open(path).convert("RGB").quantize(colors=48).save(path, optimize=True)
 
 
 def _state(page) -> list[tuple[str, str]]:
