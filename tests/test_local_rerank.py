@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import cv2
 import numpy as np
@@ -227,3 +228,11 @@ def test_catalogue_compare_view_draws_the_gallery_features_on_the_original_and_s
     assert (pairs >= 0).all() and (pairs[:, 2] <= answer["photo"]["width"]).all()
     assert (pairs[:, 3] <= answer["photo"]["height"]).all()
     assert 'data-matches="on"' in client.get(f"/compare?query={sha}&photo={gallery_photo}").text
+    # the first row's match strip shows ind-2's best verified photo: none of its photos verifies more
+    row = html.split('class="candidate"', 2)[1]
+    strip_photo = row.split('class="show-matches"', 1)[1].split('data-photo="', 1)[1].split('"', 1)[0]
+    thumbs = re.findall(rf"/compare\?query={sha}&amp;photo=([0-9a-f]{{64}})", row)
+    inliers = {
+        p: client.get(f"/api/matches?query={sha}&photo={p}").json()["inliers"] for p in {*thumbs, strip_photo}
+    }
+    assert inliers[strip_photo] == max(inliers.values()) >= 20

@@ -193,7 +193,11 @@
       m.pairs.filter((_, i) => i % Math.max(1, Math.ceil(m.pairs.length / 60)) === 0).forEach(([qx, qy, px, py], i) => el("line", { x1: qx * kq, y1: qy * kq, x2: left + gap + px * kp,
         y2: py * kp, stroke: COLOURS[i % COLOURS.length], "stroke-width": 1.5 }, svg));
       const caption = document.createElement("small");
-      caption.textContent = countText(m);
+      caption.textContent = `${countText(m)} with ${m.photo.name} · `;
+      const open = document.createElement("a");
+      open.href = `/compare?query=${encodeURIComponent(m.query.photo)}&photo=${encodeURIComponent(m.photo.photo)}`;
+      open.textContent = "side by side";
+      caption.append(open);
       strip.append(caption);
     } catch (err) {
       strip.textContent = `no matches: ${err.message}`;
