@@ -150,6 +150,13 @@ def test_bad_compare_requests_get_a_4xx_with_a_message(client):  # noqa: F811
     page = client.get(f"/compare?query={unknown}&photo={sha}")
     assert page.status_code == 404 and "no photo" in page.text
     assert client.get(f"/compare/original/{sha}").status_code == 404  # an upload has no gallery original
+    # a format browsers do not show (TIFF) is compared on its crop
+    tiff = io.BytesIO()
+    Image.fromarray(texture(8, 200)).save(tiff, "TIFF")
+    tiff_sha = _uploaded(client, tiff.getvalue(), "scan.tif")
+    shown = client.get(f"/api/matches?query={tiff_sha}&photo={sha}").json()["query"]
+    crop = client.catalogue.store.photo(tiff_sha).crop_sha256
+    assert shown["url"] == f"/blob/{crop}.jpg" and not shown["original"] and shown["keypoints"] > 0
     # a photo with no markings matches nothing: an empty answer, not an error
     flat = _uploaded(client, _jpeg(np.full((120, 160, 3), 128, np.uint8)), "fog.jpg")
     answer = client.get(f"/api/matches?query={flat}&photo={sha}").json()

@@ -10,6 +10,7 @@ features computed from itself, once (kept in a small cache: an upload's are reus
 
 from __future__ import annotations
 
+import io
 import logging
 import mimetypes
 import threading
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 CACHED_FEATURES = 64  # photos whose features are kept: an upload and its candidates' photos
 COMPUTED_AT_ONCE = 2  # feature extractions at once: each decodes a photo (a large one holds hundreds of MB)
+BROWSER_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP"}
 MAX_PAIRS = 300  # matches sent to a browser: more lines hide the photos
 
 
@@ -89,8 +91,13 @@ class Comparer:
         path = self.original_path(photo)
         stored = None
         try:
-            if photo.source == "upload" and self.catalogue.blobs.has(sha):
-                picture = (self.catalogue.blobs.get(sha), f"/blob/{sha}.jpg", photo.box, True)
+            upload = (
+                self.catalogue.blobs.get(sha)
+                if photo.source == "upload" and self.catalogue.blobs.has(sha)
+                else b""
+            )
+            if upload and browser_shows(upload):
+                picture = (upload, f"/blob/{sha}.jpg", photo.box, True)
             elif path is not None:
                 picture = (files.read_bytes(path), f"/compare/original/{sha}", "", True)
                 index = self._stored_index.get(photo.name)
@@ -161,6 +168,17 @@ class Comparer:
             "keypoints": len(features),
             "features": "gallery" if shown.stored is not None else "computed",
         }
+
+
+def browser_shows(data: bytes) -> bool:
+    """Whether browsers display this picture's format (a TIFF upload is shown by its crop instead)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format in BROWSER_FORMATS
+    except Exception:  # unreadable: the crop, which the catalogue made itself
+        return False
 
 
 def original_media_type(name: str) -> str:
