@@ -88,29 +88,31 @@ class Comparer:
         photo = self.catalogue.store.photo(sha)
         if photo is None:
             return None
-        path = self.original_path(photo)
-        stored = None
         try:
-            upload = (
-                self.catalogue.blobs.get(sha)
-                if photo.source == "upload" and self.catalogue.blobs.has(sha)
-                else b""
-            )
-            if upload and browser_shows(upload):
-                picture = (upload, f"/blob/{sha}.jpg", photo.box, True)
-            elif path is not None:
-                picture = (files.read_bytes(path), f"/compare/original/{sha}", "", True)
-                index = self._stored_index.get(photo.name)
-                stored = None if index is None else self.local.gallery.features[index]
-            else:
-                crop = photo.crop_sha256
-                picture = (self.catalogue.blobs.get(crop), f"/blob/{crop}.jpg", "", False)
-            data, url, box, original = picture
+            data, url, box, original, stored = self._picture(photo)
             size = displayed_size(data)
             parsed = parse_box_text(box) if box else None
         except (OSError, ImageError, ValueError) as err:
             raise CompareError(f"photo {photo.name}: its picture cannot be read ({err})") from None
         return Shown(photo, url, data, size, parsed, stored, original)
+
+    def _picture(self, photo: Photo) -> tuple[bytes, str, str, bool, LocalFeatures | None]:
+        """(bytes, URL, box text, is the original, the gallery's features of it) of the best picture
+        a browser can show."""
+        sha = photo.sha256
+        if photo.source == "upload" and self.catalogue.blobs.has(sha):
+            data = self.catalogue.blobs.get(sha)
+            if browser_shows(data):
+                return data, f"/blob/{sha}.jpg", photo.box, True, None
+        path = self.original_path(photo)
+        if path is not None:
+            data = files.read_bytes(path)
+            if browser_shows(data):
+                index = self._stored_index.get(photo.name)
+                stored = None if index is None else self.local.gallery.features[index]
+                return data, f"/compare/original/{sha}", "", True, stored
+        crop = photo.crop_sha256
+        return self.catalogue.blobs.get(crop), f"/blob/{crop}.jpg", "", False, None
 
     def features(self, shown: Shown) -> LocalFeatures:
         """The picture's features: the gallery's stored ones, or computed once and cached."""
