@@ -103,6 +103,12 @@ class MetaFilter:
     def is_empty(self) -> bool:
         return self == MetaFilter()
 
+    def query(self) -> str:
+        """The filter as a URL query string (the pages' links keep it)."""
+        from urllib.parse import urlencode
+
+        return urlencode({key: value for key, value in asdict(self).items() if value})
+
     def where(self) -> tuple[str, list[str]]:
         """SQL conditions on photo_metadata m, and their arguments."""
         conditions, args = [], []
