@@ -61,7 +61,7 @@ def test_bulk_import_of_photos_and_a_csv(browser, live, tmp_path):
         row.locator("td").first.inner_text(): row for row in page.locator("#import-report tbody tr").all()
     }
     assert set(report) == {"fin-a1.jpg", "fin-a2.jpg", "fin-b1.jpg", "broken.jpg", "missing.jpg"}
-    assert "no such file" in report["missing.jpg"].inner_text()
+    assert "ids.csv: row 6: no such file" in report["missing.jpg"].inner_text()
     assert "unreadable" in report["broken.jpg"].inner_text()
     shot(page, "import")
     assert {p.name for p in catalogue.store.photos_of("Fin-A")} == {"fin-a1.jpg", "fin-a2.jpg"}

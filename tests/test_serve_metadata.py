@@ -240,3 +240,27 @@ def test_export_names_are_readable_unique_and_safe():
     assert export.export_name("..\\C:evil.png", sha, taken) == "C_evil.png"
     assert export.export_name("notes", sha, taken) == "notes.jpg"
     assert export.export_name("", sha, taken) == f"{sha[:12]}.jpg"
+
+
+def test_import_subcommand_imports_a_folder_and_writes_its_report(serve_gallery, tmp_path, capsys):
+    from tfwhale.serve.__main__ import main
+
+    photos = tmp_path / "photos"
+    (photos / "Kelp-1").mkdir(parents=True)
+    (photos / "Kelp-1" / "k1.jpg").write_bytes(photo_bytes(80))
+    (photos / "Kelp-1" / "k2.png").write_bytes(photo_bytes(81, fmt="PNG"))
+    (photos / "Kelp-1" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    report = tmp_path / "report.csv"
+    argv = ["import", str(photos), "--gallery", serve_gallery[1], "--catalogue", str(tmp_path / "cat"),
+            "--reviewer", "cli", "--report", str(report)]  # fmt: skip
+    assert main(argv) == 1  # one photo was not imported: scripts can tell
+    out = capsys.readouterr().out
+    assert "Kelp-1/bad.jpg: unreadable" in out and "2 imported" in out
+    rows = list(csv.DictReader(report.open()))
+    assert {(r["file"], r["status"]) for r in rows} == {
+        ("Kelp-1/bad.jpg", "unreadable"), ("Kelp-1/k1.jpg", "imported"), ("Kelp-1/k2.png", "imported")
+    }  # fmt: skip
+    again = Catalogue(serve_gallery[1], str(tmp_path / "cat"))
+    assert {p.name for p in again.store.photos_of("Kelp-1")} == {"k1.jpg", "k2.png"}
+    assert main(["import", str(tmp_path / "nowhere"), "--gallery", serve_gallery[1],
+                 "--catalogue", str(tmp_path / "cat")]) == 1  # fmt: skip

@@ -40,6 +40,7 @@ class MetadataBody(BaseModel):
 class PlanBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     csv: str | None = Field(None, max_length=MAX_CSV_CHARS)
+    csv_name: str = Field("import.csv", max_length=200)
     names: list[str] = Field(default_factory=list, max_length=MAX_NAMES)
 
 
@@ -84,7 +85,9 @@ def add_routes(app: FastAPI, catalogue, page, reviewer: str) -> None:
     async def import_plan(request: Request):
         try:
             body = PlanBody.model_validate_json(await request.body())
-            plan = bulk_import.plan_uploads(dict.fromkeys(body.names, b""), body.csv)
+            plan = bulk_import.plan_uploads(
+                dict.fromkeys(body.names, b""), body.csv, single_line(body.csv_name)
+            )
         except ValidationError as err:
             return _refused(first_error(err), 422)
         except bulk_import.ImportInputError as err:
@@ -96,6 +99,7 @@ def add_routes(app: FastAPI, catalogue, page, reviewer: str) -> None:
         photo: Annotated[UploadFile, File()],
         path: Annotated[str, Form()] = "",
         csv: Annotated[str, Form()] = "",
+        csv_name: Annotated[str, Form()] = "import.csv",
         who: Annotated[str, Form()] = "",
     ):
         name = single_line(path or photo.filename or "upload")[:300]
@@ -103,7 +107,9 @@ def add_routes(app: FastAPI, catalogue, page, reviewer: str) -> None:
         if len(data) > MAX_UPLOAD_BYTES:
             return _report([bulk_import.Outcome(name, "unreadable", reason="too large")])
         try:
-            plan = bulk_import.plan_uploads({name: data}, csv or None, only_sent=True)
+            plan = bulk_import.plan_uploads(
+                {name: data}, csv or None, single_line(csv_name)[:200], only_sent=True
+            )
         except bulk_import.ImportInputError as err:
             return _refused(str(err))
         return _report(bulk_import.run_import(catalogue, plan, single_line(who or reviewer)[:100]))

@@ -226,7 +226,8 @@ if (importStart) importStart.addEventListener("click", async () => {
   const progress = document.getElementById("import-progress");
   const counts = { imported: 0, duplicate: 0, unreadable: 0, refused: 0 };
   const names = files.map((f) => f.webkitRelativePath || f.name);
-  const plan = await readAnswer(() => post("/api/import/plan", { csv, names }));
+  const csvName = csvFile ? csvFile.name : "import.csv";
+  const plan = await readAnswer(() => post("/api/import/plan", { csv, csv_name: csvName, names }));
   if (!plan.ok) { say(plan.message, true); return; }
   for (const o of plan.refused) if (!names.includes(o.file)) { counts[o.status] += 1; reportRows([o]); }
   for (const [i, file] of files.entries()) {
@@ -235,6 +236,7 @@ if (importStart) importStart.addEventListener("click", async () => {
     form.append("photo", file);
     form.append("path", names[i]);
     form.append("csv", csv || "");
+    form.append("csv_name", csvName);
     form.append("who", reviewer());
     const answer = await readAnswer(() => post("/api/import/photo", form));
     const outcomes = answer.ok ? answer.outcomes : [{ file: names[i], status: "refused", individual: "", reason: answer.message }];
