@@ -8,11 +8,14 @@ file with the box the build cropped it by, and takes its metadata from the train
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from functools import cached_property
 
 from tfwhale.core import files
-from tfwhale.imaging.crop_box import format_box
+from tfwhale.imaging.box_choice import CORNER_COLUMNS, box_format, choose_box, pair
+from tfwhale.imaging.crop_box import format_box, parse_box_list, parse_conf_list
 from tfwhale.serve.metadata import EXPORT_COLUMNS, MetaError, PhotoMeta, check_meta
 
 logger = logging.getLogger(__name__)
@@ -58,21 +61,23 @@ class RecordsOriginals:
 
     @cached_property
     def boxes(self) -> dict[str, str]:
-        """Image name -> the box text the build cropped it by ('' entries dropped)."""
-        from tfrecords_builder.boxes import box_format
-        from tfrecords_builder.tables import read_boxes_csv, read_csv_table
-
+        """Image name -> the box text the build cropped it by (its --boxes table, else the train.csv's
+        own box columns), chosen by the builder's rule (box_choice); photos without a box are left out."""
         path = self._path("boxes") or self._path("train_csv")
         if path is None:
             return {}
         try:
-            own_columns = path != self._path("boxes")  # train.csv: only when it has box columns
-            if own_columns and box_format(list(read_csv_table(path, ("image",)).columns)) is None:
+            rows = _read_rows(path)
+            fmt = box_format(list(rows[0])) if rows else None
+            if fmt is None:
                 return {}
-            chosen = read_boxes_csv(path, self.min_conf)
-        except Exception as err:
+            pooled: dict[str, list] = {}
+            for row in rows:
+                pooled.setdefault(row.get("image", ""), []).extend(_row_candidates(row, fmt, self.min_conf))
+        except (OSError, ValueError) as err:
             logger.warning("%s: boxes not readable (%s): originals are exported without boxes", path, err)
             return {}
+        chosen = {image: choose_box(cands, self.min_conf) for image, cands in pooled.items() if image}
         return {image: format_box(box) for image, box in chosen.items() if box is not None}
 
     def metadata(self) -> dict[str, PhotoMeta]:
@@ -80,23 +85,33 @@ class RecordsOriginals:
         path = self._path("train_csv")
         if path is None:
             return {}
-        from tfrecords_builder.tables import read_csv_table
-
         try:
-            table = read_csv_table(path, ("image",))
-        except Exception as err:
+            rows = _read_rows(path)
+        except (OSError, ValueError) as err:
             logger.warning("%s: not readable (%s): gallery photos get no metadata", path, err)
             return {}
-        columns = [name for name in EXPORT_COLUMNS if name in table.columns]
-        if not columns:
-            return {}
+        columns = [name for name in EXPORT_COLUMNS if rows and name in rows[0]]
         found = {}
-        for record in table[["image", "row", *columns]].to_dict("records"):
+        for line, row in enumerate(rows if columns else [], start=2):
             try:
-                meta = check_meta({name: record[name] for name in columns}, f"{path}: row {record['row']}")
+                meta = check_meta({name: row[name] for name in columns}, f"{path}: row {line}")
             except MetaError as err:
                 logger.warning("%s; that photo's metadata is left out", err)
                 continue
             if not meta.is_empty():
-                found[record["image"]] = meta
+                found[row.get("image", "")] = meta
         return found
+
+
+def _read_rows(path: str) -> list[dict[str, str]]:
+    """A CSV's rows as stripped strings keyed by stripped column names."""
+    reader = csv.DictReader(io.StringIO(files.read_text(path).lstrip("\ufeff")))
+    return [
+        {(key or "").strip(): (value or "").strip() for key, value in row.items() if isinstance(value, str)}
+        for row in reader
+    ]
+
+
+def _row_candidates(row: dict[str, str], fmt: str, min_conf: float) -> list:
+    text = " ".join(row[name] for name in CORNER_COLUMNS) if fmt == "corners" else row[fmt]
+    return pair(parse_box_list(text), parse_conf_list(row.get("conf", "")), min_conf)
