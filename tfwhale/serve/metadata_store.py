@@ -1,6 +1,6 @@
 """The catalogue's photo metadata records (serve): read, save with history (who, when, how), filter.
 
-Its own tables (schema migration 2), keyed by the photo's hash: each save replaces the current record and
+Its own tables (their own schema migration), keyed by the photo's hash: each save replaces the current record and
 appends the whole new record to photo_metadata_history, so every version stays readable.
 """
 
