@@ -85,6 +85,7 @@ def test_metadata_edit_and_filters(browser, live):
     page.reload()
     assert page.locator("#metadata input[name=date]").input_value() == "2025-02-03T10:00:00"
     sync_api.expect(page.locator(".meta-history summary")).to_contain_text("1 metadata version")
+    shot(page, "photo-metadata")
 
     page.goto(f"{url}/review")
     page.select_option(".filter select[name=side]", "back")
