@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from tfwhale.contracts.individual_id import check_id
 from tfwhale.core.csv_text import csv_text, spreadsheet_safe
+from tfwhale.serve import metadata_store
 from tfwhale.serve.blobs import sha256_hex
 from tfwhale.serve.metadata import EXPORT_COLUMNS, MetaError, PhotoMeta, check_meta
 
@@ -207,6 +208,9 @@ def import_one(catalogue, item: ImportItem, reviewer: str) -> Outcome:
         _, result = catalogue.upload(data, name, None, reviewer, item.meta, how="import")
     except UploadError as err:
         return outcome("unreadable", reason=str(err))
+    if existing is not None and not item.meta.is_empty():  # uploaded before, undecided: the CSV's values
+        meta = item.meta.filled_from(metadata_store.metadata(catalogue.store, sha))
+        catalogue.set_metadata(sha, meta, reviewer, how="import")
     action = "confirm" if known else "register"
     try:
         catalogue.decide(sha, action, item.individual, NOTE, reviewer, result.scores(), item.species)

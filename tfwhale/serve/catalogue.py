@@ -124,11 +124,12 @@ class Catalogue:
         with self.store.transaction() as conn:
             if self.store.add_photo(conn, photo, result.embedding) and not meta.is_empty():
                 metadata_store.save(conn, sha, meta, how, reviewer)
+        self.engine.set_sides({sha: metadata_store.metadata(self.store, sha).side})
         return sha, result
 
-    def set_metadata(self, photo: str, meta: PhotoMeta, reviewer: str) -> None:
+    def set_metadata(self, photo: str, meta: PhotoMeta, reviewer: str, how: str = "edit") -> None:
         """Save an edit of a photo's metadata (kept as a new version); ConflictError for an unknown photo."""
-        metadata_store.set_metadata(self.store, photo, meta, "edit", reviewer)
+        metadata_store.set_metadata(self.store, photo, meta, how, reviewer)
         self.engine.set_sides({photo: meta.side})
 
     def embedding_of(self, photo: str) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """The catalogue's photo metadata records (serve): read, save with history (who, when, how), filter.
 
-Its own tables (their own schema migration), keyed by the photo's hash: each save replaces the current record and
-appends the whole new record to photo_metadata_history, so every version stays readable.
+Its own tables (their own schema migration), keyed by the photo's hash: each save replaces the current
+record and appends the whole new record to photo_metadata_history, so every version stays readable.
 """
 
 from __future__ import annotations
