@@ -264,3 +264,18 @@ def test_import_subcommand_imports_a_folder_and_writes_its_report(serve_gallery,
     assert {p.name for p in again.store.photos_of("Kelp-1")} == {"k1.jpg", "k2.png"}
     assert main(["import", str(tmp_path / "nowhere"), "--gallery", serve_gallery[1],
                  "--catalogue", str(tmp_path / "cat")]) == 1  # fmt: skip
+
+
+def test_import_page_api_imports_a_server_folder_and_refuses_a_missing_one(client, catalogue, tmp_path):
+    (tmp_path / "Reef-9").mkdir()
+    (tmp_path / "Reef-9" / "r1.jpg").write_bytes(photo_bytes(90))
+    answer = client.post("/api/import/folder", json={"folder": str(tmp_path)}, headers=_headers(client))
+    assert answer.status_code == 200 and answer.json()["counts"]["imported"] == 1, answer.text
+    assert [p.name for p in catalogue.store.photos_of("Reef-9")] == ["r1.jpg"]
+    missing = client.post(
+        "/api/import/folder", json={"folder": str(tmp_path / "no")}, headers=_headers(client)
+    )
+    assert missing.status_code == 400 and "not a folder" in missing.json()["message"]
+    plan = client.post("/api/import/plan", json={"csv": "image,id\n", "names": []}, headers=_headers(client))
+    assert plan.status_code == 400 and "individual_id" in plan.json()["message"]
+    assert "Bulk import" in client.get("/import").text
