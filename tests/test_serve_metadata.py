@@ -279,3 +279,18 @@ def test_import_page_api_imports_a_server_folder_and_refuses_a_missing_one(clien
     plan = client.post("/api/import/plan", json={"csv": "image,id\n", "names": []}, headers=_headers(client))
     assert plan.status_code == 400 and "individual_id" in plan.json()["message"]
     assert "Bulk import" in client.get("/import").text
+
+
+def test_a_gallery_original_imported_again_is_exported_once(catalogue, serve_gallery, tmp_path):
+    from pathlib import Path
+
+    gallery = catalogue.store.conn.execute(
+        "SELECT name, individual_id FROM photos WHERE source = 'gallery' ORDER BY name LIMIT 1"
+    ).fetchone()
+    original = (Path(serve_gallery[0]) / "train_images" / gallery[0]).read_bytes()
+    sha, result = catalogue.upload(original, gallery[0], None, "t")
+    catalogue.decide(sha, "confirm", gallery[1], "", "t", result.scores())
+    done = export.export_with_report(catalogue, tmp_path / "export")
+    images = [row["image"] for row in csv.DictReader((done.folder / "train.csv").open())]
+    assert [image for image in images if image.startswith(gallery[0].rsplit(".", 1)[0])] == [gallery[0]]
+    assert any("left out: the same file" in note for note in done.notes)

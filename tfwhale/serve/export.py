@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from tfwhale.contracts.individual_id import control_problem, id_problem
 from tfwhale.core.csv_text import csv_text, spreadsheet_safe
 from tfwhale.serve import metadata_store
+from tfwhale.serve.blobs import sha256_hex
 from tfwhale.serve.metadata import EXPORT_COLUMNS, PhotoMeta
 from tfwhale.serve.originals import RecordsOriginals
 from tfwhale.serve.store import Store
@@ -60,11 +61,15 @@ def export_with_report(catalogue, out: str | Path | None = None) -> Export:
     records = RecordsOriginals.of_records(catalogue.engine.manifest.records_root)
     metadata = metadata_store.all_metadata(catalogue.store)
     train, boxes, names = [list(TRAIN_COLUMNS)], [["image", "box"]], set()
-    counts = {"upload": 0, "original": 0, "crop": 0}
+    counts = {"upload": 0, "original": 0, "crop": 0, "twin": 0}
+    uploads = {row[0] for row in rows if row[1] not in ("gallery", "test")}
     for sha, source, name, box, individual, species in rows:
         data, box, kind = _photo_bytes(catalogue, records, sha, source, name, box)
         if data is None and not catalogue.blobs.has(sha):
             continue  # a gallery photo whose records were not readable: nothing to export
+        if kind == "original" and sha256_hex(data) in uploads:
+            counts["twin"] += 1  # its original was uploaded or imported too: exported once, as that
+            continue
         image = export_name(name, sha, names)
         _write_image(temp / "train_images" / image, data, catalogue.blobs.path(sha))
         counts[kind] += 1
@@ -121,6 +126,8 @@ def _notes(counts: dict[str, int], records: RecordsOriginals) -> list[str]:
     if counts["original"]:
         notes.append(f"{counts['original']} gallery photo(s) exported as their original files from "
                      f"{records.folder('gallery') or records.folder('test')}")  # fmt: skip
+    if counts["twin"]:
+        notes.append(f"{counts['twin']} gallery photo(s) left out: the same file was added in the catalogue")
     if counts["crop"]:
         notes.append(
             f"{counts['crop']} gallery photo(s) exported as the records' crops only: their originals "
