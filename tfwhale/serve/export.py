@@ -10,6 +10,7 @@ box the build used), else as the crops the records hold.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ UNKNOWN_SPECIES = "unknown"  # build-tfrecords drops rows without a species
 BOXES_NAME = "boxes.csv"
 README_NAME = "README.txt"
 RECORDS_PLACEHOLDER = "RECORDS_DIR"
+logger = logging.getLogger(__name__)
 TRAIN_COLUMNS = ("image", "species", "individual_id", *EXPORT_COLUMNS)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _UNSAFE = re.compile(r"[\\/:\x00-\x1f\x7f]")  # separators, drive colons, control characters
@@ -83,6 +85,7 @@ def export_with_report(catalogue, out: str | Path | None = None) -> Export:
     notes = _notes(counts, records)
     (temp / README_NAME).write_text(readme_text(notes), encoding="utf-8")
     os.replace(temp, final)
+    logger.info("export %s: %s", final, "; ".join(notes))
     return Export(final, len(boxes) > 1, _refused(train[1:]), notes)
 
 
