@@ -76,8 +76,8 @@ def test_a_caption_shows_the_name_and_what_metadata_knows():
     assert photo_caption(None) == ""
 
 
-def _jpeg(rgb: np.ndarray) -> bytes:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+def _jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return data.tobytes()
 
@@ -174,8 +174,17 @@ def test_bad_compare_requests_get_a_4xx_with_a_message(client):  # noqa: F811
 
 
 def test_candidate_rows_link_to_the_compare_view_and_say_what_the_scores_are(client):  # noqa: F811
-    response = upload(client, _jpeg(texture(9, 200)), "row.jpg")
+    from tfwhale.serve import metadata_store
+    from tfwhale.serve.metadata import PhotoMeta
+
+    first = _uploaded(client, _jpeg(texture(9, 200)), "field/IMG_0042.jpg")
+    meta = PhotoMeta(date="2024-05-01T10:11:12", place="Kruger", side="left")
+    metadata_store.set_metadata(client.catalogue.store, first, meta, "typed", "tester")
+    client.catalogue.decide(first, "register", "Stripe", "", "tester", [])
+    response = upload(client, _jpeg(texture(9, 200), 85), "again.jpg")  # saved again: other bytes
     sha = response.text.split('data-photo="', 1)[1].split('"', 1)[0]
+    assert sha != first and 'data-label="Stripe"' in response.text
+    assert "IMG_0042.jpg · left · 2024-05-01 · Kruger" in response.text  # the caption under Stripe's photo
     assert response.text.count(f'href="/compare?query={sha}&amp;photo=') >= 5  # every candidate's photos
     assert "similarity 0." in response.text and "P(same)" not in response.text  # not fused: cosines
     assert "leans " in response.text and "how reliable?" in response.text

@@ -13,13 +13,13 @@ import pytest
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
 
-from tests.test_serve_browser import CHROMIUM, SHOTS, _identify, _shot, _write, browser, live  # noqa: E402,F401
+from tests.browser_fixture import NEEDS_CHROMIUM, SHOTS  # noqa: E402
+from tests.browser_fixture import shot as _shot  # noqa: E402
+from tests.browser_fixture import write_file as _write  # noqa: E402
+from tests.test_serve_browser import _identify, live  # noqa: E402,F401 - the live app fixture
 from tests.test_serve_compare import photo_pair  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (see tests/test_serve_browser.py)"),
-    pytest.mark.timeout(300),
-]
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.timeout(300)]
 LAPTOP = {"width": 1366, "height": 768}
 
 
@@ -58,7 +58,7 @@ def _inside(box, viewport) -> bool:
     )
 
 
-def test_compare_view_zooms_both_panes_together_and_draws_the_matches(browser, live):  # noqa: F811
+def test_compare_view_zooms_both_panes_together_and_draws_the_matches(browser, live):  # noqa: F811 - live
     url, catalogue = live
     _, first_sha, second_sha = _catalogue_with_a_pair(catalogue)
     page = browser.new_page(viewport=LAPTOP)

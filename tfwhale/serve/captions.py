@@ -3,6 +3,8 @@ where they are known. The only place that decides what a caption shows."""
 
 from __future__ import annotations
 
+from tfwhale.serve import metadata_store
+from tfwhale.serve.catalogue import Catalogue
 from tfwhale.serve.store import Photo
 
 CAPTION_FIELDS = ("side", "date", "place")  # read from the photo's metadata record, when set
@@ -23,3 +25,10 @@ def photo_caption(photo: Photo | None, meta: object | None = None) -> str:
         if value and str(value) != "unknown":
             parts.append(str(value)[:10] if field == "date" else str(value))  # the day, not the second
     return " · ".join(parts)
+
+
+def caption_of(catalogue: Catalogue, photo: str | None) -> str:
+    """The caption of a catalogue photo by its hash, with its metadata; "" for none."""
+    if not photo:
+        return ""
+    return photo_caption(catalogue.store.photo(photo), metadata_store.metadata(catalogue.store, photo))

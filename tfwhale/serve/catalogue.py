@@ -15,8 +15,11 @@ import numpy as np
 from tfwhale.contracts.individual_id import check_id
 from tfwhale.imaging.crop_box import format_box
 from tfwhale.query.gallery import QueryError
+from tfwhale.serve import metadata_store
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
+from tfwhale.serve.metadata import PhotoMeta, read_exif
+from tfwhale.serve.originals import RecordsOriginals
 from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
 
@@ -57,6 +60,7 @@ class Catalogue:
             hashes, ids, embeddings if embeddings is not None else [], strict=True
         ):
             self.engine.add(sha, individual, embedding)
+        self.engine.set_sides(metadata_store.known_sides(self.store))
         self._test_sha = {name: sha for name, sha in self.store.gallery_photo_hashes().items()}
         self._queue: list[QueueItem] | None = None
 
@@ -85,6 +89,8 @@ class Catalogue:
                     individuals[individual] = species_of.get(individual, "")
         for individual in set(self.engine.gallery.arrays.train_ids):
             individuals.setdefault(individual, species_of.get(individual, ""))
+        # an export's metadata columns, when the records were built from one: the round trip keeps them
+        metadata = RecordsOriginals.of_records(manifest.records_root).metadata() if records else {}
         with self.store.transaction() as conn:
             for individual, species in sorted(individuals.items()):
                 conn.execute(
@@ -92,24 +98,39 @@ class Catalogue:
                     (individual, species, "gallery", now()),
                 )
             for photo in photos:
-                self.store.add_photo(conn, photo)
+                if self.store.add_photo(conn, photo) and photo.source == "gallery" and photo.name in metadata:
+                    metadata_store.save(conn, photo.sha256, metadata[photo.name], "records", "")
             self.store.set_meta(conn, "gallery_embeddings_sha256", manifest.embeddings_sha256)
         logger.info("catalogue: imported %d photos of %d individuals", len(photos), len(individuals))
 
     # -- operations
-    def upload(self, data: bytes, filename: str, box: tuple | None, reviewer: str) -> tuple[str, Result]:
-        """Identify one uploaded photo and keep it (unassigned) for a decision; UploadError if unusable."""
+    def upload(
+        self, data: bytes, filename: str, box: tuple | None, reviewer: str, meta: PhotoMeta | None = None,
+        how: str = "upload",
+    ) -> tuple[str, Result]:  # fmt: skip
+        """Identify one uploaded photo and keep it (unassigned) for a decision; UploadError if unusable.
+
+        Its metadata: `meta` as typed, its empty fields filled from the photo's EXIF (date, GPS); kept
+        with a new photo (a photo uploaded again keeps the metadata it has)."""
+        meta = (meta or PhotoMeta()).filled_from(read_exif(data))
         try:
-            jpeg, result = self.engine.identify_bytes(data, box, filename)
+            jpeg, result = self.engine.identify_bytes(data, box, filename, meta.side)
         except QueryError as err:
             raise UploadError(str(err)) from None
         sha = sha256_hex(data)
-        self.blobs.put(data)
+        self.blobs.put(data)  # the original, as uploaded: what the export writes
         crop = self.blobs.put(jpeg)
         photo = Photo(sha, "upload", filename[:200], crop, format_box(box), None, now(), reviewer)
         with self.store.transaction() as conn:
-            self.store.add_photo(conn, photo, result.embedding)
+            if self.store.add_photo(conn, photo, result.embedding) and not meta.is_empty():
+                metadata_store.save(conn, sha, meta, how, reviewer)
+        self.engine.set_sides({sha: metadata_store.metadata(self.store, sha).side})
         return sha, result
+
+    def set_metadata(self, photo: str, meta: PhotoMeta, reviewer: str, how: str = "edit") -> None:
+        """Save an edit of a photo's metadata (kept as a new version); ConflictError for an unknown photo."""
+        metadata_store.set_metadata(self.store, photo, meta, how, reviewer)
+        self.engine.set_sides({photo: meta.side})
 
     def embedding_of(self, photo: str) -> np.ndarray | None:
         row = self.store.conn.execute("SELECT embedding, source, name FROM photos WHERE sha256 = ?", (photo,))
@@ -126,7 +147,10 @@ class Catalogue:
     def result_for(self, photo: str) -> Result | None:
         """Candidates of a photo the catalogue holds (an upload or one of predict's test photos)."""
         embedding = self.embedding_of(photo)
-        return None if embedding is None else self.engine.search_stored(embedding[None])[0]
+        if embedding is None:
+            return None
+        side = metadata_store.metadata(self.store, photo).side
+        return self.engine.search_stored(embedding[None], side)[0]
 
     def decide(
         self,
@@ -157,12 +181,17 @@ class Catalogue:
     def proposed_id(self) -> str:
         return self.engine.free_id(self.store.individual_ids())
 
-    def review_queue(self) -> list[QueueItem]:
-        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold)."""
+    def review_queue(self, wanted: metadata_store.MetaFilter | None = None) -> list[QueueItem]:
+        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold);
+        with a filter, only those whose metadata passes it."""
         if self._queue is None:
             self._queue = self._rank_tests()
         decided = self.store.decided_photos()
-        return [item for item in self._queue if item.photo not in decided]
+        queue = [item for item in self._queue if item.photo not in decided]
+        if wanted is not None and not wanted.is_empty():
+            passing = metadata_store.matching_photos(self.store, wanted)
+            queue = [item for item in queue if item.photo in passing]
+        return queue
 
     def _rank_tests(self) -> list[QueueItem]:
         items = []

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from tfwhale.core import files
 from tfwhale.core.labels import NEW_INDIVIDUAL
-from tfwhale.serve.captions import photo_caption
+from tfwhale.serve.captions import caption_of
 from tfwhale.serve.catalogue import Catalogue
 from tfwhale.serve.compare import CompareError, Comparer, Shown, original_media_type
 
@@ -74,7 +74,7 @@ def add_compare_routes(app: FastAPI, catalogue: Catalogue, page: Callable[..., H
         at = next((i for i, c in enumerate(steps) if c["photo"] == photo), None)
         return page(
             request, "compare.html", query=shown_query, photo=shown_photo, steps=steps, at=at,
-            query_caption=photo_caption(shown_query.photo), photo_caption=photo_caption(shown_photo.photo),
+            query_caption=caption_of(catalogue, query), photo_caption=caption_of(catalogue, photo),
             matches_on=comparer.gallery_has_features,
         )  # fmt: skip
 

@@ -75,6 +75,7 @@ class Engine:
         self._code_of = {name: code for code, name in enumerate(self._names)}
         self._codes = np.empty(max(len(base), 16), np.int64)
         self._codes[: len(base)] = [self._code_of[label] for label in self._ids]
+        self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
         self._rows: dict[str, list[int]] = {}
         for row, label in enumerate(self._ids):
             self._rows.setdefault(label, []).append(row)
@@ -93,6 +94,15 @@ class Engine:
         """Attach the catalogue's photo hashes to the gallery rows predict cached (by records image name)."""
         for row, name in enumerate(names[: len(self._photos)]):
             self._photos[row] = sha_of_name.get(name)
+
+    def set_sides(self, sides: dict[str, str]) -> None:
+        """Record which side photos show (photo hash -> side; 'unknown' forgets one)."""
+        with self._lock:
+            for photo, side in sides.items():
+                if side and side != "unknown":
+                    self._sides[photo] = side
+                else:
+                    self._sides.pop(photo, None)
 
     def add(self, photo: str, individual: str, embedding: np.ndarray, species: str = "") -> None:
         """Append one photo to the searched gallery (whitened as predict whitened the gallery)."""
@@ -140,9 +150,10 @@ class Engine:
         ranked = self.path.rank(embedded, searched, codes, n)
         return ranking.Ranked([[names[c] for c in row] for row in ranked.labels], ranked.scores), matrix
 
-    def search(self, embedded: Embedded, features: list | None = None) -> list[Result]:
+    def search(self, embedded: Embedded, features: list | None = None, side: str = "") -> list[Result]:
         """Candidates by the embedding; with the photos' local features (a gallery made with them), by
-        the fused P of the local re-rank (grown photos have no features: their similarity alone)."""
+        the fused P of the local re-rank (grown photos have no features: their similarity alone).
+        `side`: the side the query photos show, when known: candidates show same-side photos first."""
         if features is None:
             ranked, matrix = self._rank(embedded)
             answers = self.path.answer(ranked, self.species_of)
@@ -154,7 +165,7 @@ class Engine:
             embedded.combined, ranking.PreparedGallery(matrix, self.gallery.whitening), self.path.options
         )
         results = [
-            self._result(answer, searched[i], matrix, embedded.combined[i])
+            self._result(answer, searched[i], matrix, embedded.combined[i], side)
             for i, answer in enumerate(answers)
         ]
         for result in results:
@@ -165,11 +176,11 @@ class Engine:
                 result.verified = self._verified_photos(result, evidence)
         return results
 
-    def search_stored(self, embeddings: np.ndarray) -> list[Result]:
+    def search_stored(self, embeddings: np.ndarray, side: str = "") -> list[Result]:
         """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend)."""
-        return self.search(Embedded(np.asarray(embeddings, np.float32), None))
+        return self.search(Embedded(np.asarray(embeddings, np.float32), None), side=side)
 
-    def _result(self, answer: QueryAnswer, searched, matrix, query) -> Result:
+    def _result(self, answer: QueryAnswer, searched, matrix, query, side: str = "") -> Result:
         candidates = []
         for label, similarity, species in zip(
             answer.labels, answer.similarities, answer.species, strict=True
@@ -179,13 +190,23 @@ class Engine:
                 members = np.asarray(self._rows[label])
                 members = members[members < len(matrix)]
                 sims = matrix[members] @ searched  # only the candidate's photos, not the whole gallery
-                order = np.argsort(-sims)[:PHOTOS_PER_CANDIDATE]
-                best = [(self._photos[members[j]], float(sims[j])) for j in order]
+                best = self._best_photos(members, sims, side)
             candidates.append(Candidate(label, similarity, species or None, best))
         return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
 
-    def identify_bytes(self, data: bytes, box: tuple | None, name: str) -> tuple[bytes, Result]:
-        """One photo's crop and its candidates, with the time each step took."""
+    def _best_photos(self, members: np.ndarray, sims: np.ndarray, side: str) -> list:
+        """A candidate's photos to show, best first: where the query's side is known, the photos of that
+        side come first (a left flank is compared with left flanks), then the rest by similarity."""
+        photos = [self._photos[row] for row in members]
+        known = side if side != "unknown" else ""
+        other_side = [0 if known and self._sides.get(photo) == known else 1 for photo in photos]
+        order = np.lexsort((-sims, np.asarray(other_side)))[:PHOTOS_PER_CANDIDATE]
+        return [(photos[j], float(sims[j])) for j in order]
+
+    def identify_bytes(
+        self, data: bytes, box: tuple | None, name: str, side: str = ""
+    ) -> tuple[bytes, Result]:
+        """One photo's crop and its candidates, with the time each step took (side: as in search)."""
         start = time.perf_counter()
         jpeg, image = self.prepare(data, box, name)
         decoded = time.perf_counter()
@@ -193,7 +214,7 @@ class Engine:
         featured = time.perf_counter()
         embedded = self.embed(image[None], [name])
         embedded_at = time.perf_counter()
-        (result,) = self.search(embedded, None if features is None else [features])
+        (result,) = self.search(embedded, None if features is None else [features], side)
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,
