@@ -19,8 +19,9 @@ from tfwhale.contracts.local_features import FeatureSet, LocalFeatures, save_fea
 from tfwhale.core import files
 from tfwhale.gallery.tune import CatalogueTuning, tune_ranked
 from tfwhale.imaging.photo_crop import ImageError, ImageSettings
+from tfwhale.matching.photo import photo_features
 from tfwhale.matching.rerank import LeaveOneOut, LocalGallery, fit_calibrations, leave_one_out, order_key
-from tfwhale.query.local import MatchSettings, photo_features
+from tfwhale.query.local import MatchSettings
 from tfwhale.retrieval.ranking import Ranked
 
 logger = logging.getLogger(__name__)
