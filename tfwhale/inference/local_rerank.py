@@ -165,12 +165,15 @@ def _rows(loo: LeaveOneOut, keep: np.ndarray) -> LeaveOneOut:
 
 def cross_fitted(evidence: OOFEvidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P(same) of the cosine, inliers and votes of every OOF row, each fold's rows by a fit on the other
-    folds' rows (by the fit on all rows when the other folds give no pair of both kinds)."""
-    loo, folds = evidence.loo, evidence.val_folds
+    folds' rows. With one validation fold (runs of fold 0 only) the rows are split in two by individual
+    instead, so that still no row is scored by a fit that saw it. A part whose others give no pair of
+    both kinds is scored by the fit on all rows."""
+    loo = evidence.loo
+    groups = evidence.val_folds if len(np.unique(evidence.val_folds)) > 1 else loo.own % 2
     every = fit_calibrations(loo)
     probabilities = [np.zeros_like(loo.cosine) for _ in range(3)]
-    for k in np.unique(folds):
-        mine = folds == k
+    for group in np.unique(groups):
+        mine = groups == group
         try:
             fitted = fit_calibrations(_rows(loo, ~mine)) if (~mine).any() else every
         except ValueError:
