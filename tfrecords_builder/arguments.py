@@ -17,9 +17,11 @@ LOCAL_FEATURES_HELP = (
     "take each photo's local features (SIFT of its crop at --match-size, the function identify uses for "
     "new photos) in the image workers, into one .features.npz beside each shard, listed in manifest.json "
     "with its sha256; predict --rerank local needs them. Default on: the fused re-rank beat the embedding "
-    "alone on nyala-dev (MAP@5 0.641 vs 0.566) for about 1.5x the build time and ~125 KB a photo "
-    "(BENCHMARKS.md); --no-local-features for the records alone (they still train; "
-    "`build-tfrecords add-local-features` adds the features later without rebuilding the images)"
+    "alone on nyala-dev (MAP@5 0.641 vs 0.566) and did not lose on the lions; it costs ~3.8x the build "
+    "time on nyala-dev's 800 px photos (less on large photos, whose decoding dominates) and ~131 KB a "
+    "photo (~9.8 GiB for Happywhale's 79k photos; BENCHMARKS.md). --no-local-features: the records "
+    "alone (they still train; `build-tfrecords add-local-features` adds the features later without "
+    "rebuilding the images)"
 )
 
 EXAMPLES = """\

@@ -338,6 +338,8 @@ def measure_variants(p: Prediction, manifest: Manifest) -> list[dict]:
     chosen = oof.variant_summary(
         s.options, on_oof, map_at_k(predictions.truths, answers), report.new_rate(answers)
     )
+    if p.local is not None:  # the answers above are the fused ones: say so beside the embedding variants
+        chosen["name"] += " + local re-rank (fused P)"
     return [m for m in measured if m] + [{**chosen, "chosen": True}]
 
 
