@@ -17,6 +17,8 @@ from tfwhale import identify, predict
 from tfwhale.contracts.gallery_manifest import load_gallery_manifest
 from tfwhale.contracts.local_features import load_feature_set
 from tfwhale.contracts.records import load_manifest
+from tfwhale.inference.local_rerank import OOFEvidence, cross_fitted
+from tfwhale.matching.rerank import LeaveOneOut
 from tfwhale.query.path import QueryPath
 
 
@@ -103,3 +105,18 @@ def test_records_without_features_stop_with_the_command_to_run(tmp_path, caplog)
         assert predict.main(["--runs", run, "--records", plain, "--out", out, "--examples", "0"]) == 0
     assert "add-local-features" in caplog.text
     assert load_gallery_manifest(out).rerank == "none"
+
+
+def test_oof_rows_are_scored_by_calibrations_fitted_on_the_other_folds():
+    """Fold 1 pairs say "high cosine = same individual", fold 0's say the opposite: fold 0's rows get fold
+    1's fit (0 and 1), fold 1's rows get fold 0's (a flat 0.5, isotonic on reversed data); a fit on all
+    rows would have scored both alike."""
+    cosine = np.array([[0.2, 0.8], [0.8, 0.2], [0.8, 0.2], [0.2, 0.8]])  # rows: fold 0, 0, 1, 1
+    own = np.array([0, 1, 0, 1])
+    loo = LeaveOneOut(cosine, cosine.copy(), cosine.copy(), own, np.ones_like(cosine, bool))
+    evidence = OOFEvidence(
+        loo, np.array(["a", "b"]), ["p0", "p1", "p2", "p3"], ["s"] * 4, np.array([0, 0, 1, 1])
+    )
+    for probability in cross_fitted(evidence):
+        np.testing.assert_allclose(probability[:2], [[0.0, 1.0], [1.0, 0.0]])
+        np.testing.assert_allclose(probability[2:], 0.5)
