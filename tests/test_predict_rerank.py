@@ -34,7 +34,7 @@ def fused(tmp_path_factory):
     data, records = build_synthetic_records(root, local_features=True)
     run_dir = make_run(str(root / "run"), load_manifest(records), dim=16)
     out = str(root / "predict")
-    argv = ["--runs", run_dir, "--records", records, "--out", out, "--examples", "0", "--rerank", "local"]
+    argv = ["--runs", run_dir, "--records", records, "--out", out, "--examples", "2", "--rerank", "local"]
     assert predict.main([*argv, "--solution", f"{data}/test_solution.csv"]) == 0
     return data, records, run_dir, out
 
