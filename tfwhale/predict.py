@@ -119,8 +119,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "from the records' feature files) fused with the embedding: isotonic P(same individual) of each, "
         "fitted on out-of-fold pairs, averaged; the threshold is tuned on that fused P, and gallery.json "
         "makes identify and serve answer the same way. none: the embedding alone. Default: the run "
-        "config's predict.rerank, local: on nyala-dev MAP@5 0.641 vs 0.566 for the embedding alone, and "
-        "no loss on the lions (BENCHMARKS.md). Records built without local features: --rerank local "
+        "config's predict.rerank, local: on nyala-dev MAP@5 0.641 vs 0.566 for the embedding alone "
+        "(benchmarks/predict_rerank.py: 0.586 vs 0.393 over 3 seeds, lions 0.52 vs 0.23) for ~3.3x "
+        "predict's time (~1 s a query on a busy core: slow at Kaggle's scale, BENCHMARKS.md). Records "
+        "built without local features: --rerank local "
         "stops naming `build-tfrecords add-local-features`; the default then ranks by the embedding "
         "alone, with a warning",
     )
