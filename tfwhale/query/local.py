@@ -1,26 +1,26 @@
 """Query path, local re-rank: a gallery's local features loaded once; a query's match-size crop -> its
 SIFT -> fused P(same individual) per individual, ranked (galleries with rerank "local", issue 24).
 
-Both sides crop the same way (match_crop): the original photo and its box through the gallery's own crop
-settings (enlarge, resize mode), at the match size instead of the model's input size, so the markings
-keep their detail. The gallery's features were made by the same function when the gallery was made.
+Both sides crop the same way (matching.photo.match_crop, which the builder's workers use too): the
+original photo and its box through the gallery's own crop settings (enlarge, resize mode), at the match
+size instead of the model's input size, so the markings keep their detail. The gallery's features were
+made by the same function (predict's: by the builder, from the records' photos).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 
 from tfwhale.contracts.gallery_manifest import GalleryManifest, LocalRerank
 from tfwhale.contracts.local_features import LocalFeatures, LocalFeaturesError, load_feature_set
 from tfwhale.core import files
-from tfwhale.imaging.photo_crop import ImageError, ImageSettings, process_image
 from tfwhale.matching.aggregate import RerankSettings
-from tfwhale.matching.features import SiftSettings, extract_sift
+from tfwhale.matching.features import SiftSettings
 from tfwhale.matching.pairs import PairSettings
+from tfwhale.matching.photo import photo_features
 from tfwhale.matching.rerank import Calibrations, Evidence, LocalGallery, order_key, query_evidence
 from tfwhale.retrieval.ranking import Ranked
 
@@ -40,20 +40,6 @@ class MatchSettings:
     def sections(self) -> dict[str, dict]:
         """The fields LocalRerank stores (sift, pairs, rerank)."""
         return {"sift": asdict(self.sift), "pairs": asdict(self.pairs), "rerank": asdict(self.rerank)}
-
-
-def match_crop(data: bytes, box: tuple | None, image: ImageSettings, sift: SiftSettings) -> np.ndarray:
-    """RGB uint8 crop of a photo's bytes for local features: the gallery's crop at the match size.
-    ImageError if the photo cannot be used."""
-    jpeg, _ = process_image(data, box, replace(image, size=sift.match_size, quality=95))
-    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise ImageError("the match-size crop could not be decoded")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
-def photo_features(data: bytes, box: tuple | None, image: ImageSettings, sift: SiftSettings) -> LocalFeatures:
-    return extract_sift(match_crop(data, box, image, sift), sift)
 
 
 @dataclass(frozen=True)
