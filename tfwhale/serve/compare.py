@@ -1,7 +1,7 @@
 """Side-by-side comparison (serve): which picture of a catalogue photo to show at full size, and the
 verified local-feature matches of two photos in each picture's own pixels.
 
-Matches are found as the query path finds them (query.local.photo_features: the gallery's match-size
+Matches are found as the query path finds them (matching.photo.photo_features: the gallery's match-size
 crop; matching.pairs.match_pair: ratio test, mutual check, geometric verification), with the gallery's
 own match settings when it re-ranks by local features and the library's defaults otherwise. A gallery
 photo shown from the file its stored features were made from uses those; any other picture gets its
@@ -25,7 +25,8 @@ from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.imaging.crop_frame import crop_to_photo, displayed_size
 from tfwhale.imaging.photo_crop import ImageError
 from tfwhale.matching.pairs import match_pair
-from tfwhale.query.local import MatchSettings, photo_features
+from tfwhale.matching.photo import photo_features
+from tfwhale.query.local import MatchSettings
 from tfwhale.serve.catalogue import Catalogue
 from tfwhale.serve.store import Photo
 
