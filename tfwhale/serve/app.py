@@ -22,9 +22,10 @@ from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
 
 from tfwhale.imaging.crop_box import parse_box_text
-from tfwhale.serve import export
+from tfwhale.serve import export, history
 from tfwhale.serve.bodies import DecideBody, first_error, single_line
 from tfwhale.serve.catalogue import Catalogue, UploadError
+from tfwhale.serve.correct_routes import add_routes
 from tfwhale.serve.security import (
     MAX_UPLOAD_BYTES,
     BodyLimitMiddleware,
@@ -43,6 +44,7 @@ def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)  # escapes all user text
     env.filters["score"] = lambda v: "" if v is None else f"{v:.3f}"
     env.filters["urlencode"] = lambda v: quote(str(v), safe="")  # an id holding '/' stays one segment
+    env.filters["scores_text"] = export.scores_text
     return env
 
 
@@ -68,7 +70,7 @@ def create_app(
         logger.error("%s %s: the catalogue could not be written or read: %s", request.method,
                      request.url.path, err)  # fmt: skip
         message = f"the catalogue could not be written or read ({single_line(err)}); nothing was recorded"
-        if request.url.path == "/api/decide":
+        if request.url.path.startswith("/api/") and request.url.path != "/api/identify":
             return JSONResponse({"ok": False, "message": message}, status_code=503)
         return _error(message, 503)
 
@@ -81,11 +83,15 @@ def create_app(
         context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
         return HTMLResponse(env.get_template(name).render(**context), status_code=status)
 
-    def fragment(request: Request, photo: str, result, name: str = "") -> str:
+    def fragment(request: Request, photo: str, result, name: str = "", keys: bool = False) -> str:
+        """One photo's candidates and its decision buttons; `keys`: label them with the review keys."""
+        previous = catalogue.store.decisions(photo=photo)
+        in_force = history.effective(previous)
+        twins = [catalogue.store.photo(twin) for twin in sorted(catalogue.twins_of(photo))]
         return env.get_template("_result.html").render(
-            photo=photo, result=result, name=name, proposed=catalogue.proposed_id(),
-            previous=catalogue.store.decisions(photo=photo),
-            assigned=catalogue.store.photo(photo).individual_id,
+            photo=photo, result=result, name=name, proposed=catalogue.proposed_id(), previous=previous,
+            assigned=catalogue.store.photo(photo).individual_id, keys=keys,
+            last=in_force[-1] if in_force else None, twins=[t for t in twins if t is not None],
         )  # fmt: skip
 
     @app.get("/", response_class=HTMLResponse)
@@ -135,7 +141,7 @@ def create_app(
         except ValidationError as err:
             return JSONResponse({"ok": False, "message": first_error(err)}, status_code=422)
         try:
-            catalogue.decide(
+            decision = catalogue.decide(
                 body.photo, body.action, body.individual, body.note, body.reviewer or reviewer,
                 [score.model_dump() for score in body.scores], body.species,
             )  # fmt: skip
@@ -143,7 +149,16 @@ def create_app(
             return JSONResponse({"ok": False, "message": str(err)}, status_code=409)
         except ValueError as err:
             return JSONResponse({"ok": False, "message": str(err)}, status_code=400)
-        return {"ok": True, "message": _done(body), "proposed": catalogue.proposed_id()}
+        return {"ok": True, "message": _done(body), "proposed": catalogue.proposed_id(), "decision": decision}
+
+    @app.get("/api/result/{digest}", response_class=HTMLResponse)
+    def result_fragment(request: Request, digest: str, keys: bool = False):
+        """A photo's section as it stands now (the page swaps it in after a decision or an undo)."""
+        photo = catalogue.store.photo(digest)
+        result = catalogue.result_for(digest) if photo is not None else None
+        if result is None:
+            return _error("no such photo with candidates in the catalogue", 404)
+        return HTMLResponse(fragment(request, digest, result, photo.name, keys))
 
     @app.get("/blob/{digest}.jpg")
     def blob(digest: str):
@@ -158,7 +173,7 @@ def create_app(
         current = next((item for item in queue if item.photo == at), queue[0] if queue else None)
         html = ""
         if current is not None:
-            html = fragment(request, current.photo, catalogue.result_for(current.photo), current.name)
+            html = fragment(request, current.photo, catalogue.result_for(current.photo), current.name, True)
         return page(
             request, "review.html", queue=queue[:200], total=len(queue), current=current, result_html=html
         )
@@ -176,15 +191,19 @@ def create_app(
                 request, "error.html", 404, message=f"no individual {individual_id!r} in the catalogue"
             )
         photos = catalogue.store.photos_of(individual_id)
-        history = catalogue.store.decisions(individual=individual_id)
-        return page(request, "individual.html", ind=row, photos=photos, history=history)
+        decisions = catalogue.store.decisions(individual=individual_id)
+        undoable = {row["id"] for row in history.effective(catalogue.store.decisions())}
+        return page(
+            request, "individual.html", ind=row, photos=photos, history=decisions, undoable=undoable,
+            merged_into=catalogue.store.merges().get(individual_id), proposed=catalogue.proposed_id(),
+        )  # fmt: skip
 
     @app.get("/photos/{digest}", response_class=HTMLResponse)
-    def photo_page(request: Request, digest: str):
+    def photo_page(request: Request, digest: str, fresh: bool = False):
         photo = catalogue.store.photo(digest)
         if photo is None:
             return page(request, "error.html", 404, message="no such photo in the catalogue")
-        result = catalogue.result_for(digest)
+        result = catalogue.result_for(digest, fresh)
         html = fragment(request, digest, result, photo.name) if result is not None else ""
         return page(request, "photo.html", photo=photo, result_html=html)
 
@@ -205,6 +224,7 @@ def create_app(
             headers={"Content-Disposition": 'attachment; filename="decisions.csv"'},
         )  # fmt: skip
 
+    add_routes(app, catalogue, reviewer, page)
     return app
 
 
@@ -234,5 +254,5 @@ def _error(message: str, status: int) -> HTMLResponse:
 def _done(body: DecideBody) -> str:
     if body.action == "unresolved":
         return "left unresolved; the note is recorded"
-    verb = "registered" if body.action == "register" else "confirmed"
+    verb = {"register": "registered", "reassign": "reassigned"}.get(body.action, "confirmed")
     return f"{verb} as {body.individual.strip()}; added to the gallery"

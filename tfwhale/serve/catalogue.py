@@ -15,10 +15,13 @@ import numpy as np
 from tfwhale.contracts.individual_id import check_id
 from tfwhale.imaging.crop_box import format_box
 from tfwhale.query.gallery import QueryError
+from tfwhale.serve import corrections, history
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
+from tfwhale.serve.inbox import save_answer, stored_answer
 from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
+from tfwhale.serve.twins import TwinIndex, hash_missing, phash, to_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +55,24 @@ class Catalogue:
         )
         self._import_records()
         self.engine.name_photos(self.store.gallery_photo_hashes(), arrays.train_names)
-        hashes, ids, embeddings = self.store.grown_embeddings()
-        for sha, individual, embedding in zip(
-            hashes, ids, embeddings if embeddings is not None else [], strict=True
-        ):
-            self.engine.add(sha, individual, embedding)
+        self.sync_engine()
         self._test_sha = {name: sha for name, sha in self.store.gallery_photo_hashes().items()}
         self._queue: list[QueueItem] | None = None
+        self.twins = TwinIndex(hash_missing(self.store, self.blobs))
+        self._twins_of = {sha: self.twins.of(sha, value) for sha, value in self._added_phashes()}
+
+    def sync_engine(self) -> None:
+        """The one mapping the searched gallery answers by: each of predict's rows with the current
+        individual of its photo (its records' id through the merges, for a row without a photo), then
+        every assigned photo the catalogue embedded."""
+        assigned, merges = self.store.assignments(), self.store.merges()
+        labels = [
+            assigned.get(sha) or history.resolve(label, merges)
+            for sha, label in zip(self.engine.base_photos, self.engine.base_ids, strict=True)
+        ]
+        for row in self.store.conn.execute("SELECT id, species FROM individuals"):
+            self.engine.species_of.setdefault(row["id"], row["species"])
+        self.engine.relabel(labels, self.store.grown_embeddings(), merges)
 
     # -- the gallery's photos, once per gallery
     def _import_records(self) -> None:
@@ -98,18 +112,43 @@ class Catalogue:
 
     # -- operations
     def upload(self, data: bytes, filename: str, box: tuple | None, reviewer: str) -> tuple[str, Result]:
-        """Identify one uploaded photo and keep it (unassigned) for a decision; UploadError if unusable."""
+        """Identify one uploaded photo and keep it (unassigned) with its answer for a decision, in the
+        inbox; UploadError if unusable. The catalogue's photos that are this one are not its candidates."""
+        sha = sha256_hex(data)
+        value = []
+
+        def twins_of(crop: bytes) -> set[str]:
+            value.append(phash(crop))
+            return self.twins.of(sha, value[0]) | {sha}
+
         try:
-            jpeg, result = self.engine.identify_bytes(data, box, filename)
+            jpeg, result = self.engine.identify_bytes(data, box, filename, twins_of)
         except QueryError as err:
             raise UploadError(str(err)) from None
-        sha = sha256_hex(data)
         self.blobs.put(data)
         crop = self.blobs.put(jpeg)
         photo = Photo(sha, "upload", filename[:200], crop, format_box(box), None, now(), reviewer)
         with self.store.transaction() as conn:
-            self.store.add_photo(conn, photo, result.embedding)
+            if self.store.add_photo(conn, photo, result.embedding):
+                conn.execute("INSERT OR REPLACE INTO phashes VALUES (?, ?)", (sha, to_text(value[0])))
+            save_answer(conn, sha, self.engine.manifest.embeddings_sha256, result)
+        if sha not in self._twins_of:
+            self._twins_of[sha] = self.twins.of(sha, value[0])
+            for twin in self._twins_of[sha]:
+                self._twins_of.setdefault(twin, set()).add(sha)
+            self.twins.add(sha, value[0])
         return sha, result
+
+    def twins_of(self, photo: str) -> set[str]:
+        """The catalogue's other photos that are this same photo (by the perceptual hash of the crop)."""
+        return self._twins_of.get(photo, set())
+
+    def _added_phashes(self) -> list[tuple[str, int]]:
+        rows = self.store.conn.execute(
+            "SELECT p.sha256, h.phash FROM photos p JOIN phashes h ON h.photo_sha256 = p.sha256 "
+            "WHERE p.source NOT IN ('gallery', 'test')"
+        )
+        return [(sha, int(text, 16)) for sha, text in rows]
 
     def embedding_of(self, photo: str) -> np.ndarray | None:
         row = self.store.conn.execute("SELECT embedding, source, name FROM photos WHERE sha256 = ?", (photo,))
@@ -123,10 +162,22 @@ class Catalogue:
             return np.asarray(self.test_embeddings[row], np.float32)
         return None
 
-    def result_for(self, photo: str) -> Result | None:
-        """Candidates of a photo the catalogue holds (an upload or one of predict's test photos)."""
+    def result_for(self, photo: str, fresh: bool = False) -> Result | None:
+        """Candidates of a photo the catalogue holds (an upload or one of predict's test photos): an
+        undecided upload's answer as stored at upload time (unless `fresh`), else a search of its stored
+        embedding, leaving out the photo itself and its twins."""
         embedding = self.embedding_of(photo)
-        return None if embedding is None else self.engine.search_stored(embedding[None])[0]
+        if embedding is None:
+            return None
+        found = self.store.photo(photo)
+        if not fresh and found.individual_id is None:
+            stored = stored_answer(self.store, photo, self.engine.manifest.embeddings_sha256, embedding)
+            if stored is not None:
+                result, answered_at = stored
+                result.answered_at = answered_at
+                return result
+        exclude = {photo} | self.twins_of(photo)
+        return self.engine.search_stored(embedding[None], exclude)[0]
 
     def decide(
         self,
@@ -144,15 +195,43 @@ class Catalogue:
         if action == "register" or (action == "confirm" and self.store.individual(individual) is None):
             individual = check_id(individual)  # an id already in an older catalogue stays usable
         embedding = self.embedding_of(photo)
-        if action != "unresolved" and embedding is None:
+        found = self.store.photo(photo)
+        in_gallery = found is not None and found.source == "gallery"  # one of predict's rows already
+        if action != "unresolved" and embedding is None and not in_gallery:
             raise ConflictError(f"photo {photo[:12]} has no embedding: upload it again")
         decision = self.store.decide(
             photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species.strip()[:100]
         )
-        if action != "unresolved":
+        if action in ("confirm", "register"):
             self.engine.add(photo, individual, embedding, species.strip())
-            self._queue = None
+        elif action == "reassign":
+            self.sync_engine()
+        self._queue = None
         return decision
+
+    def undo(self, decision: int, reviewer: str, note: str = "") -> dict[str, str | None]:
+        """Take back a decision, a merge or a split; the searched gallery follows."""
+        changed = corrections.undo(self.store, decision, reviewer[:100], note[:2000])
+        return self._after_correction(changed)
+
+    def merge(self, merged: str, kept: str, reviewer: str, note: str = "") -> dict[str, str | None]:
+        changed = corrections.merge(self.store, merged, kept, reviewer[:100], note[:2000])
+        return self._after_correction(changed)
+
+    def split(
+        self, individual: str, photos: list[str], other: str, reviewer: str, note: str = "", species: str = ""
+    ) -> dict[str, str | None]:
+        if self.store.individual(other) is None:
+            other = check_id(other)
+        changed = corrections.split(
+            self.store, individual, photos, other, reviewer[:100], note[:2000], species.strip()[:100]
+        )
+        return self._after_correction(changed)
+
+    def _after_correction(self, changed: dict[str, str | None]) -> dict[str, str | None]:
+        self.sync_engine()
+        self._queue = None
+        return changed
 
     def proposed_id(self) -> str:
         return self.engine.free_id(self.store.individual_ids())
@@ -162,7 +241,10 @@ class Catalogue:
         if self._queue is None:
             self._queue = self._rank_tests()
         decided = self.store.decided_photos()
-        return [item for item in self._queue if item.photo not in decided]
+        return [
+            item for item in self._queue
+            if item.photo not in decided and not (self.twins_of(item.photo) & decided)
+        ]  # fmt: skip
 
     def _rank_tests(self) -> list[QueueItem]:
         items = []
