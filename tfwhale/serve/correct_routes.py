@@ -50,8 +50,8 @@ def add_routes(app: FastAPI, catalogue: Catalogue, reviewer: str, page: Callable
     @app.post("/api/split")
     async def split(request: Request):
         def run(body: SplitBody) -> str:
-            moved = catalogue.split(body.individual, body.photos, body.other.strip(), body.reviewer or reviewer,
-                                    body.note, body.species)  # fmt: skip
+            other, who = body.other.strip(), body.reviewer or reviewer
+            moved = catalogue.split(body.individual, body.photos, other, who, body.note, body.species)
             return f"split {len(moved)} photo(s) of {body.individual} off to {body.other.strip()}"
 
         return await _answer(request, SplitBody, run)

@@ -31,8 +31,10 @@ def undo(store: Store, decision_id: int, reviewer: str, note: str = "") -> dict[
             raise ConflictError(f"decision {decision_id} was undone already")
         batch = None
         for row in group:
-            made = store.record(conn, row["photo_sha256"], "undo", row["individual_id"], note, reviewer,
-                                from_individual=row["from_individual"], reverts=row["id"], batch=batch)  # fmt: skip
+            made = store.record(
+                conn, row["photo_sha256"], "undo", row["individual_id"], note, reviewer,
+                from_individual=row["from_individual"], reverts=row["id"], batch=batch,
+            )  # fmt: skip
             if len(group) > 1 and batch is None:
                 batch = made
                 conn.execute("UPDATE decisions SET batch = ? WHERE id = ?", (made, made))
@@ -72,9 +74,9 @@ def split(
             store.add_individual(conn, other, species or row["species"], "registered", reviewer)
         else:
             _check_current(conn, other)
-        now_of = dict(conn.execute(
-            f"SELECT sha256, individual_id FROM photos WHERE sha256 IN ({','.join('?' * len(photos))})", photos
-        ).fetchall())  # fmt: skip
+        marks = ",".join("?" * len(photos))
+        query = f"SELECT sha256, individual_id FROM photos WHERE sha256 IN ({marks})"
+        now_of = dict(conn.execute(query, photos).fetchall())
         batch = None
         for photo in photos:
             if now_of.get(photo) != individual:

@@ -63,9 +63,7 @@ def rederive(conn: sqlite3.Connection, photos: list[str] | None = None) -> dict[
         rows = conn.execute(
             f"SELECT sha256, record_individual, individual_id FROM photos WHERE sha256 IN ({marks})", photos
         ).fetchall()
-        history = conn.execute(
-            f"SELECT * FROM decisions WHERE photo_sha256 IN ({marks}) ORDER BY id", photos
-        )
+        history = conn.execute(f"SELECT * FROM decisions WHERE photo_sha256 IN ({marks}) ORDER BY id", photos)
     by_photo: dict[str, list[sqlite3.Row]] = {}
     for row in history:
         by_photo.setdefault(row["photo_sha256"], []).append(row)

@@ -78,7 +78,8 @@ def inbox(store: Store, tab: str = UNDECIDED) -> list[InboxItem]:
         uploads = conn.execute("SELECT sha256 FROM photos WHERE source = 'upload' AND individual_id IS NULL")
         wanted = [sha for (sha,) in uploads if sha not in decided]
     items = [_item(conn, sha, decided.get(sha)) for sha in wanted]
-    return sorted([i for i in items if i is not None], key=lambda i: (i.decided_at or i.added_at), reverse=True)
+    items = [item for item in items if item is not None]
+    return sorted(items, key=lambda item: item.decided_at or item.added_at, reverse=True)
 
 
 def _item(conn: sqlite3.Connection, photo: str, decision: sqlite3.Row | None) -> InboxItem | None:

@@ -55,7 +55,7 @@ MIGRATIONS: list[str] = [
         reviewer TEXT NOT NULL DEFAULT '',
         decided_at TEXT NOT NULL,
         scores TEXT NOT NULL DEFAULT '[]',
-        from_individual TEXT NOT NULL DEFAULT '',    -- reassign, split: the id it leaves, merge: the id merged away
+        from_individual TEXT NOT NULL DEFAULT '',    -- the id it leaves (merge: the id merged away)
         reverts INTEGER,                             -- undo: the decision it takes back
         batch INTEGER                                -- the first decision of a split or of its undo
     );
