@@ -109,7 +109,7 @@ def test_merge_answers_with_the_kept_id_in_identify_and_export_and_undo_restores
     # merging a records individual into another: its gallery rows (predict's matrix) answer as the kept id
     gallery_answer = upload(client, second_photo(catalogue.blobs.get(gallery_photos[0])), "g.jpg").text
     assert candidates(gallery_answer)[0] == kept
-    merge_id = [r for r in catalogue.store.decisions() if r["action"] == "merge"][0]["id"]
+    merge_id = next(r for r in catalogue.store.decisions() if r["action"] == "merge")["id"]
     assert post(client, "/api/undo", {"decision": merge_id}).json()["ok"]
     assert catalogue.store.photo(photo).individual_id == "Moby-1"
     assert candidates(upload(client, second_photo(photo_bytes(43)), "undone.jpg").text)[0] == "Moby-1"
@@ -150,7 +150,7 @@ def test_split_moves_the_chosen_photos_and_undo_puts_them_back(client, tmp_path)
     assert f"{moved[0]}.jpg," in train and train.count(",Split-1") == 1
     refused = post(client, "/api/split", {"individual": individual, "photos": moved, "other": "Split-2"})
     assert refused.status_code == 409 and "not a photo of" in refused.json()["message"]
-    split_row = [r for r in catalogue.store.decisions() if r["action"] == "split"][0]
+    split_row = next(r for r in catalogue.store.decisions() if r["action"] == "split")
     assert post(client, "/api/undo", {"decision": split_row["id"]}).json()["ok"]
     assert {p.sha256 for p in catalogue.store.photos_of(individual)} == set(photos)
     assert "Split-1" not in catalogue.store.individual_ids()
@@ -248,9 +248,14 @@ def test_a_version_1_catalogue_is_migrated_with_its_decisions_kept(tmp_path):
         if statement.strip():
             conn.execute(statement)
     conn.execute("INSERT INTO individuals VALUES ('G-1', 'orca', 'gallery', 't', '')")
-    conn.execute("INSERT INTO photos (sha256, source, name, crop_sha256, individual_id, added_at) "
-                 "VALUES ('a', 'gallery', 'g.jpg', 'a', 'G-1', 't'), ('b', 'upload', 'u.jpg', 'b', 'G-1', 't')")  # fmt: skip
-    conn.execute("INSERT INTO decisions (photo_sha256, action, individual_id, decided_at) VALUES ('b', 'confirm', 'G-1', 't')")  # fmt: skip
+    conn.execute(
+        "INSERT INTO photos (sha256, source, name, crop_sha256, individual_id, added_at) "
+        "VALUES ('a', 'gallery', 'g.jpg', 'a', 'G-1', 't'), ('b', 'upload', 'u.jpg', 'b', 'G-1', 't')"
+    )
+    conn.execute(
+        "INSERT INTO decisions (photo_sha256, action, individual_id, decided_at) "
+        "VALUES ('b', 'confirm', 'G-1', 't')"
+    )
     conn.close()
     store = Store(tmp_path)
     assert [r["action"] for r in store.decisions()] == ["confirm"]
