@@ -6,4 +6,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from tests.gcs_fixture import gcs_bucket, gcs_server  # noqa: F401 - fixtures; TF reads GCS_* at import
+from tests.serve_browser import browser  # noqa: F401 - one Chromium per module of browser tests
 from tests.serve_fixture import serve_gallery  # noqa: F401 - the catalogue app tests' gallery

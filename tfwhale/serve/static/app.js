@@ -138,7 +138,8 @@ function show(message, answer) {
   message.textContent = answer.message;
   message.className = "message " + (answer.ok ? "ok" : "error");
   say(answer.message, !answer.ok);  // also at the top of the page
-  message.scrollIntoView({ block: "nearest" });
+  const at = message.getBoundingClientRect();  // not under the sticky status line, not below the fold
+  if (at.top < statusBox.offsetHeight + 8 || at.bottom > window.innerHeight) message.scrollIntoView({ block: "center" });
 }
 async function refresh(section, answer) {
   const keys = section.dataset.keys ? "?keys=1" : "";
