@@ -60,7 +60,7 @@ def test_reassign_and_undo_keep_every_version_and_the_gallery_follows(client, tm
     assert decide(client, other, "register", "Ben-1").json()["ok"]
     assert decide(client, photo, "confirm", "Ben-1").status_code == 409  # assigned: reassign, not confirm
     answer = decide(client, photo, "reassign", "Ben-1").json()
-    assert answer["ok"] and answer["message"] == "reassigned as Ben-1; added to the gallery"
+    assert answer["ok"] and answer["message"] == "reassigned to Ben-1; the gallery answers with it now"
     assert catalogue.store.photo(photo).individual_id == "Ben-1"
     assert candidates(upload(client, second_photo(photo_bytes(41))).text)[0] == "Ben-1"
     rows = catalogue.store.decisions(photo=photo)
@@ -128,6 +128,20 @@ def test_merging_records_individuals_relabels_predicts_rows(client):
     assert labels[0] == kept and merged not in labels and len(labels) == 5
     assert catalogue.store.photos_of(merged) == []
     assert "Merged into" in client.get(f"/individuals/{merged}").text
+    assert "merged into" in client.get("/individuals", params={"q": merged}).text
+
+
+def test_a_gallery_photo_is_reassigned_from_its_page_and_its_row_follows(client):
+    catalogue = client.catalogue
+    individual, other = sorted(catalogue.store.individual_ids())[3:5]
+    photo = catalogue.store.photos_of(individual)[0]
+    page = client.get(f"/photos/{photo.sha256}").text
+    assert "Reassign to any individual" in page and 'class="assign-search"' in page
+    assert decide(client, photo.sha256, "reassign", other).json()["ok"]
+    assert catalogue.store.photo(photo.sha256).individual_id == other
+    query = second_photo(catalogue.blobs.get(photo.crop_sha256))
+    top = upload(client, query, "moved.jpg").text
+    assert candidates(top)[0] == other  # predict's row of that photo answers with its new id
 
 
 def test_split_moves_the_chosen_photos_and_undo_puts_them_back(client, tmp_path):

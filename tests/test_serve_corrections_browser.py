@@ -84,7 +84,7 @@ def test_undo_and_reassign_on_the_photo_page(page, live, tmp_path):
     section = page.locator(".result")
     expect(section.locator(".assigned")).to_contain_text(first)
     section.locator(f'button.confirm[data-individual="{second}"]').click()  # reassign here
-    expect(page.locator(".result .message")).to_contain_text(f"reassigned as {second}")
+    expect(page.locator(".result .message")).to_contain_text(f"reassigned to {second}")
     assert catalogue.store.photo(photo).individual_id == second
     shot(page, "reassigned", page.locator(".result"))
     page.locator(".result button.undo").click()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,6 +27,7 @@ from tfwhale.serve import export, history
 from tfwhale.serve.bodies import DecideBody, first_error, single_line
 from tfwhale.serve.catalogue import Catalogue, UploadError
 from tfwhale.serve.correct_routes import add_routes
+from tfwhale.serve.engine import Result
 from tfwhale.serve.security import (
     MAX_UPLOAD_BYTES,
     BodyLimitMiddleware,
@@ -181,7 +183,7 @@ def create_app(
     @app.get("/individuals", response_class=HTMLResponse)
     def individuals(request: Request, q: str = ""):
         found = catalogue.store.search_individuals(q.strip())
-        return page(request, "individuals.html", q=q, found=found)
+        return page(request, "individuals.html", q=q, found=found, merges=catalogue.store.merges())
 
     @app.get("/individuals/{individual_id:path}", response_class=HTMLResponse)
     def individual(request: Request, individual_id: str):
@@ -204,6 +206,8 @@ def create_app(
         if photo is None:
             return page(request, "error.html", 404, message="no such photo in the catalogue")
         result = catalogue.result_for(digest, fresh)
+        if result is None and photo.individual_id is not None:  # a gallery photo: correct it all the same
+            result = Result([], float("nan"), np.zeros(0, np.float32))
         html = fragment(request, digest, result, photo.name) if result is not None else ""
         return page(request, "photo.html", photo=photo, result_html=html)
 
@@ -254,5 +258,7 @@ def _error(message: str, status: int) -> HTMLResponse:
 def _done(body: DecideBody) -> str:
     if body.action == "unresolved":
         return "left unresolved; the note is recorded"
-    verb = {"register": "registered", "reassign": "reassigned"}.get(body.action, "confirmed")
+    if body.action == "reassign":
+        return f"reassigned to {body.individual.strip()}; the gallery answers with it now"
+    verb = "registered" if body.action == "register" else "confirmed"
     return f"{verb} as {body.individual.strip()}; added to the gallery"

@@ -7,6 +7,7 @@ then updates the in-memory gallery: a crash in between leaves at most an unrefer
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,9 @@ class Catalogue:
         self.sync_engine()
         self._test_sha = {name: sha for name, sha in self.store.gallery_photo_hashes().items()}
         self._queue: list[QueueItem] | None = None
+        # a decision and the gallery update it makes go together: a correction's full relabel cannot
+        # interleave with another decision's append (which it would drop, or add twice)
+        self._changing = threading.Lock()
         self.twins = TwinIndex(hash_missing(self.store, self.blobs))
         self._twins_of = {sha: self.twins.of(sha, value) for sha, value in self._added_phashes()}
 
@@ -199,34 +203,39 @@ class Catalogue:
         in_gallery = found is not None and found.source == "gallery"  # one of predict's rows already
         if action != "unresolved" and embedding is None and not in_gallery:
             raise ConflictError(f"photo {photo[:12]} has no embedding: upload it again")
-        decision = self.store.decide(
-            photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species.strip()[:100]
-        )
-        if action in ("confirm", "register"):
-            self.engine.add(photo, individual, embedding, species.strip())
-        elif action == "reassign":
-            self.sync_engine()
-        self._queue = None
+        with self._changing:
+            species = species.strip()[:100]
+            decision = self.store.decide(
+                photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species
+            )
+            if action in ("confirm", "register") and not in_gallery:
+                self.engine.add(photo, individual, embedding, species)
+            elif action == "reassign":
+                self.sync_engine()
+            self._queue = None
         return decision
 
     def undo(self, decision: int, reviewer: str, note: str = "") -> dict[str, str | None]:
         """Take back a decision, a merge or a split; the searched gallery follows."""
-        changed = corrections.undo(self.store, decision, reviewer[:100], note[:2000])
-        return self._after_correction(changed)
+        with self._changing:
+            changed = corrections.undo(self.store, decision, reviewer[:100], note[:2000])
+            return self._after_correction(changed)
 
     def merge(self, merged: str, kept: str, reviewer: str, note: str = "") -> dict[str, str | None]:
-        changed = corrections.merge(self.store, merged, kept, reviewer[:100], note[:2000])
-        return self._after_correction(changed)
+        with self._changing:
+            changed = corrections.merge(self.store, merged, kept, reviewer[:100], note[:2000])
+            return self._after_correction(changed)
 
     def split(
         self, individual: str, photos: list[str], other: str, reviewer: str, note: str = "", species: str = ""
     ) -> dict[str, str | None]:
         if self.store.individual(other) is None:
             other = check_id(other)
-        changed = corrections.split(
-            self.store, individual, photos, other, reviewer[:100], note[:2000], species.strip()[:100]
-        )
-        return self._after_correction(changed)
+        with self._changing:
+            changed = corrections.split(
+                self.store, individual, photos, other, reviewer[:100], note[:2000], species.strip()[:100]
+            )
+            return self._after_correction(changed)
 
     def _after_correction(self, changed: dict[str, str | None]) -> dict[str, str | None]:
         self.sync_engine()

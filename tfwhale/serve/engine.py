@@ -126,8 +126,9 @@ class Engine:
 
     def name_photos(self, sha_of_name: dict[str, str], names: list[str]) -> None:
         """Attach the catalogue's photo hashes to the gallery rows predict cached (by records image name)."""
-        for row, name in enumerate(names[: len(self.base_photos)]):
-            self.base_photos[row] = sha_of_name.get(name)
+        with self._lock:
+            for row, name in enumerate(names[: len(self.base_photos)]):
+                self.base_photos[row] = self._photos[row] = sha_of_name.get(name)
 
     def relabel(
         self, base_labels: list[str], grown: tuple[list[str], list[str], np.ndarray | None],

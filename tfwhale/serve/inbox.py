@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.serve import history
 from tfwhale.serve.engine import Candidate, Result
 from tfwhale.serve.store import Store, now
@@ -28,8 +29,9 @@ class InboxItem:
     source: str
     added_at: str
     added_by: str
-    best: str  # the answer's first candidate ('' when no answer is stored)
+    best: str  # the answer's best known individual ('' when no answer is stored)
     similarity: float | None
+    looks_new: bool  # the answer's first candidate was new_individual
     note: str  # the unresolved decision's note
     decided_at: str
 
@@ -90,11 +92,11 @@ def _item(conn: sqlite3.Connection, photo: str, decision: sqlite3.Row | None) ->
     ).fetchone()
     if row is None or row["individual_id"] is not None:
         return None
-    best, similarity = "", None
-    if row["answer"]:
-        first = json.loads(row["answer"])["candidates"][:1]
-        best, similarity = (first[0]["label"], first[0]["similarity"]) if first else ("", None)
+    shown = json.loads(row["answer"])["candidates"] if row["answer"] else []
+    known = [c for c in shown if c["label"] != NEW_INDIVIDUAL]
+    best, similarity = (known[0]["label"], known[0]["similarity"]) if known else ("", None)
     return InboxItem(
         photo, row["name"], row["crop_sha256"], row["source"], row["added_at"], row["added_by"], best,
-        similarity, decision["note"] if decision else "", decision["decided_at"] if decision else "",
+        similarity, bool(shown) and shown[0]["label"] == NEW_INDIVIDUAL,
+        decision["note"] if decision else "", decision["decided_at"] if decision else "",
     )  # fmt: skip
