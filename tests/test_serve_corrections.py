@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shutil
 import sqlite3
 
 import numpy as np
@@ -20,14 +21,29 @@ from tests.serve_fixture import photo_bytes, second_photo
 from tests.test_serve_api import HOSTS, _headers, candidates, decide, photo_of, upload
 from tfwhale.serve.app import create_app
 from tfwhale.serve.catalogue import Catalogue
+from tfwhale.serve.engine import Engine
 from tfwhale.serve.inbox import inbox as inbox_items
 from tfwhale.serve.schema import MIGRATIONS, migrate
 from tfwhale.serve.store import Store
 from tfwhale.serve.twins import phash
 
 
+@pytest.fixture(scope="module")
+def template(serve_gallery, tmp_path_factory):
+    """A catalogue with the records imported, and its loaded query path: each test starts from a copy
+    (loading the models and reading the records took most of a test's time)."""
+    folder = tmp_path_factory.mktemp("template") / "catalogue"
+    catalogue = Catalogue(serve_gallery[1], str(folder))
+    catalogue.store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return catalogue.engine.path, folder
+
+
 @pytest.fixture
-def client(serve_gallery, tmp_path):
+def client(serve_gallery, template, tmp_path, monkeypatch):
+    path, folder = template
+    shutil.copytree(folder, tmp_path / "catalogue")
+    fresh_engine = classmethod(lambda cls, *args, **kwargs: cls(path))  # a new Engine on the loaded models
+    monkeypatch.setattr(Engine, "load", fresh_engine)
     catalogue = Catalogue(serve_gallery[1], str(tmp_path / "catalogue"))
     client = TestClient(create_app(catalogue, reviewer="tester", hosts=HOSTS))
     client.get("/")

@@ -50,7 +50,10 @@ def test_assign_to_an_individual_outside_the_top_5(page, live, tmp_path):
     assert "(1)" not in result.inner_text() and "(n)" not in result.inner_text()  # no keys here
     shown = set(result.locator(".candidate").evaluate_all("rows => rows.map(r => r.dataset.label)"))
     outside = sorted(catalogue.store.individual_ids() - shown)[0]
-    result.locator(".assign-search").fill(outside)
+    result.locator(".new-id").fill(outside)  # an existing id typed into Register: no dead end any more
+    result.locator("button.register").click()
+    expect(result.locator(".message")).to_contain_text("exists already")
+    expect(result.locator(".assign-search")).to_have_value(outside)
     found = result.locator(".assign-found .found").first
     expect(found.locator("button.assign-to")).to_have_text(f"Assign to {outside}")
     assert found.locator("img.thumb").count() >= 1  # its photos, to check by eye

@@ -160,6 +160,11 @@ async function decide(section, action, individual) {
     note: section.querySelector(".note").value, species: species ? species.value : "",
     reviewer: reviewer(), scores: JSON.parse(section.dataset.scores) };
   const answer = await readAnswer(() => post("/api/decide", body));
+  if (!answer.ok && action === "register" && /exists already/.test(answer.message)) {
+    const search = section.querySelector(".assign-search");  // the id is taken: offer it to assign to
+    search.value = body.individual;
+    findIndividuals(search);
+  }
   if (!answer.ok) return show(section.querySelector(".message"), answer);
   // the proposed id moves on to a free one wherever it (or the id just registered) is still offered
   document.querySelectorAll(".result").forEach((other) => {
@@ -174,7 +179,8 @@ async function decide(section, action, individual) {
   return answer;
 }
 async function undo(section, decision) {
-  const answer = await readAnswer(() => post("/api/undo", { decision: Number(decision), reviewer: reviewer() }));
+  const body = { decision: Number(decision), note: section.querySelector(".note").value, reviewer: reviewer() };
+  const answer = await readAnswer(() => post("/api/undo", body));
   if (!answer.ok) return show(section.querySelector(".message"), answer);
   await refresh(section, answer);
 }
