@@ -126,7 +126,7 @@ class Catalogue:
             return self.twins.of(sha, value[0]) | {sha}
 
         try:
-            jpeg, result = self.engine.identify_bytes(data, box, filename, twins_of)
+            jpeg, result = self.engine.identify_bytes(data, box, filename, exclude_of=twins_of)
         except QueryError as err:
             raise UploadError(str(err)) from None
         self.blobs.put(data)
@@ -181,7 +181,7 @@ class Catalogue:
                 result.answered_at = answered_at
                 return result
         exclude = {photo} | self.twins_of(photo)
-        return self.engine.search_stored(embedding[None], exclude)[0]
+        return self.engine.search_stored(embedding[None], exclude=exclude)[0]
 
     def decide(
         self,

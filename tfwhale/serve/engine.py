@@ -110,7 +110,12 @@ class Engine:
         rows: dict[str, list[int]] = {}
         for row, label in enumerate(ids):
             rows.setdefault(label, []).append(row)
+        row_of: dict[str, list[int]] = {}
+        for row, photo in enumerate(photos):
+            if photo is not None:
+                row_of.setdefault(photo, []).append(row)
         with self._lock:
+            self._row_of = row_of
             self._matrix, self._size, self._ids, self._photos = matrix, len(ids), ids, photos
             self._names, self._code_of, self._codes, self._rows = names, code_of, codes, rows
 
@@ -129,6 +134,8 @@ class Engine:
         with self._lock:
             for row, name in enumerate(names[: len(self.base_photos)]):
                 self.base_photos[row] = self._photos[row] = sha_of_name.get(name)
+                if self._photos[row] is not None:
+                    self._row_of.setdefault(self._photos[row], []).append(row)
 
     def relabel(
         self, base_labels: list[str], grown: tuple[list[str], list[str], np.ndarray | None],
@@ -166,6 +173,7 @@ class Engine:
             self._codes[self._size] = self._code_of[individual]
             self._ids.append(individual)
             self._photos.append(photo)
+            self._row_of.setdefault(photo, []).append(self._size)
             self._rows.setdefault(individual, []).append(self._size)
             self.species_of.setdefault(individual, species)
             self._size += 1
@@ -184,10 +192,10 @@ class Engine:
             size = self._size
             snap = _Snapshot(self._matrix[:size], self._codes[:size], list(self._names), self._rows,
                              self._photos, self._merges)  # fmt: skip
-        if exclude:  # the photo itself and its twins: a photo is never its own candidate
-            keep = np.array([photo not in exclude for photo in snap.photos[:size]], bool)
-            if not keep.all():
-                snap.kept = keep
+            rows = [row for photo in exclude for row in self._row_of.get(photo, ()) if row < size]
+        if rows:  # the photo itself and its twins: a photo is never its own candidate
+            snap.kept = np.ones(size, bool)
+            snap.kept[rows] = False
         return snap
 
     def _rank(self, embedded: Embedded, snap: _Snapshot, n: int = 5) -> ranking.Ranked:
@@ -205,7 +213,7 @@ class Engine:
         return _merged(ranked, snap.merges, n)
 
     def search(
-        self, embedded: Embedded, features: list | None = None, exclude: set[str] = frozenset()
+        self, embedded: Embedded, features: list | None = None, *, exclude: set[str] = frozenset()
     ) -> list[Result]:
         """Candidates by the embedding; with the photos' local features (a gallery made with them), by
         the fused P of the local re-rank (grown photos have no features: their similarity alone).
@@ -227,7 +235,7 @@ class Engine:
             self._result(answer, searched[i], snap, embedded.combined[i]) for i, answer in enumerate(answers)
         ]
 
-    def search_stored(self, embeddings: np.ndarray, exclude: set[str] = frozenset()) -> list[Result]:
+    def search_stored(self, embeddings: np.ndarray, *, exclude: set[str] = frozenset()) -> list[Result]:
         """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend)."""
         return self.search(Embedded(np.asarray(embeddings, np.float32), None), exclude=exclude)
 
@@ -249,7 +257,7 @@ class Engine:
         return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
 
     def identify_bytes(
-        self, data: bytes, box: tuple | None, name: str, exclude_of: Callable[[bytes], set[str]] | None = None
+        self, data: bytes, box: tuple | None, name: str, *, exclude_of: Callable[[bytes], set] | None = None
     ) -> tuple[bytes, Result]:
         """One photo's crop and its candidates, with the time each step took; `exclude_of(crop JPEG)`
         names the catalogue's photos that are this one (left out of its search)."""
@@ -261,7 +269,7 @@ class Engine:
         featured = time.perf_counter()
         embedded = self.embed(image[None], [name])
         embedded_at = time.perf_counter()
-        (result,) = self.search(embedded, None if features is None else [features], exclude)
+        (result,) = self.search(embedded, None if features is None else [features], exclude=exclude)
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,
