@@ -22,7 +22,7 @@ from tfwhale.serve.engine import Engine, Result
 from tfwhale.serve.inbox import save_answer, stored_answer
 from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
-from tfwhale.serve.twins import TwinIndex, hash_missing, phash, to_text
+from tfwhale.serve.twins import Twins, hash_missing, phash, to_text
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class Catalogue:
         # a decision and the gallery update it makes go together: a correction's full relabel cannot
         # interleave with another decision's append (which it would drop, or add twice)
         self._changing = threading.Lock()
-        self.twins = TwinIndex(hash_missing(self.store, self.blobs))
-        self._twins_of = {sha: self.twins.of(sha, value) for sha, value in self._added_phashes()}
+        added = self.store.conn.execute("SELECT sha256 FROM photos WHERE source NOT IN ('gallery', 'test')")
+        self.twins = Twins(hash_missing(self.store, self.blobs), [sha for (sha,) in added])
 
     def sync_engine(self) -> None:
         """The one mapping the searched gallery answers by: each of predict's rows with the current
@@ -119,11 +119,11 @@ class Catalogue:
         """Identify one uploaded photo and keep it (unassigned) with its answer for a decision, in the
         inbox; UploadError if unusable. The catalogue's photos that are this one are not its candidates."""
         sha = sha256_hex(data)
-        value = []
+        crop_hash = []  # the pHash of the crop, made inside the engine's identification
 
         def twins_of(crop: bytes) -> set[str]:
-            value.append(phash(crop))
-            return self.twins.of(sha, value[0]) | {sha}
+            crop_hash.append(phash(crop))
+            return self.twins.index.of(sha, crop_hash[0]) | {sha}
 
         try:
             jpeg, result = self.engine.identify_bytes(data, box, filename, exclude_of=twins_of)
@@ -134,25 +134,14 @@ class Catalogue:
         photo = Photo(sha, "upload", filename[:200], crop, format_box(box), None, now(), reviewer)
         with self.store.transaction() as conn:
             if self.store.add_photo(conn, photo, result.embedding):
-                conn.execute("INSERT OR REPLACE INTO phashes VALUES (?, ?)", (sha, to_text(value[0])))
+                conn.execute("INSERT OR REPLACE INTO phashes VALUES (?, ?)", (sha, to_text(crop_hash[0])))
             save_answer(conn, sha, self.engine.manifest.embeddings_sha256, result)
-        if sha not in self._twins_of:
-            self._twins_of[sha] = self.twins.of(sha, value[0])
-            for twin in self._twins_of[sha]:
-                self._twins_of.setdefault(twin, set()).add(sha)
-            self.twins.add(sha, value[0])
+        self.twins.record(sha, crop_hash[0])
         return sha, result
 
     def twins_of(self, photo: str) -> set[str]:
         """The catalogue's other photos that are this same photo (by the perceptual hash of the crop)."""
-        return self._twins_of.get(photo, set())
-
-    def _added_phashes(self) -> list[tuple[str, int]]:
-        rows = self.store.conn.execute(
-            "SELECT p.sha256, h.phash FROM photos p JOIN phashes h ON h.photo_sha256 = p.sha256 "
-            "WHERE p.source NOT IN ('gallery', 'test')"
-        )
-        return [(sha, int(text, 16)) for sha, text in rows]
+        return self.twins.of(photo)
 
     def embedding_of(self, photo: str) -> np.ndarray | None:
         row = self.store.conn.execute("SELECT embedding, source, name FROM photos WHERE sha256 = ?", (photo,))

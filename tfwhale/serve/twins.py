@@ -77,6 +77,32 @@ class TwinIndex:
         return set() if value is None else set(self.find(value)) - {photo}
 
 
+class Twins:
+    """The catalogue's pairs of photos that are one photo. Only the photos the app added (uploads) can
+    duplicate another, so the pairs are found for them, once each, and kept both ways."""
+
+    def __init__(self, hashes: dict[str, str], added: list[str]) -> None:
+        self.index = TwinIndex(hashes)
+        self._pairs: dict[str, set[str]] = {}
+        for photo in added:
+            if photo in hashes:
+                self._link(photo, int(hashes[photo], 16))
+
+    def of(self, photo: str) -> set[str]:
+        return self._pairs.get(photo, set())
+
+    def record(self, photo: str, value: int) -> None:
+        """A new photo of the catalogue and its pHash."""
+        if photo not in self._pairs:
+            self._link(photo, value)
+            self.index.add(photo, value)
+
+    def _link(self, photo: str, value: int) -> None:
+        self._pairs[photo] = self.index.of(photo, value)
+        for twin in self._pairs[photo]:
+            self._pairs.setdefault(twin, set()).add(photo)
+
+
 def hash_missing(store, blobs) -> dict[str, str]:
     """Photo hash -> pHash text of every photo, computing (once, kept in the database) those missing:
     the records' photos on a catalogue's first start, photos from before the hashes were kept."""
