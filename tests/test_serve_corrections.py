@@ -87,6 +87,8 @@ def test_reassign_and_undo_keep_every_version_and_the_gallery_follows(client, tm
     assert catalogue.store.photo(photo).individual_id == "Ann-1"  # undoing the reassign restores Ann-1
     assert candidates(upload(client, second_photo(photo_bytes(41)), "again.jpg").text)[0] == "Ann-1"
     assert post(client, "/api/undo", {"decision": rows[1]["id"]}).status_code == 409  # once only
+    ben = client.get("/individuals/Ben-1").text  # its register, the reassign struck through, the undo
+    assert ben.count('class="undone"') == 1 and "takes back #" in ben
     assert post(client, "/api/undo", {"decision": rows[0]["id"]}).json()["ok"]  # the register itself
     assert catalogue.store.photo(photo).individual_id is None
     assert "Ann-1" not in catalogue.store.individual_ids()  # it held no other photo
