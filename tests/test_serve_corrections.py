@@ -202,6 +202,7 @@ def test_inbox_keeps_uploads_and_their_answers_across_a_restart(client, serve_ga
 
     restarted.engine.embed = no_model
     client2 = TestClient(create_app(restarted, hosts=HOSTS))
+    assert "1 earlier upload(s) wait for a decision" in client2.get("/").text
     inbox = client2.get("/inbox").text
     assert "first.jpg" in inbox and "second.jpg" not in inbox and "third.jpg" not in inbox
     unresolved = client2.get("/inbox?tab=unresolved").text

@@ -28,6 +28,7 @@ from tfwhale.serve.bodies import DecideBody, first_error, single_line
 from tfwhale.serve.catalogue import Catalogue, UploadError
 from tfwhale.serve.correct_routes import add_routes
 from tfwhale.serve.engine import Result
+from tfwhale.serve.inbox import inbox
 from tfwhale.serve.security import (
     MAX_UPLOAD_BYTES,
     BodyLimitMiddleware,
@@ -99,8 +100,9 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     def identify_page(request: Request):
         return page(
-            request, "identify.html", gallery_size=catalogue.engine.size, max_mb=MAX_UPLOAD_BYTES >> 20
-        )
+            request, "identify.html", gallery_size=catalogue.engine.size, max_mb=MAX_UPLOAD_BYTES >> 20,
+            waiting=len(inbox(catalogue.store)),
+        )  # fmt: skip
 
     @app.post("/api/identify", response_class=HTMLResponse)
     def identify_upload(
