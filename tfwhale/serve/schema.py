@@ -42,7 +42,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX decisions_individual ON decisions(individual_id);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
-    # 1 -> 2: corrections (reassign, undo, merge, split), the inbox's stored answers, perceptual hashes.
+    # corrections (reassign, undo, merge, split), the inbox's stored answers, perceptual hashes.
     # SQLite cannot change a CHECK constraint: the decisions table is rebuilt with its rows kept.
     """
     CREATE TABLE decisions_v2 (
