@@ -90,11 +90,12 @@ def test_undo_and_reassign_on_the_photo_page(page, live, tmp_path):
     expect(page.locator(".result .message")).to_contain_text(f"reassigned to {second}")
     assert catalogue.store.photo(photo).individual_id == second
     shot(page, "reassigned", page.locator(".result"))
+    confirmed, reassigned = (row["id"] for row in catalogue.store.decisions(photo=photo))
     page.locator(".result button.undo").click()
-    expect(page.locator(".result .message")).to_contain_text("undid decision")
+    expect(page.locator(".result .message")).to_contain_text(f"undid decision {reassigned}")
     assert catalogue.store.photo(photo).individual_id == first  # back to before the reassign
     page.locator(".result button.undo").click()
-    expect(page.locator(".result .message")).to_contain_text("undid decision")
+    expect(page.locator(".result .message")).to_contain_text(f"undid decision {confirmed}")
     assert catalogue.store.photo(photo).individual_id is None
     expect(page.locator(".result button.register")).to_be_enabled()  # undecided: every button back
     actions = [row["action"] for row in catalogue.store.decisions(photo=photo)]
