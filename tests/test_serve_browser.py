@@ -12,15 +12,14 @@ import pytest
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
 
-from tests.serve_browser import BROWSER_MARKS, LiveServer  # noqa: E402
-from tests.serve_browser import identify as _identify  # noqa: E402
-from tests.serve_browser import shot as _shot  # noqa: E402
-from tests.serve_browser import write as _write  # noqa: E402
+from tests.browser_fixture import NEEDS_CHROMIUM, LiveServer  # noqa: E402
+from tests.browser_fixture import shot as _shot  # noqa: E402
+from tests.browser_fixture import write_file as _write  # noqa: E402
 from tests.serve_fixture import photo_bytes, second_photo  # noqa: E402
 from tfwhale.serve.app import create_app  # noqa: E402
 from tfwhale.serve.catalogue import Catalogue  # noqa: E402
 
-pytestmark = BROWSER_MARKS
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.timeout(600)]
 
 
 @pytest.fixture
@@ -29,6 +28,15 @@ def live(serve_gallery, tmp_path):
     server = LiveServer(create_app(catalogue, reviewer="browser-test"))
     yield server.url, catalogue
     server.stop()
+
+
+def _identify(page, path: str):
+    """Upload one photo on the identify page; returns its result section once its candidates show."""
+    before = page.locator(".result").count()
+    page.set_input_files("#files", path)
+    page.click("#identify")
+    page.wait_for_function(f"document.querySelectorAll('.result').length > {before}")
+    return page.locator(".result").first
 
 
 def test_the_catalogue_loop_in_a_browser(browser, live, tmp_path):

@@ -11,12 +11,13 @@ import pytest
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
 
-from tests.serve_browser import BROWSER_MARKS, LiveServer, identify, shot, write  # noqa: E402
+from tests.browser_fixture import NEEDS_CHROMIUM, LiveServer, identify, shot  # noqa: E402
+from tests.browser_fixture import write_file as write  # noqa: E402
 from tests.serve_fixture import photo_bytes  # noqa: E402
 from tfwhale.serve.app import create_app  # noqa: E402
 from tfwhale.serve.catalogue import Catalogue  # noqa: E402
 
-pytestmark = BROWSER_MARKS
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.timeout(600)]
 expect = sync_api.expect
 
 

@@ -23,12 +23,13 @@ from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
 
 from tfwhale.imaging.crop_box import parse_box_text
-from tfwhale.serve import export, history
+from tfwhale.serve import export, history, meta_routes, metadata_store
 from tfwhale.serve.bodies import DecideBody, first_error, single_line
 from tfwhale.serve.catalogue import Catalogue, UploadError
 from tfwhale.serve.correct_routes import add_routes
 from tfwhale.serve.engine import Result
 from tfwhale.serve.inbox import inbox
+from tfwhale.serve.metadata import SIDES, MetaError, check_meta
 from tfwhale.serve.security import (
     MAX_UPLOAD_BYTES,
     BodyLimitMiddleware,
@@ -110,9 +111,15 @@ def create_app(
         photo: Annotated[UploadFile, File()],
         box: Annotated[str, Form()] = "",
         who: Annotated[str, Form()] = "",
+        side: Annotated[str, Form()] = "",
+        photographer: Annotated[str, Form()] = "",
     ):
         name = single_line(photo.filename or "upload")[:200]
         who = single_line(who)[:100]
+        try:  # typed metadata; the photo's EXIF fills the rest
+            meta = check_meta({"side": side, "photographer": photographer})
+        except MetaError as err:
+            return _error(f"{name}: {err}; nothing was stored", 400)
         data = photo.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             return _error(f"{name}: too large (over {MAX_UPLOAD_BYTES >> 20} MiB); nothing was stored", 413)
@@ -129,7 +136,7 @@ def create_app(
             )
         try:
             with decode_slots:  # bounded: a burst of large photos cannot exhaust memory
-                sha, result = catalogue.upload(data, name, parsed_box, who or reviewer)
+                sha, result = catalogue.upload(data, name, parsed_box, who or reviewer, meta)
         except UploadError as err:
             return _error(f"{err}; nothing was stored", 400)
         start = time.perf_counter()
@@ -171,21 +178,41 @@ def create_app(
         headers = {"Cache-Control": "private, max-age=31536000, immutable"}
         return FileResponse(catalogue.blobs.path(digest), media_type="image/jpeg", headers=headers)
 
+    def meta_filter(request: Request):
+        """The page's metadata filter from its query string; MetaError when a value is unusable."""
+        names = ("side", "date_from", "date_to", "place", "photographer")
+        return metadata_store.MetaFilter.from_query(**{k: request.query_params.get(k, "") for k in names})
+
     @app.get("/review", response_class=HTMLResponse)
     def review(request: Request, at: str = ""):
-        queue = catalogue.review_queue()
+        try:
+            wanted = meta_filter(request)
+        except MetaError as err:
+            return page(request, "error.html", 400, message=f"filter: {err}")
+        queue = catalogue.review_queue(wanted)
         current = next((item for item in queue if item.photo == at), queue[0] if queue else None)
         html = ""
         if current is not None:
             html = fragment(request, current.photo, catalogue.result_for(current.photo), current.name, True)
         return page(
-            request, "review.html", queue=queue[:200], total=len(queue), current=current, result_html=html
-        )
+            request, "review.html", queue=queue[:200], total=len(queue), current=current, result_html=html,
+            wanted=wanted, sides=SIDES,
+        )  # fmt: skip
 
     @app.get("/individuals", response_class=HTMLResponse)
     def individuals(request: Request, q: str = ""):
+        try:
+            wanted = meta_filter(request)
+        except MetaError as err:
+            return page(request, "error.html", 400, message=f"filter: {err}")
         found = catalogue.store.search_individuals(q.strip())
-        return page(request, "individuals.html", q=q, found=found, merges=catalogue.store.merges())
+        if not wanted.is_empty():
+            passing = metadata_store.matching_individuals(catalogue.store, wanted)
+            found = [row for row in found if row["id"] in passing]
+        return page(
+            request, "individuals.html", q=q, found=found, wanted=wanted, sides=SIDES,
+            merges=catalogue.store.merges(),
+        )  # fmt: skip
 
     @app.get("/individuals/{individual_id:path}", response_class=HTMLResponse)
     def individual(request: Request, individual_id: str):
@@ -211,7 +238,11 @@ def create_app(
         if result is None and photo.individual_id is not None:  # a gallery photo: correct it all the same
             result = Result([], float("nan"), np.zeros(0, np.float32))
         html = fragment(request, digest, result, photo.name) if result is not None else ""
-        return page(request, "photo.html", photo=photo, result_html=html)
+        return page(
+            request, "photo.html", photo=photo, result_html=html, sides=SIDES,
+            meta=metadata_store.metadata(catalogue.store, digest),
+            meta_history=metadata_store.history(catalogue.store, digest),
+        )  # fmt: skip
 
     @app.get("/export", response_class=HTMLResponse)
     def export_page(request: Request):
@@ -221,7 +252,10 @@ def create_app(
     def export_run():
         done = export.export_with_report(catalogue)
         command = export.build_command(done.folder, catalogue.engine.manifest.image, done.has_boxes)
-        return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings}
+        return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings,
+                "notes": done.notes}  # fmt: skip
+
+    meta_routes.add_routes(app, catalogue, page, reviewer)
 
     @app.get("/export/decisions.csv")
     def decisions_csv():

@@ -16,10 +16,12 @@ import numpy as np
 from tfwhale.contracts.individual_id import check_id
 from tfwhale.imaging.crop_box import format_box
 from tfwhale.query.gallery import QueryError
-from tfwhale.serve import corrections, history
+from tfwhale.serve import corrections, history, metadata_store
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
 from tfwhale.serve.inbox import save_answer, stored_answer
+from tfwhale.serve.metadata import PhotoMeta, read_exif
+from tfwhale.serve.originals import RecordsOriginals
 from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
 from tfwhale.serve.twins import Twins, hash_missing, phash, to_text
@@ -57,6 +59,7 @@ class Catalogue:
         self._import_records()
         self.engine.name_photos(self.store.gallery_photo_hashes(), arrays.train_names)
         self.sync_engine()
+        self.engine.set_sides(metadata_store.known_sides(self.store))
         self._test_sha = {name: sha for name, sha in self.store.gallery_photo_hashes().items()}
         self._queue: list[QueueItem] | None = None
         # a decision and the gallery update it makes go together: a correction's full relabel cannot
@@ -103,6 +106,8 @@ class Catalogue:
                     individuals[individual] = species_of.get(individual, "")
         for individual in set(self.engine.gallery.arrays.train_ids):
             individuals.setdefault(individual, species_of.get(individual, ""))
+        # an export's metadata columns, when the records were built from one: the round trip keeps them
+        metadata = RecordsOriginals.of_records(manifest.records_root).metadata() if records else {}
         with self.store.transaction() as conn:
             for individual, species in sorted(individuals.items()):
                 conn.execute(
@@ -110,14 +115,22 @@ class Catalogue:
                     (individual, species, "gallery", now()),
                 )
             for photo in photos:
-                self.store.add_photo(conn, photo)
+                if self.store.add_photo(conn, photo) and photo.source == "gallery" and photo.name in metadata:
+                    metadata_store.save(conn, photo.sha256, metadata[photo.name], "records", "")
             self.store.set_meta(conn, "gallery_embeddings_sha256", manifest.embeddings_sha256)
         logger.info("catalogue: imported %d photos of %d individuals", len(photos), len(individuals))
 
     # -- operations
-    def upload(self, data: bytes, filename: str, box: tuple | None, reviewer: str) -> tuple[str, Result]:
+    def upload(
+        self, data: bytes, filename: str, box: tuple | None, reviewer: str, meta: PhotoMeta | None = None,
+        how: str = "upload",
+    ) -> tuple[str, Result]:  # fmt: skip
         """Identify one uploaded photo and keep it (unassigned) with its answer for a decision, in the
-        inbox; UploadError if unusable. The catalogue's photos that are this one are not its candidates."""
+        inbox; UploadError if unusable. The catalogue's photos that are this one are not its candidates.
+
+        Its metadata: `meta` as typed, its empty fields filled from the photo's EXIF (date, GPS); kept
+        with a new photo (a photo uploaded again keeps the metadata it has)."""
+        meta = (meta or PhotoMeta()).filled_from(read_exif(data))
         sha = sha256_hex(data)
         crop_hash = []  # the pHash of the crop, made inside the engine's identification
 
@@ -126,22 +139,30 @@ class Catalogue:
             return self.twins.index.of(sha, crop_hash[0]) | {sha}
 
         try:
-            jpeg, result = self.engine.identify_bytes(data, box, filename, exclude_of=twins_of)
+            jpeg, result = self.engine.identify_bytes(data, box, filename, meta.side, exclude_of=twins_of)
         except QueryError as err:
             raise UploadError(str(err)) from None
-        self.blobs.put(data)
+        self.blobs.put(data)  # the original, as uploaded: what the export writes
         crop = self.blobs.put(jpeg)
         photo = Photo(sha, "upload", filename[:200], crop, format_box(box), None, now(), reviewer)
         with self.store.transaction() as conn:
             if self.store.add_photo(conn, photo, result.embedding):
                 conn.execute("INSERT OR REPLACE INTO phashes VALUES (?, ?)", (sha, to_text(crop_hash[0])))
+                if not meta.is_empty():
+                    metadata_store.save(conn, sha, meta, how, reviewer)
             save_answer(conn, sha, self.engine.manifest.embeddings_sha256, result)
         self.twins.record(sha, crop_hash[0])
+        self.engine.set_sides({sha: metadata_store.metadata(self.store, sha).side})
         return sha, result
 
     def twins_of(self, photo: str) -> set[str]:
         """The catalogue's other photos that are this same photo (by the perceptual hash of the crop)."""
         return self.twins.of(photo)
+
+    def set_metadata(self, photo: str, meta: PhotoMeta, reviewer: str, how: str = "edit") -> None:
+        """Save an edit of a photo's metadata (kept as a new version); ConflictError for an unknown photo."""
+        metadata_store.set_metadata(self.store, photo, meta, how, reviewer)
+        self.engine.set_sides({photo: meta.side})
 
     def embedding_of(self, photo: str) -> np.ndarray | None:
         row = self.store.conn.execute("SELECT embedding, source, name FROM photos WHERE sha256 = ?", (photo,))
@@ -169,8 +190,9 @@ class Catalogue:
                 result, answered_at = stored
                 result.answered_at = answered_at
                 return result
+        side = metadata_store.metadata(self.store, photo).side
         exclude = {photo} | self.twins_of(photo)
-        return self.engine.search_stored(embedding[None], exclude=exclude)[0]
+        return self.engine.search_stored(embedding[None], side, exclude=exclude)[0]
 
     def decide(
         self,
@@ -234,15 +256,20 @@ class Catalogue:
     def proposed_id(self) -> str:
         return self.engine.free_id(self.store.individual_ids())
 
-    def review_queue(self) -> list[QueueItem]:
-        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold)."""
+    def review_queue(self, wanted: metadata_store.MetaFilter | None = None) -> list[QueueItem]:
+        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold);
+        with a filter, only those whose metadata passes it."""
         if self._queue is None:
             self._queue = self._rank_tests()
         decided = self.store.decided_photos()
-        return [
+        queue = [
             item for item in self._queue
             if item.photo not in decided and not (self.twins_of(item.photo) & decided)
         ]  # fmt: skip
+        if wanted is not None and not wanted.is_empty():
+            passing = metadata_store.matching_photos(self.store, wanted)
+            queue = [item for item in queue if item.photo in passing]
+        return queue
 
     def _rank_tests(self) -> list[QueueItem]:
         items = []

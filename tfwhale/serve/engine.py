@@ -98,6 +98,7 @@ class Engine:
         self.base_ids = list(arrays.train_ids)  # the records' ids of those rows
         self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
         self._merges: dict[str, str] = {}
+        self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
         self._install(self._base, list(self.base_ids), list(self.base_photos))
 
     def _install(self, matrix: np.ndarray, ids: list[str], photos: list[str | None]) -> None:
@@ -153,6 +154,15 @@ class Engine:
             matrix = np.concatenate([self._base, vectors.astype(np.float32)])
         self._install(matrix, list(base_labels) + list(ids), list(self.base_photos) + list(hashes))
         self._merges = dict(merges)
+
+    def set_sides(self, sides: dict[str, str]) -> None:
+        """Record which side photos show (photo hash -> side; 'unknown' forgets one)."""
+        with self._lock:
+            for photo, side in sides.items():
+                if side and side != "unknown":
+                    self._sides[photo] = side
+                else:
+                    self._sides.pop(photo, None)
 
     def add(self, photo: str, individual: str, embedding: np.ndarray, species: str = "") -> None:
         """Append one photo to the searched gallery (whitened as predict whitened the gallery)."""
@@ -213,10 +223,12 @@ class Engine:
         return _merged(ranked, snap.merges, n)
 
     def search(
-        self, embedded: Embedded, features: list | None = None, *, exclude: set[str] = frozenset()
-    ) -> list[Result]:
+        self, embedded: Embedded, features: list | None = None, side: str = "", *,
+        exclude: set[str] = frozenset(),
+    ) -> list[Result]:  # fmt: skip
         """Candidates by the embedding; with the photos' local features (a gallery made with them), by
         the fused P of the local re-rank (grown photos have no features: their similarity alone).
+        `side`: the side the query photos show, when known: candidates show same-side photos first.
         Rows of the photos in `exclude` (the query itself and its twins) are not searched."""
         snap = self._snapshot(exclude)
         if features is None:
@@ -232,14 +244,17 @@ class Engine:
             embedded.combined, ranking.PreparedGallery(snap.matrix, self.gallery.whitening), self.path.options
         )
         return [
-            self._result(answer, searched[i], snap, embedded.combined[i]) for i, answer in enumerate(answers)
+            self._result(answer, searched[i], snap, embedded.combined[i], side)
+            for i, answer in enumerate(answers)
         ]
 
-    def search_stored(self, embeddings: np.ndarray, *, exclude: set[str] = frozenset()) -> list[Result]:
+    def search_stored(
+        self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset()
+    ) -> list[Result]:
         """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend)."""
-        return self.search(Embedded(np.asarray(embeddings, np.float32), None), exclude=exclude)
+        return self.search(Embedded(np.asarray(embeddings, np.float32), None), side=side, exclude=exclude)
 
-    def _result(self, answer: QueryAnswer, searched, snap: _Snapshot, query) -> Result:
+    def _result(self, answer: QueryAnswer, searched, snap: _Snapshot, query, side: str = "") -> Result:
         candidates = []
         for label, similarity, species in zip(
             answer.labels, answer.similarities, answer.species, strict=True
@@ -251,16 +266,24 @@ class Engine:
                 if snap.kept is not None:
                     members = members[snap.kept[members]]
                 sims = snap.matrix[members] @ searched  # only the candidate's photos, not the whole gallery
-                order = np.argsort(-sims)[:PHOTOS_PER_CANDIDATE]
-                best = [(snap.photos[members[j]], float(sims[j])) for j in order]
+                best = self._best_photos([snap.photos[row] for row in members], sims, side)
             candidates.append(Candidate(label, similarity, species or None, best))
         return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
 
+    def _best_photos(self, photos: list[str | None], sims: np.ndarray, side: str) -> list:
+        """A candidate's photos to show, best first: where the query's side is known, the photos of that
+        side come first (a left flank is compared with left flanks), then the rest by similarity."""
+        known = side if side != "unknown" else ""
+        other_side = [0 if known and self._sides.get(photo) == known else 1 for photo in photos]
+        order = np.lexsort((-sims, np.asarray(other_side)))[:PHOTOS_PER_CANDIDATE]
+        return [(photos[j], float(sims[j])) for j in order]
+
     def identify_bytes(
-        self, data: bytes, box: tuple | None, name: str, *, exclude_of: Callable[[bytes], set] | None = None
-    ) -> tuple[bytes, Result]:
-        """One photo's crop and its candidates, with the time each step took; `exclude_of(crop JPEG)`
-        names the catalogue's photos that are this one (left out of its search)."""
+        self, data: bytes, box: tuple | None, name: str, side: str = "", *,
+        exclude_of: Callable[[bytes], set] | None = None,
+    ) -> tuple[bytes, Result]:  # fmt: skip
+        """One photo's crop and its candidates, with the time each step took (side: as in search);
+        `exclude_of(crop JPEG)` names the catalogue's photos that are this one (left out of its search)."""
         start = time.perf_counter()
         jpeg, image = self.prepare(data, box, name)
         exclude = exclude_of(jpeg) if exclude_of is not None else set()
@@ -269,7 +292,7 @@ class Engine:
         featured = time.perf_counter()
         embedded = self.embed(image[None], [name])
         embedded_at = time.perf_counter()
-        (result,) = self.search(embedded, None if features is None else [features], exclude=exclude)
+        (result,) = self.search(embedded, None if features is None else [features], side, exclude=exclude)
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,

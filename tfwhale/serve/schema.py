@@ -42,6 +42,33 @@ MIGRATIONS: list[str] = [
     CREATE INDEX decisions_individual ON decisions(individual_id);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # photo metadata (when, where, which side, by whom): its own tables, keyed by the photo's hash
+    """
+    CREATE TABLE photo_metadata (
+        photo_sha256 TEXT PRIMARY KEY REFERENCES photos(sha256),
+        date TEXT NOT NULL DEFAULT '',    -- 'YYYY-MM-DDTHH:MM:SS' or 'YYYY-MM-DD', the camera's local time
+        latitude REAL,
+        longitude REAL,
+        place TEXT NOT NULL DEFAULT '',
+        side TEXT NOT NULL DEFAULT 'unknown'
+            CHECK (side IN ('unknown', 'left', 'right', 'front', 'back')),
+        photographer TEXT NOT NULL DEFAULT '',
+        notes TEXT NOT NULL DEFAULT '',
+        updated_at TEXT NOT NULL,
+        updated_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX photo_metadata_side ON photo_metadata(side);
+    CREATE INDEX photo_metadata_date ON photo_metadata(date);
+    CREATE TABLE photo_metadata_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        photo_sha256 TEXT NOT NULL REFERENCES photos(sha256),
+        fields TEXT NOT NULL,             -- the whole record after the change (JSON): nothing is overwritten
+        how TEXT NOT NULL,                -- 'upload' (EXIF and the form), 'edit', 'import' or 'records'
+        changed_by TEXT NOT NULL DEFAULT '',
+        changed_at TEXT NOT NULL
+    );
+    CREATE INDEX photo_metadata_history_photo ON photo_metadata_history(photo_sha256);
+    """,
     # corrections (reassign, undo, merge, split), the inbox's stored answers, perceptual hashes.
     # SQLite cannot change a CHECK constraint: the decisions table is rebuilt with its rows kept.
     """

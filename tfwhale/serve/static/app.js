@@ -88,6 +88,8 @@ async function identifyAll() {
     form.append("photo", item.file);
     form.append("box", item.box || "");
     form.append("who", reviewer());
+    form.append("side", document.getElementById("upload-side").value);
+    form.append("photographer", document.getElementById("upload-photographer").value);
     try {
       const response = await post("/api/identify", form);
       const html = await response.text();
@@ -272,7 +274,74 @@ if (exportButton) exportButton.addEventListener("click", async () => {
   const answer = await readAnswer(() => post("/api/export", {}));
   const out = document.getElementById("export-result");
   const warnings = (answer.warnings || []).join("; ");
+  const notes = (answer.notes || []).join("; ");
   out.textContent = answer.ok ? `written to ${answer.folder}; next: ${answer.command}` + (warnings ? `; ${warnings}` : "")
+    + (notes ? `; ${notes}` : "")
     : `export failed: ${answer.message}`;
   say(answer.ok ? "exported" : "export failed", !answer.ok);
+});
+
+// -- photo metadata
+const metaForm = document.getElementById("metadata");
+if (metaForm) metaForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = Object.fromEntries(new FormData(metaForm).entries());
+  body.reviewer = reviewer();
+  const answer = await readAnswer(() => post(`/api/photos/${metaForm.dataset.photo}/metadata`, body));
+  const message = metaForm.querySelector(".meta-message");
+  message.textContent = answer.message;
+  message.className = "meta-message " + (answer.ok ? "ok" : "error");
+});
+
+// -- bulk import: plan (CSV rows without a photo), then one photo per request, with progress
+const importStart = document.getElementById("import-start");
+function reportRows(outcomes) {
+  const table = document.getElementById("import-report");
+  table.hidden = false;
+  for (const o of outcomes) {
+    const row = table.tBodies[0].insertRow();
+    row.className = o.status;
+    for (const text of [o.file, o.status, o.individual, o.reason]) row.insertCell().textContent = text;
+  }
+}
+function importSummary(counts, prefix) {
+  const parts = Object.entries(counts).map(([status, n]) => `${n} ${status}`).join(", ");
+  document.getElementById("import-progress").textContent = `${prefix}: ${parts}`;
+  say(`${prefix}: ${parts}`, counts.unreadable + counts.refused > 0);
+}
+if (importStart) importStart.addEventListener("click", async () => {
+  const files = [...document.getElementById("import-files").files, ...document.getElementById("import-dir").files];
+  const csvFile = document.getElementById("import-csv").files[0];
+  const csv = csvFile ? await csvFile.text() : null;
+  const progress = document.getElementById("import-progress");
+  const counts = { imported: 0, duplicate: 0, unreadable: 0, refused: 0 };
+  const names = files.map((f) => f.webkitRelativePath || f.name);
+  const csvName = csvFile ? csvFile.name : "import.csv";
+  const plan = await readAnswer(() => post("/api/import/plan", { csv, csv_name: csvName, names }));
+  if (!plan.ok) { say(plan.message, true); return; }
+  for (const o of plan.refused) if (!names.includes(o.file)) { counts[o.status] += 1; reportRows([o]); }
+  for (const [i, file] of files.entries()) {
+    progress.textContent = `importing ${i + 1} of ${files.length}: ${names[i]}…`;
+    const form = new FormData();
+    form.append("photo", file);
+    form.append("path", names[i]);
+    form.append("csv", csv || "");
+    form.append("csv_name", csvName);
+    form.append("who", reviewer());
+    const answer = await readAnswer(() => post("/api/import/photo", form));
+    const outcomes = answer.ok ? answer.outcomes : [{ file: names[i], status: "refused", individual: "", reason: answer.message }];
+    for (const o of outcomes) counts[o.status] += 1;
+    reportRows(outcomes);
+  }
+  importSummary(counts, "import done");
+});
+const folderStart = document.getElementById("import-folder-start");
+if (folderStart) folderStart.addEventListener("click", async () => {
+  document.getElementById("import-progress").textContent = "importing the folder…";
+  const body = { folder: document.getElementById("import-folder").value,
+    csv: document.getElementById("import-folder-csv").value, reviewer: reviewer() };
+  const answer = await readAnswer(() => post("/api/import/folder", body));
+  if (!answer.ok) { say(answer.message, true); document.getElementById("import-progress").textContent = answer.message; return; }
+  reportRows(answer.outcomes);
+  importSummary(answer.counts, "import done");
 });

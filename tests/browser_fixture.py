@@ -1,8 +1,5 @@
-"""Test helpers for the catalogue app in a real browser: a live server, one Chromium per module, uploads.
-
-Screenshots go to test-screenshots/serve-*.png (git ignores it); TFWHALE_SCREENSHOTS=docs refreshes the
-README's docs/serve-*.png. Tests marked BROWSER_MARKS skip, saying why, when no Chromium is found.
-"""
+"""Helpers for the catalogue app's browser tests (Playwright + Chromium): a live server, screenshots, and
+the `browser` fixture (one Chromium per module; conftest.py offers it to every test module)."""
 
 from __future__ import annotations
 
@@ -18,15 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / os.environ.get("TFWHALE_SCREENSHOTS", "test-screenshots")
 CHROMIUM = os.environ.get("TFWHALE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-BROWSER_MARKS = [
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="no Chromium: install Debian's `chromium` package (apt-get install chromium), "
-        "or set TFWHALE_CHROMIUM to a Chromium binary",
-    ),
-    pytest.mark.timeout(600),
-]
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium: install Debian's `chromium` package (apt-get install chromium), "
+    "or set TFWHALE_CHROMIUM to a Chromium binary",
+)
 
 
 def _free_port() -> int:
@@ -67,10 +60,18 @@ def browser():
         browser.close()
 
 
-def write(tmp_path: Path, name: str, data: bytes) -> str:
+def write_file(tmp_path: Path, name: str, data: bytes) -> str:
     path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return str(path)
+
+
+def shot(page, name: str, at=None) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    if at is not None:
+        at.evaluate("element => element.scrollIntoView()")
+    page.screenshot(path=str(SHOTS / f"serve-{name}.png"))
 
 
 def identify(page, path: str | list[str]):
@@ -81,10 +82,3 @@ def identify(page, path: str | list[str]):
     page.click("#identify")
     page.wait_for_function(f"document.querySelectorAll('.result').length >= {before + len(paths)}")
     return page.locator(".result").first
-
-
-def shot(page, name: str, at=None) -> None:
-    SHOTS.mkdir(exist_ok=True)
-    if at is not None:
-        at.evaluate("element => element.scrollIntoView()")
-    page.screenshot(path=str(SHOTS / f"serve-{name}.png"))
