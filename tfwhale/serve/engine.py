@@ -97,11 +97,12 @@ class Engine:
         self._base = np.ascontiguousarray(arrays.gallery.astype(np.float32))  # predict's rows, never moved
         self.base_ids = list(arrays.train_ids)  # the records' ids of those rows
         self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
-        self._merges: dict[str, str] = {}
         self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
-        self._install(self._base, list(self.base_ids), list(self.base_photos))
+        self._install(self._base, list(self.base_ids), list(self.base_photos), {})
 
-    def _install(self, matrix: np.ndarray, ids: list[str], photos: list[str | None]) -> None:
+    def _install(
+        self, matrix: np.ndarray, ids: list[str], photos: list[str | None], merges: dict[str, str]
+    ) -> None:
         """Swap in a searched gallery (rows, their labels and photos); searches under way keep theirs."""
         # kNN runs on integer codes: ranking sorts the labels per call, and 50,000 strings cost ~40 ms
         names = sorted(set(ids))
@@ -116,7 +117,7 @@ class Engine:
             if photo is not None:
                 row_of.setdefault(photo, []).append(row)
         with self._lock:
-            self._row_of = row_of
+            self._row_of, self._merges = row_of, dict(merges)
             self._matrix, self._size, self._ids, self._photos = matrix, len(ids), ids, photos
             self._names, self._code_of, self._codes, self._rows = names, code_of, codes, rows
 
@@ -152,8 +153,7 @@ class Engine:
             if self.gallery.whitening is not None:
                 vectors = self.gallery.whitening.apply(vectors)
             matrix = np.concatenate([self._base, vectors.astype(np.float32)])
-        self._install(matrix, list(base_labels) + list(ids), list(self.base_photos) + list(hashes))
-        self._merges = dict(merges)
+        self._install(matrix, list(base_labels) + list(ids), list(self.base_photos) + list(hashes), merges)
 
     def set_sides(self, sides: dict[str, str]) -> None:
         """Record which side photos show (photo hash -> side; 'unknown' forgets one)."""
@@ -266,13 +266,16 @@ class Engine:
                 if snap.kept is not None:
                     members = members[snap.kept[members]]
                 sims = snap.matrix[members] @ searched  # only the candidate's photos, not the whole gallery
-                best = self._best_photos([snap.photos[row] for row in members], sims, side)
+                best = self._best_photos(members, sims, side, snap.photos)
             candidates.append(Candidate(label, similarity, species or None, best))
         return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
 
-    def _best_photos(self, photos: list[str | None], sims: np.ndarray, side: str) -> list:
+    def _best_photos(self, members: np.ndarray, sims: np.ndarray, side: str, rows_photos=None) -> list:
         """A candidate's photos to show, best first: where the query's side is known, the photos of that
-        side come first (a left flank is compared with left flanks), then the rest by similarity."""
+        side come first (a left flank is compared with left flanks), then the rest by similarity.
+        `rows_photos`: the searched snapshot's row -> photo list (default: the gallery's now)."""
+        rows_photos = self._photos if rows_photos is None else rows_photos
+        photos = [rows_photos[row] for row in members]
         known = side if side != "unknown" else ""
         other_side = [0 if known and self._sides.get(photo) == known else 1 for photo in photos]
         order = np.lexsort((-sims, np.asarray(other_side)))[:PHOTOS_PER_CANDIDATE]
