@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import cv2
 import numpy as np
@@ -195,3 +196,43 @@ def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_similar
     none = np.zeros(1)
     expected = calibrations.fused(np.ones(1), none, none)[0]
     assert newcomer.similarity == pytest.approx(expected, abs=1e-3)
+
+
+def test_catalogue_compare_view_draws_the_gallery_features_on_the_original_and_says_p_same(
+    sift_gallery, tmp_path
+):
+    pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from tests.test_serve_api import HOSTS, upload
+    from tfwhale.serve.app import create_app
+    from tfwhale.serve.catalogue import Catalogue
+
+    out, second, _, root = sift_gallery
+    client = TestClient(create_app(Catalogue(out, str(tmp_path / "catalogue")), hosts=HOSTS))
+    client.get("/")  # the CSRF cookie
+    with open(second, "rb") as f:
+        html = upload(client, f.read(), "second.jpg").text
+    assert "P(same) 0." in html and "similarity 0." not in html  # fused: calibrated probabilities
+    sha = html.split('data-photo="', 1)[1].split('"', 1)[0]
+    gallery_photo = html.split(f"/compare?query={sha}&amp;photo=", 1)[1].split('"', 1)[
+        0
+    ]  # ind-2's best photo
+    answer = client.get(f"/api/matches?query={sha}&photo={gallery_photo}").json()
+    assert answer["inliers"] >= 20 and answer["photo"]["features"] == "gallery"
+    assert answer["photo"]["url"] == f"/compare/original/{gallery_photo}" and answer["photo"]["original"]
+    original = client.get(answer["photo"]["url"])
+    name = answer["photo"]["name"]
+    assert original.status_code == 200 and original.content == (root / "photos" / name).read_bytes()
+    pairs = np.asarray(answer["pairs"])
+    assert (pairs >= 0).all() and (pairs[:, 2] <= answer["photo"]["width"]).all()
+    assert (pairs[:, 3] <= answer["photo"]["height"]).all()
+    assert 'data-matches="on"' in client.get(f"/compare?query={sha}&photo={gallery_photo}").text
+    # the first row's match strip shows ind-2's best verified photo: none of its photos verifies more
+    row = html.split('class="candidate"', 2)[1]
+    strip_photo = row.split('class="show-matches"', 1)[1].split('data-photo="', 1)[1].split('"', 1)[0]
+    thumbs = re.findall(rf"/compare\?query={sha}&amp;photo=([0-9a-f]{{64}})", row)
+    inliers = {
+        p: client.get(f"/api/matches?query={sha}&photo={p}").json()["inliers"] for p in {*thumbs, strip_photo}
+    }
+    assert inliers[strip_photo] == max(inliers.values()) >= 20

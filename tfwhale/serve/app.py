@@ -25,7 +25,9 @@ from pydantic import ValidationError
 from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.serve import export, history, meta_routes, metadata_store
 from tfwhale.serve.bodies import DecideBody, first_error, single_line
+from tfwhale.serve.captions import caption_of
 from tfwhale.serve.catalogue import Catalogue, UploadError
+from tfwhale.serve.compare_routes import add_compare_routes
 from tfwhale.serve.correct_routes import add_routes
 from tfwhale.serve.engine import Result
 from tfwhale.serve.inbox import inbox
@@ -37,6 +39,7 @@ from tfwhale.serve.security import (
     allowed_host_names,
 )
 from tfwhale.serve.store import ConflictError
+from tfwhale.serve.verdict import of_result
 
 logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -82,6 +85,8 @@ def create_app(
     env = _env()
     decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
     env.globals["gallery_made"] = catalogue.engine.manifest.extra  # "untrained gallery (...)" on every page
+    env.globals["caption"] = lambda sha: caption_of(catalogue, sha)
+    env.globals["verdict"] = of_result
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
@@ -97,6 +102,8 @@ def create_app(
             assigned=catalogue.store.photo(photo).individual_id, keys=keys,
             last=in_force[-1] if in_force else None, twins=[t for t in twins if t is not None],
         )  # fmt: skip
+
+    add_compare_routes(app, catalogue, page)
 
     @app.get("/", response_class=HTMLResponse)
     def identify_page(request: Request):

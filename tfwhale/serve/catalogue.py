@@ -189,6 +189,8 @@ class Catalogue:
             if stored is not None:
                 result, answered_at = stored
                 result.answered_at = answered_at
+                path = self.engine.path  # the policy its threshold came from, as search sets it
+                result.policy = path.policy if result.fused else path.embedding_policy
                 return result
         side = metadata_store.metadata(self.store, photo).side
         exclude = {photo} | self.twins_of(photo)

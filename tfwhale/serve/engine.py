@@ -12,9 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.query.answers import QueryAnswer
 from tfwhale.query.path import Embedded, QueryPath
@@ -71,6 +73,9 @@ class Result:
     threshold: float
     embedding: np.ndarray  # the query in the gallery's space, before whitening (what is stored)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    policy: ThresholdPolicy | None = None  # the policy the threshold came from (its source, AUC, warnings)
+    fused: bool = False  # scores are the local re-rank's calibrated P(same individual), not similarities
+    verified: dict[str, str] = field(default_factory=dict)  # label -> photo hash of its best verified photo
     answered_at: str = ""  # set when this is an answer stored at upload time, not a search just made
 
     @property
@@ -243,10 +248,17 @@ class Engine:
         searched = ranking.prepare_queries(
             embedded.combined, ranking.PreparedGallery(snap.matrix, self.gallery.whitening), self.path.options
         )
-        return [
+        results = [
             self._result(answer, searched[i], snap, embedded.combined[i], side)
             for i, answer in enumerate(answers)
         ]
+        for result in results:
+            result.fused = features is not None
+            result.policy = self.path.policy if result.fused else self.path.embedding_policy
+        if features is not None:
+            for result, evidence in zip(results, reranked.evidence, strict=True):
+                result.verified = self._verified_photos(result, evidence)
+        return results
 
     def search_stored(
         self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset()
@@ -305,6 +317,23 @@ class Engine:
         if features is not None:
             result.timings["local_features"] = featured - decoded
         return jpeg, result
+
+    @cached_property
+    def _row_of_name(self) -> dict[str, int]:
+        """Gallery row of each records image name (the rows the local features were made for)."""
+        return {name: row for row, name in enumerate(self.gallery.arrays.train_names)}
+
+    def _verified_photos(self, result: Result, evidence) -> dict[str, str]:
+        """Each candidate's photo with the most verified matches in the re-rank (what identify --explain
+        draws), by its catalogue hash; candidates with no verified pair or no known photo are left out."""
+        row_of = self._row_of_name
+        found = {}
+        for candidate in result.candidates:
+            best = self.path.local.best_photo(evidence, candidate.label)
+            row = None if best is None else row_of.get(best[0])
+            if row is not None and row < len(self._photos) and self._photos[row] is not None:
+                found[candidate.label] = self._photos[row]
+        return found
 
     def free_id(self, taken: set[str], prefix: str = "ind-") -> str:
         """The first id prefixNNNNN that neither the gallery nor the catalogue uses."""

@@ -40,6 +40,8 @@ def save_answer(conn: sqlite3.Connection, photo: str, gallery: str, result: Resu
     """Keep an upload's answer (in the caller's transaction); a later upload of it answers anew."""
     body = {
         "threshold": result.threshold,
+        "fused": result.fused,
+        "verified": result.verified,
         "candidates": [
             {"label": c.label, "similarity": c.similarity, "species": c.species, "photos": c.photos}
             for c in result.candidates
@@ -63,7 +65,9 @@ def stored_answer(store: Store, photo: str, gallery: str, embedding: np.ndarray)
         Candidate(c["label"], c["similarity"], c["species"], [tuple(p) for p in c["photos"]])
         for c in body["candidates"]
     ]
-    return Result(candidates, float(body["threshold"]), embedding), row["answered_at"]
+    result = Result(candidates, float(body["threshold"]), embedding)
+    result.fused, result.verified = bool(body.get("fused")), dict(body.get("verified", {}))
+    return result, row["answered_at"]
 
 
 def inbox(store: Store, tab: str = UNDECIDED) -> list[InboxItem]:
