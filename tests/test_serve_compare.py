@@ -12,8 +12,8 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 
-from tests.test_serve_api import client, upload  # noqa: F401 - the catalogue app's test client fixture
 from tests.serve_fixture import second_photo
+from tests.test_serve_api import client, upload  # noqa: F401 - the catalogue app's test client fixture
 from tests.textures import texture
 from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.imaging.crop_frame import crop_to_photo, displayed_size
