@@ -72,3 +72,13 @@ def shot(page, name: str, at=None) -> None:
     if at is not None:
         at.evaluate("element => element.scrollIntoView()")
     page.screenshot(path=str(SHOTS / f"serve-{name}.png"))
+
+
+def identify(page, path: str | list[str]):
+    """Upload photos on the identify page; returns the newest result section once all have shown."""
+    paths = [path] if isinstance(path, str) else path
+    before = page.locator(".result").count()
+    page.set_input_files("#files", paths)
+    page.click("#identify")
+    page.wait_for_function(f"document.querySelectorAll('.result').length >= {before + len(paths)}")
+    return page.locator(".result").first

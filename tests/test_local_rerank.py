@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.serve_fixture import second_photo
 from tests.textures import texture
 from tfwhale.contracts.gallery_manifest import GalleryError, load_gallery_manifest
 from tfwhale.contracts.local_features import FeatureSet
@@ -188,13 +189,15 @@ def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_similar
         data = f.read()
     sha, _ = catalogue.upload(data, "stranger.jpg", None, "tester")
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
-    # the same photo again: its registered individual (grown, no local features) is found by its
-    # similarity alone, fused with P(inliers) and P(votes) of 0 matches
-    _, again = catalogue.upload(data, "stranger-again.jpg", None, "tester")
+    # another photo of it (mirrored: the same photo again would be its twin, never its candidate): its
+    # registered individual (grown, no local features) is found by its similarity alone, fused with
+    # P(inliers) and P(votes) of 0 matches
+    _, again = catalogue.upload(second_photo(data), "stranger-mirrored.jpg", None, "tester")
     (newcomer,) = [c for c in again.candidates if c.label == "Newcomer-1"]
     calibrations = Calibrations.from_dict(load_gallery_manifest(out).local.calibrations)
     none = np.zeros(1)
-    expected = calibrations.fused(np.ones(1), none, none)[0]
+    cosine = newcomer.photos[0][1]  # its one photo's similarity to the query
+    expected = calibrations.fused(np.array([cosine]), none, none)[0]
     assert newcomer.similarity == pytest.approx(expected, abs=1e-3)
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 
+from tests.serve_fixture import second_photo
 from tests.test_serve_api import client, upload  # noqa: F401 - the catalogue app's test client fixture
 from tests.textures import texture
 from tfwhale.contracts.gallery_manifest import ThresholdPolicy
@@ -181,7 +182,8 @@ def test_candidate_rows_link_to_the_compare_view_and_say_what_the_scores_are(cli
     meta = PhotoMeta(date="2024-05-01T10:11:12", place="Kruger", side="left")
     metadata_store.set_metadata(client.catalogue.store, first, meta, "typed", "tester")
     client.catalogue.decide(first, "register", "Stripe", "", "tester", [])
-    response = upload(client, _jpeg(texture(9, 200), 85), "again.jpg")  # saved again: other bytes
+    # another photo of it (mirrored; flip TTA): the same photo saved again would be its twin, not a candidate
+    response = upload(client, second_photo(_jpeg(texture(9, 200))), "again.jpg")
     sha = response.text.split('data-photo="', 1)[1].split('"', 1)[0]
     assert sha != first and 'data-label="Stripe"' in response.text
     assert "IMG_0042.jpg · left · 2024-05-01 · Kruger" in response.text  # the caption under Stripe's photo

@@ -10,6 +10,7 @@ box the build used), else as the crops the records hold.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -185,6 +186,31 @@ def build_command(folder: Path, settings=None, has_boxes: bool | None = None) ->
 
 
 def decisions_csv(store: Store) -> str:
+    """Every decision ever recorded, oldest first, undone ones too: an undo names the decision it took
+    back (`reverts`), a reassign, split or merge the id it moved from (`from_individual`); the photo's
+    file name and the individual it is in now make each row readable on its own."""
     columns = ["id", "decided_at", "reviewer", "action", "individual_id", "photo_sha256", "note", "scores"]
-    rows = [[spreadsheet_safe(row[c]) for c in columns] for row in store.decisions()]
-    return csv_text([columns, *rows])
+    extra = ["from_individual", "reverts", "photo_name", "photo_now_in"]
+    photos = {sha: (name, now_in or "") for sha, name, now_in in store.conn.execute(
+        "SELECT sha256, name, individual_id FROM photos WHERE sha256 IN (SELECT photo_sha256 FROM decisions)"
+    )}  # fmt: skip
+    rows = []
+    for row in store.decisions():
+        cells = [row[c] for c in columns[:-1]] + [scores_text(row["scores"])]
+        name, now_in = photos.get(row["photo_sha256"], ("", ""))
+        cells += [row["from_individual"], row["reverts"] if row["reverts"] is not None else "", name, now_in]
+        rows.append([spreadsheet_safe("" if cell is None else cell) for cell in cells])
+    return csv_text([columns + extra, *rows])
+
+
+def scores_text(scores: str) -> str:
+    """The candidates a reviewer was shown, as 'label similarity; ...' (stored as JSON)."""
+    try:
+        shown = json.loads(scores)
+    except (TypeError, ValueError):
+        return str(scores)
+    return "; ".join(
+        f"{s.get('label', '?')} {s['similarity']:.3f}" if isinstance(s.get("similarity"), float | int)
+        else str(s.get("label", "?"))
+        for s in shown if isinstance(s, dict)
+    )  # fmt: skip

@@ -79,6 +79,7 @@ async function identifyAll() {
   const results = document.getElementById("results");
   const items = pending.splice(0);
   pendingBox.textContent = "";
+  document.getElementById("files").value = "";  // the picker no longer counts the photos sent
   document.getElementById("identify").disabled = true;
   let refused = 0;
   for (const [i, item] of items.entries()) {
@@ -134,28 +135,117 @@ async function readAnswer(send) {
   return { ok: false, message: `error ${response.status}: ${plainText(text).trim().slice(0, 300)}` };
 }
 
-// -- decisions (identify results, review queue, photo pages)
-async function decide(section, action, individual) {
-  const body = { photo: section.dataset.photo, action, individual: individual || "",
-    note: section.querySelector(".note").value, species: section.querySelector(".new-species").value,
-    reviewer: reviewer(), scores: JSON.parse(section.dataset.scores) };
-  const answer = await readAnswer(() => post("/api/decide", body));
-  const message = section.querySelector(".message");
+// -- decisions (identify results, review queue, photo pages): each answer re-renders the photo's section
+function show(message, answer) {
   message.textContent = answer.message;
   message.className = "message " + (answer.ok ? "ok" : "error");
-  if (answer.ok && action !== "unresolved") section.querySelectorAll("button").forEach((b) => (b.disabled = true));
-  if (answer.ok) document.querySelectorAll(".new-id").forEach((input) => {
-    if (input.value === body.individual || input.value === section.dataset.proposed) input.value = answer.proposed;
+  say(answer.message, !answer.ok);  // also at the top of the page
+  const at = message.getBoundingClientRect();  // not under the sticky status line, not below the fold
+  if (at.top < statusBox.offsetHeight + 8 || at.bottom > window.innerHeight) message.scrollIntoView({ block: "center" });
+}
+async function refresh(section, answer) {
+  const keys = section.dataset.keys ? "?keys=1" : "";
+  const response = await fetch(`/api/result/${section.dataset.photo}${keys}`);
+  if (response.ok) {
+    const holder = document.createElement("div");
+    holder.innerHTML = await response.text();  // server-rendered, autoescaped
+    const fresh = holder.querySelector(".result");
+    section.replaceWith(fresh);
+    section = fresh;
+  }
+  show(section.querySelector(".message"), answer);
+}
+async function decide(section, action, individual) {
+  if (action === "confirm" && section.dataset.assigned) action = "reassign";
+  const species = section.querySelector(".new-species");
+  const body = { photo: section.dataset.photo, action, individual: individual || "",
+    note: section.querySelector(".note").value, species: species ? species.value : "",
+    reviewer: reviewer(), scores: JSON.parse(section.dataset.scores) };
+  const answer = await readAnswer(() => post("/api/decide", body));
+  if (!answer.ok && action === "register" && /exists already/.test(answer.message)) {
+    const search = section.querySelector(".assign-search");  // the id is taken: offer it to assign to
+    search.value = body.individual;
+    findIndividuals(search);
+  }
+  if (!answer.ok) return show(section.querySelector(".message"), answer);
+  // the proposed id moves on to a free one wherever it (or the id just registered) is still offered
+  document.querySelectorAll(".result").forEach((other) => {
+    const input = other.querySelector(".new-id");
+    if (input && (input.value === body.individual || input.value === other.dataset.proposed)) input.value = answer.proposed;
+    other.dataset.proposed = answer.proposed;
   });
-  if (answer.ok && document.querySelector("[data-review]")) setTimeout(() => move(1), 400);
+  const splitTo = document.getElementById("split-to");
+  if (splitTo && splitTo.value === body.individual) splitTo.value = answer.proposed;
+  await refresh(section, answer);
+  if (document.querySelector("[data-review]") && action !== "reassign") setTimeout(() => move(1), 400);
   return answer;
+}
+async function undo(section, decision) {
+  const body = { decision: Number(decision), note: section.querySelector(".note").value, reviewer: reviewer() };
+  const answer = await readAnswer(() => post("/api/undo", body));
+  if (!answer.ok) return show(section.querySelector(".message"), answer);
+  await refresh(section, answer);
 }
 document.addEventListener("click", (e) => {
   const section = e.target.closest(".result");
   if (!section || e.target.tagName !== "BUTTON") return;
   if (e.target.classList.contains("confirm")) decide(section, "confirm", e.target.dataset.individual);
+  if (e.target.classList.contains("assign-to")) decide(section, "confirm", e.target.dataset.individual);
   if (e.target.classList.contains("register")) decide(section, "register", section.querySelector(".new-id").value);
   if (e.target.classList.contains("unresolved")) decide(section, "unresolved", "");
+  if (e.target.classList.contains("undo")) undo(section, e.target.dataset.decision);
+});
+
+// -- assign to any individual: search by id, with a few photos of each
+let searchTimer = null;
+document.addEventListener("input", (e) => {
+  if (!e.target.classList.contains("assign-search")) return;
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => findIndividuals(e.target), 200);
+});
+async function findIndividuals(input) {
+  const list = input.closest(".assign").querySelector(".assign-found");
+  const text = input.value.trim();
+  if (!text) { list.textContent = ""; return; }
+  const answer = await readAnswer(() => fetch(`/api/individuals?q=${encodeURIComponent(text)}`));
+  if (input.value.trim() !== text) return;  // typed on meanwhile
+  list.textContent = "";
+  if (!answer.ok || answer.individuals.length === 0) {
+    list.append(Object.assign(document.createElement("li"), { textContent: answer.ok ? "no individual matches" : answer.message }));
+    return;
+  }
+  for (const found of answer.individuals) {
+    const item = document.createElement("li");
+    item.className = "found";
+    const button = Object.assign(document.createElement("button"), { type: "button", className: "assign-to",
+      textContent: `Assign to ${found.id}` });
+    button.dataset.individual = found.id;
+    const label = Object.assign(document.createElement("span"), { textContent: ` ${found.species} · ${found.n} photo(s)` });
+    item.append(button, label);
+    for (const crop of found.photos) {
+      item.append(Object.assign(document.createElement("img"), { src: `/blob/${crop}.jpg`, alt: found.id, className: "thumb" }));
+    }
+    list.append(item);
+  }
+}
+
+// -- an individual's page: split off ticked photos, merge into another id, undo either
+async function correct(url, body) {
+  const answer = await readAnswer(() => post(url, { ...body, reviewer: reviewer() }));
+  const message = document.getElementById("correct-message");
+  show(message, answer);
+  if (answer.ok) setTimeout(() => location.reload(), 600);
+}
+document.addEventListener("click", (e) => {
+  const box = document.querySelector(".corrections");
+  if (e.target.id === "split" && box) {
+    const photos = [...document.querySelectorAll(".split-photo:checked")].map((input) => input.value);
+    correct("/api/split", { individual: box.dataset.individual, photos, other: document.getElementById("split-to").value });
+  }
+  if (e.target.id === "merge" && box) {
+    correct("/api/merge", { merged: box.dataset.individual, kept: document.getElementById("merge-into").value.trim() });
+  }
+  if (e.target.classList.contains("undo-row")) correct("/api/undo", { decision: Number(e.target.dataset.decision) });
 });
 
 // -- review queue keys
