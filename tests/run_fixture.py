@@ -46,13 +46,18 @@ def make_run(
     return run_dir
 
 
-def build_synthetic_records(root, individuals: int = 16, size: int = 32, seed: int = 0) -> tuple[str, str]:
-    """synthetic data set -> build-tfrecords (2 folds, detector boxes): (data folder, records folder)."""
+def build_synthetic_records(
+    root, individuals: int = 16, size: int = 32, seed: int = 0, local_features: bool = False
+) -> tuple[str, str]:
+    """synthetic data set -> build-tfrecords (2 folds, detector boxes): (data folder, records folder).
+    Without local features unless asked (predict then ranks by the embedding alone, as these tests
+    expect; tests/test_predict_rerank.py covers the fused path)."""
     from tfrecords_builder.cli import main as build_main
     from tfwhale.synthetic.dataset import generate
 
     data, out = str(root / "synthetic"), str(root / "records")
     generate(data, individuals=individuals, seed=seed, image_size=64, progress=False)
     argv = ["--data", data, "--boxes", f"{data}/boxes.csv", "--size", str(size), "--out", out]
+    argv += ["--local-features" if local_features else "--no-local-features"]
     assert build_main([*argv, "--folds", "2", "--workers", "1", "-q"]) == 0
     return data, out

@@ -20,7 +20,7 @@ LAYERS = {
     "tfwhale.matching": 3,
     "tfwhale.feed": 3,
     "tfwhale.synthetic": 3,
-    "tfrecords_builder": 3,
+    "tfrecords_builder": 4,  # its workers take local features with tfwhale.matching.photo
     "tfwhale.training": 4,
     "tfwhale.query": 4,  # the one query path: gallery -> crop -> embed -> rank -> threshold -> answers
     "tfwhale.inference": 5,  # predict's internals, on top of the query path

@@ -117,3 +117,15 @@ def test_backend_choice(monkeypatch):
     assert kaggle.choose_backend(tpu=True) == "jax"
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     assert kaggle.choose_backend(tpu=True) == "tensorflow"
+
+
+def test_kernels_leave_local_features_out_unless_asked(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(kaggle, "_run", lambda main, args, shown: calls.append(args))
+    kaggle._build_records(str(tmp_path), str(tmp_path / "out"), 224, [])
+    kaggle._build_records(str(tmp_path), str(tmp_path / "out"), 224, ["--local-features"])
+    assert calls[0][-1] == "--no-local-features"
+    assert "--no-local-features" not in calls[1] and "--local-features" in calls[1]
+    assert kaggle.predict_args(["r"], "rec", "o", [])[-2:] == ["--rerank", "none"]
+    assert kaggle.predict_args(["r"], "rec", "o", ["--rerank", "local"]).count("--rerank") == 1
+    assert kaggle.predict_args(["r"], "rec", "o", ["--rerank=local"])[-1] == "--rerank=local"

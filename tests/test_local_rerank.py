@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.serve_fixture import second_photo
 from tests.textures import texture
 from tfwhale.contracts.gallery_manifest import GalleryError, load_gallery_manifest
 from tfwhale.contracts.local_features import FeatureSet
@@ -218,11 +220,53 @@ def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_similar
         data = f.read()
     sha, _ = catalogue.upload(data, "stranger.jpg", None, "tester")
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
-    # the same photo again: its registered individual (grown, no local features) is found by its
-    # similarity alone, fused with P(inliers) and P(votes) of 0 matches
-    _, again = catalogue.upload(data, "stranger-again.jpg", None, "tester")
+    # another photo of it (mirrored: the same photo again would be its twin, never its candidate): its
+    # registered individual (grown, no local features) is found by its similarity alone, fused with
+    # P(inliers) and P(votes) of 0 matches
+    _, again = catalogue.upload(second_photo(data), "stranger-mirrored.jpg", None, "tester")
     (newcomer,) = [c for c in again.candidates if c.label == "Newcomer-1"]
     calibrations = Calibrations.from_dict(load_gallery_manifest(out).local.calibrations)
     none = np.zeros(1)
-    expected = calibrations.fused(np.ones(1), none, none)[0]
+    cosine = newcomer.photos[0][1]  # its one photo's similarity to the query
+    expected = calibrations.fused(np.array([cosine]), none, none)[0]
     assert newcomer.similarity == pytest.approx(expected, abs=1e-3)
+
+
+def test_catalogue_compare_view_draws_the_gallery_features_on_the_original_and_says_p_same(
+    sift_gallery, tmp_path
+):
+    pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from tests.test_serve_api import HOSTS, upload
+    from tfwhale.serve.app import create_app
+    from tfwhale.serve.catalogue import Catalogue
+
+    out, second, _, root = sift_gallery
+    client = TestClient(create_app(Catalogue(out, str(tmp_path / "catalogue")), hosts=HOSTS))
+    client.get("/")  # the CSRF cookie
+    with open(second, "rb") as f:
+        html = upload(client, f.read(), "second.jpg").text
+    assert "P(same) 0." in html and "similarity 0." not in html  # fused: calibrated probabilities
+    sha = html.split('data-photo="', 1)[1].split('"', 1)[0]
+    gallery_photo = html.split(f"/compare?query={sha}&amp;photo=", 1)[1].split('"', 1)[
+        0
+    ]  # ind-2's best photo
+    answer = client.get(f"/api/matches?query={sha}&photo={gallery_photo}").json()
+    assert answer["inliers"] >= 20 and answer["photo"]["features"] == "gallery"
+    assert answer["photo"]["url"] == f"/compare/original/{gallery_photo}" and answer["photo"]["original"]
+    original = client.get(answer["photo"]["url"])
+    name = answer["photo"]["name"]
+    assert original.status_code == 200 and original.content == (root / "photos" / name).read_bytes()
+    pairs = np.asarray(answer["pairs"])
+    assert (pairs >= 0).all() and (pairs[:, 2] <= answer["photo"]["width"]).all()
+    assert (pairs[:, 3] <= answer["photo"]["height"]).all()
+    assert 'data-matches="on"' in client.get(f"/compare?query={sha}&photo={gallery_photo}").text
+    # the first row's match strip shows ind-2's best verified photo: none of its photos verifies more
+    row = html.split('class="candidate"', 2)[1]
+    strip_photo = row.split('class="show-matches"', 1)[1].split('data-photo="', 1)[1].split('"', 1)[0]
+    thumbs = re.findall(rf"/compare\?query={sha}&amp;photo=([0-9a-f]{{64}})", row)
+    inliers = {
+        p: client.get(f"/api/matches?query={sha}&photo={p}").json()["inliers"] for p in {*thumbs, strip_photo}
+    }
+    assert inliers[strip_photo] == max(inliers.values()) >= 20

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from tests.textures import texture
+from tfwhale.imaging.crop_frame import aspect_crop_to_photo
 from tfwhale.imaging.photo_crop import ImageSettings
 from tfwhale.matching.features import SiftSettings
-from tfwhale.query.local import match_crop
+from tfwhale.matching.photo import match_crop
 
 
 def jpeg(width: int, height: int) -> bytes:
@@ -53,3 +54,14 @@ def test_stored_settings_without_a_crop_mean_the_square_crop_they_were_made_with
         SiftSettings.from_stored({**current, "colour": True})
     with pytest.raises(ValueError, match="crop must be one of"):
         SiftSettings.from_stored({**current, "crop": "circle"})
+
+
+def test_positions_in_an_aspect_kept_crop_map_back_to_the_photo_by_hand():
+    # the whole 400 x 200 photo kept its aspect in a 512 x 256 matching image: a plain 400/512 scale
+    whole = aspect_crop_to_photo(
+        np.array([[256, 128], [0, 0], [512, 256]]), (512, 256), (400, 200), None, IMAGE
+    )
+    np.testing.assert_allclose(whole, [[200, 100], [0, 0], [400, 200]])
+    # box 100..200 x 50..150 (enlarge 1.0): 100 x 100 at 512 x 512, offset by the box's corner
+    boxed = aspect_crop_to_photo(np.array([[256, 256]]), (512, 512), (400, 200), (100, 50, 200, 150), IMAGE)
+    np.testing.assert_allclose(boxed, [[150, 100]])

@@ -98,8 +98,8 @@ def test_unresolved_with_note_and_decisions_csv_and_export(client, tmp_path):
     decide(client, photo, "register", "Nova")
     answer = client.post("/api/export", json={}, headers=_headers(client)).json()
     train = (tmp_path / answer["folder"] / "train.csv").read_text().splitlines()
-    assert train[0] == "image,species,individual_id"
-    assert f"{photo}.jpg,unknown,Nova" in train
+    assert train[0] == "image,species,individual_id,date,latitude,longitude,place,side,photographer,notes"
+    assert "photo.jpg,unknown,Nova,,,,,unknown,," in train  # the upload's own name, its metadata columns
     assert len(train) - 1 == len(list((tmp_path / answer["folder"] / "train_images").iterdir()))
 
 

@@ -7,70 +7,19 @@ Playwright or a Chromium is missing; .ci/run installs Debian's chromium so that 
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
-import time
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
 
+from tests.browser_fixture import NEEDS_CHROMIUM, LiveServer  # noqa: E402
+from tests.browser_fixture import shot as _shot  # noqa: E402
+from tests.browser_fixture import write_file as _write  # noqa: E402
 from tests.serve_fixture import photo_bytes, second_photo  # noqa: E402
 from tfwhale.serve.app import create_app  # noqa: E402
 from tfwhale.serve.catalogue import Catalogue  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / os.environ.get("TFWHALE_SCREENSHOTS", "test-screenshots")
-CHROMIUM = os.environ.get("TFWHALE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-pytestmark = [
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="no Chromium: install Debian's `chromium` package (apt-get install chromium), "
-        "or set TFWHALE_CHROMIUM to a Chromium binary",
-    ),
-    pytest.mark.timeout(600),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn serving one app in a thread of this process, on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.port = _free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the app did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.timeout(600)]
 
 
 @pytest.fixture
@@ -81,12 +30,6 @@ def live(serve_gallery, tmp_path):
     server.stop()
 
 
-def _write(tmp_path: Path, name: str, data: bytes) -> str:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return str(path)
-
-
 def _identify(page, path: str):
     """Upload one photo on the identify page; returns its result section once its candidates show."""
     before = page.locator(".result").count()
@@ -94,13 +37,6 @@ def _identify(page, path: str):
     page.click("#identify")
     page.wait_for_function(f"document.querySelectorAll('.result').length > {before}")
     return page.locator(".result").first
-
-
-def _shot(page, name: str, at=None) -> None:
-    SHOTS.mkdir(exist_ok=True)
-    if at is not None:
-        at.evaluate("element => element.scrollIntoView()")
-    page.screenshot(path=str(SHOTS / f"serve-{name}.png"))
 
 
 def test_the_catalogue_loop_in_a_browser(browser, live, tmp_path):

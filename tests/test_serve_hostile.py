@@ -126,7 +126,9 @@ def test_the_printed_build_command_runs_as_printed(client, tmp_path):
     assert _decide(client, photo, "register", "Nova-1").json()["ok"]
     answer = client.post("/api/export", json={}, headers=_headers(client)).json()
     folder = Path(answer["folder"])
-    assert not (folder / "boxes.csv").exists()  # no box drawn: no header-only boxes.csv
+    boxes = folder / "boxes.csv"  # the gallery originals' boxes (the records were built with boxes)
+    assert ("--boxes" in answer["command"]) == boxes.exists()
+    assert not boxes.exists() or len(boxes.read_text().splitlines()) > 1  # never a header-only one
     argv = shlex.split(answer["command"].replace("RECORDS_DIR", str(tmp_path / "rebuilt")))
     assert argv[0] == "build-tfrecords"
     size = client.catalogue.engine.manifest.image.size

@@ -11,6 +11,18 @@ from tfwhale.imaging.photo_crop import RESIZE_MODES, ImageSettings
 # Light on purpose, like cli.py: spawned image workers re-import the console script's modules (the crop
 # engine's module they import anyway: its ImageSettings is the one source of the crop defaults).
 _IMAGE_DEFAULTS = ImageSettings(size=1)
+# The default of --local-features (BENCHMARKS.md "Local features in the builder"): see LOCAL_FEATURES_HELP.
+LOCAL_FEATURES_DEFAULT = True
+LOCAL_FEATURES_HELP = (
+    "take each photo's local features (SIFT of its crop at --match-size, the function identify uses for "
+    "new photos) in the image workers, into one .features.npz beside each shard, listed in manifest.json "
+    "with its sha256; predict --rerank local needs them. Default on: the fused re-rank beat the embedding "
+    "alone on nyala-dev (MAP@5 0.641 vs 0.566) and did not lose on the lions; it costs ~3.8x the build "
+    "time on nyala-dev's 800 px photos (less on large photos, whose decoding dominates) and ~131 KB a "
+    "photo (~9.8 GiB for Happywhale's 79k photos; BENCHMARKS.md). --no-local-features: the records "
+    "alone (they still train; `build-tfrecords add-local-features` adds the features later without "
+    "rebuilding the images)"
+)
 
 EXAMPLES = """\
 examples:
@@ -140,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse photos with more than N pixels before decoding them, a guard against decompression "
         f"bombs (default {_IMAGE_DEFAULTS.max_pixels}, PIL's limit: a 20000x10000 photo is refused)",
     )
+    local = parser.add_argument_group("local features")
+    local.add_argument(
+        "--local-features",
+        action=argparse.BooleanOptionalAction,
+        default=LOCAL_FEATURES_DEFAULT,
+        help=LOCAL_FEATURES_HELP,
+    )
+    _add_match_size(local)
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="output folder, local or gs://")
     out.add_argument("--folds", metavar="K", type=_at_least(int, 2), default=5, help="number of folds (5)")
@@ -187,6 +207,47 @@ def verify_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out", help="the build folder (local or gs://)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only the result")
+    return parser
+
+
+def _add_match_size(parser) -> None:
+    parser.add_argument(
+        "--match-size",
+        metavar="PX",
+        type=_at_least(int, 32),
+        help="long side of the crop local features are taken from, apart from --size: markings need "
+        "more pixels than the model (default: the matching library's, 512 px; never enlarged)",
+    )
+
+
+def add_features_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build-tfrecords add-local-features",
+        description="Add local features to records built with --no-local-features (or before the flag "
+        "existed), without rebuilding the images: each shard's photos are read again from their "
+        "folders, cropped as the build cropped them (its boxes, enlarge, resize mode) at the match "
+        "size, and their SIFT written beside the shard; then manifest.json lists the files. Resumable: "
+        "feature files already written whole are kept, so an interrupted run continues when run again.",
+        epilog="example:\n  build-tfrecords add-local-features --out records384 \\\n"
+        "      --images happywhale/train_images --test-images happywhale/test_images",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", metavar="DIR", required=True, help="the finished build (local or gs://)")
+    parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="the training photos (default: the folder the build read, from manifest.json)",
+    )
+    parser.add_argument(
+        "--test-images",
+        metavar="DIR",
+        help="the test photos (default: the folder the build read, from manifest.json)",
+    )
+    _add_match_size(parser)
+    parser.add_argument(
+        "--workers", metavar="N", type=_at_least(int, 1), help="worker processes (default: every CPU)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
     return parser
 
 

@@ -120,12 +120,13 @@ def expand_shard(name: str, out: str) -> Iterator[tuple[str, tuple[int, PlanItem
 
 
 def process_photo(
-    element: tuple[str, tuple[int, PlanItem]], settings: ImageSettings, out: str
+    element: tuple[str, tuple[int, PlanItem]], settings: ImageSettings, out: str, sift: Any = None
 ) -> tuple[str, tuple[int, ImageResult]]:
-    """One photo read, cropped, resized and encoded by the local build's own code; rejects come back too."""
+    """One photo read, cropped, resized and encoded by the local build's own code (its local features
+    too, when `sift`: matching.features.SiftSettings); rejects come back too."""
     name, (position, item) = element
     fail_once("photo", item.image, out)
-    return name, (position, process_task(image_task(item), settings))
+    return name, (position, process_task(image_task(item), settings, sift))
 
 
 def ordered_results(shard: PlannedShard, results: Iterable[tuple[int, ImageResult]]) -> list[ImageResult]:
@@ -137,16 +138,21 @@ def ordered_results(shard: PlannedShard, results: Iterable[tuple[int, ImageResul
     return [by_position[i] for i in range(len(shard.items))]
 
 
-def write_grouped_shard(element: tuple[str, Iterable[tuple[int, ImageResult]]], out: str) -> str:
-    """Write one shard whole (temp name, then rename) with its sidecar; returns the shard's name."""
+def write_grouped_shard(
+    element: tuple[str, Iterable[tuple[int, ImageResult]]], out: str, sift: Any = None
+) -> str:
+    """Write one shard whole (temp name, then rename) with its sidecar (and its feature file, when
+    `sift`); returns the shard's name."""
     name, results = element
     shard = read_plan(out, name)
-    write_shard(shard, iter(ordered_results(shard, results)), out)
+    write_shard(shard, iter(ordered_results(shard, results)), out, sift=sift)
     fail_once("shard", name, out)  # after the write: the retry writes the same shard a second time
     return name
 
 
-def build_pipeline(pipeline: Any, names: Sequence[str], out: str, settings: ImageSettings) -> Any:
+def build_pipeline(
+    pipeline: Any, names: Sequence[str], out: str, settings: ImageSettings, sift: Any = None
+) -> Any:
     """The transforms, on `pipeline`; returns the collection of written shard names."""
     beam = import_beam()
     return (
@@ -154,9 +160,9 @@ def build_pipeline(pipeline: Any, names: Sequence[str], out: str, settings: Imag
         | "Shards" >> beam.Create(list(names))
         | "Photos" >> beam.FlatMap(expand_shard, out)
         | "Spread" >> beam.Reshuffle()
-        | "Process" >> beam.Map(process_photo, settings, out)
+        | "Process" >> beam.Map(process_photo, settings, out, sift)
         | "ByShard" >> beam.GroupByKey()
-        | "Write" >> beam.Map(write_grouped_shard, out)
+        | "Write" >> beam.Map(write_grouped_shard, out, sift)
     )
 
 
@@ -166,8 +172,10 @@ def write_shards(
     settings: ImageSettings,
     reusable: dict[str, ShardRecord],
     beam_options: str = "",
+    sift: Any = None,
 ) -> BuildOutcome:
-    """Build every planned shard not in `reusable` on Beam; blocks until the pipeline has finished."""
+    """Build every planned shard not in `reusable` on Beam; blocks until the pipeline has finished.
+    sift: take local features too (matching.features.SiftSettings), as the local runner does."""
     beam = import_beam()
     pending = [shard for shard in plan if shard.name not in reusable]
     if reusable:
@@ -180,7 +188,7 @@ def write_shards(
         write_plan(out, pending)
         pipeline = beam.Pipeline(options=options)
         names = [shard.name for shard in pending]
-        build_pipeline(pipeline, names, out, settings)
+        build_pipeline(pipeline, names, out, settings, sift)
         state = pipeline.run().wait_until_finish()  # a failed pipeline raises; a cancelled one returns
         if state not in (beam.runners.runner.PipelineState.DONE, beam.runners.runner.PipelineState.UNKNOWN):
             raise RuntimeError(f"the Beam pipeline ended in state {state}")

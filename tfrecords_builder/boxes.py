@@ -2,56 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tfrecords_builder.errors import BuildInputError
-from tfwhale.imaging.crop_box import Box, box_area, format_box, parse_box_list, parse_conf_list
+from tfwhale.imaging.box_choice import CORNER_COLUMNS, Candidate, box_format, choose_box
+from tfwhale.imaging.box_choice import pair as _pair
+from tfwhale.imaging.crop_box import format_box, parse_box_list, parse_conf_list
 
 if TYPE_CHECKING:
     import pandas as pd
 
-Candidate = tuple[Box, float | None]  # a box and its detector confidence, when known
-
-CORNER_COLUMNS = ("x1", "y1", "x2", "y2")
 ACCEPTED_FORMATS = (
     "a 'box' column with 'x1 y1 x2 y2' (Detic; spaces or commas)",
     "a 'bbox' column with '[[x1 y1 x2 y2]]' and an optional 'conf' column ('[0.88]' or '0.88') (YOLOv5)",
     "columns 'x1', 'y1', 'x2', 'y2' and an optional 'conf' column",
 )
-
-
-def choose_box(candidates: Sequence[Candidate], min_conf: float = 0.0) -> Box | None:
-    """The most confident box when every candidate has a confidence, else the largest.
-
-    Candidates below `min_conf` never win; a box without a confidence is kept (nothing says it is weak).
-    """
-    kept = [(box, conf) for box, conf in candidates if conf is None or conf >= min_conf]
-    if not kept:
-        return None
-    if all(conf is not None for _, conf in kept):
-        return max(kept, key=lambda cand: cand[1])[0]
-    return max(kept, key=lambda cand: box_area(cand[0]))[0]
-
-
-def box_format(columns: Sequence[str]) -> str | None:
-    """Which box format a table's columns hold: 'box', 'bbox', 'corners', or None for no boxes."""
-    if "box" in columns:
-        return "box"
-    if "bbox" in columns:
-        return "bbox"
-    if all(name in columns for name in CORNER_COLUMNS):
-        return "corners"
-    return None
-
-
-def _pair(boxes: list[Box], confs: list[float], min_conf: float) -> list[Candidate]:
-    if len(confs) == len(boxes):
-        return list(zip(boxes, confs, strict=True))
-    # Confidences that do not pair up with the boxes cannot rank them, but still say when all are weak.
-    if confs and max(confs) < min_conf:
-        return []
-    return [(box, None) for box in boxes]
 
 
 def _parse_cell(parse: Callable[[str], list], text: str, source: str, row: int, field: str) -> list:

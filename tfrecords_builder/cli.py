@@ -12,7 +12,7 @@ from typing import Any
 
 # Only light imports up here: spawned image workers re-import the main module (the console script, which
 # imports this one), and TensorFlow must not load in them. The build modules are imported in main().
-from tfrecords_builder.arguments import build_parser, verify_parser
+from tfrecords_builder.arguments import add_features_parser, build_parser, verify_parser
 from tfrecords_builder.errors import BuildInputError, BuildRunError
 
 logger = logging.getLogger("build-tfrecords")
@@ -100,7 +100,23 @@ def build_settings(args: argparse.Namespace, box_source: str) -> dict[str, Any]:
         "test": not args.no_test,
         # only when given: builds made before the flag existed resume unchanged
         **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
+        **({"local_features": _sift_entry(args)} if args.local_features else {}),
     }
+
+
+def _sift_entry(args: argparse.Namespace) -> dict[str, Any]:
+    from tfrecords_builder import local_features
+
+    return local_features.settings_entry(local_features.sift_settings(args.match_size))
+
+
+def sift_of(settings: dict[str, Any]):
+    """The SiftSettings the workers take features with (None: the build takes none)."""
+    if not settings.get("local_features"):
+        return None
+    from tfwhale.matching.features import SiftSettings
+
+    return SiftSettings.from_stored(settings["local_features"])
 
 
 def _sources(inputs: Inputs, args: argparse.Namespace) -> dict[str, Any]:
@@ -160,9 +176,9 @@ def run_build(args: argparse.Namespace) -> int:
         from tfrecords_builder import writer
         from tfrecords_builder.lock import build_lock
 
-        def write(shards, out, image_settings, reusable):
+        def write(shards, out, image_settings, reusable, sift):
             return writer.write_shards(
-                shards, out, image_settings, workers, reusable, not args.quiet, pool=pool
+                shards, out, image_settings, workers, reusable, not args.quiet, pool=pool, sift=sift
             )
 
         with build_lock(args.out):
@@ -186,9 +202,9 @@ def _run_beam_build(args: argparse.Namespace) -> int:
     )
     from tfrecords_builder.lock import build_lock
 
-    def write(shards, out, image_settings, reusable):
+    def write(shards, out, image_settings, reusable, sift):
         try:
-            return beam_pipeline.write_shards(shards, out, image_settings, reusable, args.beam_options)
+            return beam_pipeline.write_shards(shards, out, image_settings, reusable, args.beam_options, sift)
         except Exception as error:
             from tfwhale.core import files
 
@@ -214,7 +230,7 @@ def _run_build(args: argparse.Namespace, write: Callable) -> int:
     shards, settings, train, (individuals, species), rejects = plan_build(args, inputs)
     reusable = resume.prepare_output(args.out, settings, shards, args.overwrite)
     image_settings = arguments.image_settings(args)
-    outcome = write(shards, args.out, image_settings, reusable)
+    outcome = write(shards, args.out, image_settings, reusable, sift_of(settings))
     image_rejects = [reject for shard in outcome.shards for reject in shard.rejects]
     counts = photo_counts(train[~train["image"].isin({reject.image for reject in image_rejects})])
     rejects += image_rejects
@@ -261,11 +277,33 @@ def verify_main(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def add_features_main(argv: list[str]) -> int:
+    args = add_features_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    from tfrecords_builder.add_features import add_local_features
+    from tfrecords_builder.lock import build_lock
+    from tfwhale.contracts.records import ManifestError
+
+    try:
+        with build_lock(args.out):
+            print(add_local_features(args))
+    except (BuildInputError, ManifestError) as error:
+        logger.error("%s", error)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        logger.error("interrupted: finished feature files are kept; run the same command again to resume")
+        return 130
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `build-tfrecords`; `build-tfrecords verify OUT` checks a finished build."""
+    """Entry point of `build-tfrecords`; `build-tfrecords verify OUT` checks a finished build;
+    `build-tfrecords add-local-features --out OUT` adds local features to one built without them."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["verify"]:
         return verify_main(argv[1:])
+    if argv[:1] == ["add-local-features"]:
+        return add_features_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:

@@ -1,14 +1,28 @@
-"""build-tfrecords worker side: one task per photo, processed by the crop contract (no TensorFlow)."""
+"""build-tfrecords worker side: one task per photo, processed by the crop contract and, when asked, the
+local-feature contract (tfwhale.matching.photo); no TensorFlow."""
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tfrecords_builder.workers import spawn_pool
+from tfwhale.contracts.local_features import LocalFeatures
 from tfwhale.imaging.crop_box import Box
 from tfwhale.imaging.photo_crop import ImageError, ImageInfo, ImageSettings, process_image
+
+if TYPE_CHECKING:  # OpenCV loads only in builds that take local features
+    from tfwhale.matching.features import SiftSettings
+
+logger = logging.getLogger(__name__)
+# A photo whose records crop worked but whose match-size crop did not (rare): it keeps its record, with
+# no keypoints, so one bad photo never sinks the shard.
+NO_FEATURES = LocalFeatures(np.zeros((0, 4), np.float16), np.zeros((0, 128), np.uint8), (0, 0))
 
 
 @dataclass(frozen=True)
@@ -32,10 +46,24 @@ class ImageResult:
     jpeg: bytes | None
     info: ImageInfo | None
     error: str | None
+    features: LocalFeatures | None = None  # when the build takes local features
 
 
-def process_task(task: ImageTask, settings: ImageSettings) -> ImageResult:
-    """Read (when given a local path) and process one image; refusals come back as `error`, never raise."""
+def take_features(data: bytes, box: Box | None, settings: ImageSettings, sift: SiftSettings) -> LocalFeatures:
+    """The photo's local features by the query path's own function (its match-size crop -> SIFT), or
+    none (logged) when that crop fails. Imported here: OpenCV loads only in builds that take features."""
+    from tfwhale.matching.photo import photo_features
+
+    try:
+        return photo_features(data, box, settings, sift)
+    except ImageError as error:
+        logger.warning("no local features (%s)", error)
+        return NO_FEATURES
+
+
+def process_task(task: ImageTask, settings: ImageSettings, sift: SiftSettings | None = None) -> ImageResult:
+    """Read (when given a local path) and process one image; refusals come back as `error`, never raise.
+    sift: matching.features.SiftSettings when the build takes local features (None: it does not)."""
     if task.error:
         return ImageResult(image=task.image, jpeg=None, info=None, error=task.error)
     try:
@@ -43,12 +71,32 @@ def process_task(task: ImageTask, settings: ImageSettings) -> ImageResult:
         jpeg, info = process_image(data, task.box, settings)
     except ImageError as error:
         return ImageResult(image=task.image, jpeg=None, info=None, error=str(error))
-    return ImageResult(image=task.image, jpeg=jpeg, info=info, error=None)
+    features = None if sift is None else take_features(data, task.box, settings, sift)
+    return ImageResult(image=task.image, jpeg=jpeg, info=info, error=None, features=features)
 
 
-def process_chunk(tasks: list[ImageTask], settings: ImageSettings) -> list[ImageResult]:
+def process_chunk(
+    tasks: list[ImageTask], settings: ImageSettings, sift: SiftSettings | None = None
+) -> list[ImageResult]:
     """The unit of work sent to a worker process: a few images, so that pickling overhead stays small."""
-    return [process_task(task, settings) for task in tasks]
+    return [process_task(task, settings, sift) for task in tasks]
+
+
+def features_task(task: ImageTask, settings: ImageSettings, sift: SiftSettings) -> ImageResult:
+    """Local features only (build-tfrecords add-local-features: the records exist already); a photo that
+    cannot be read comes back with `error` and no features."""
+    if task.error:
+        return ImageResult(image=task.image, jpeg=None, info=None, error=task.error)
+    try:
+        data = task.source if isinstance(task.source, bytes) else _read_local(task.source)
+    except ImageError as error:
+        return ImageResult(image=task.image, jpeg=None, info=None, error=str(error))
+    features = take_features(data, task.box, settings, sift)
+    return ImageResult(image=task.image, jpeg=None, info=None, error=None, features=features)
+
+
+def features_chunk(tasks: list[ImageTask], settings: ImageSettings, sift: SiftSettings) -> list[ImageResult]:
+    return [features_task(task, settings, sift) for task in tasks]
 
 
 def _read_local(path: str) -> bytes:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import tfwhale
+from tfrecords_builder import local_features
 from tfrecords_builder.errors import REJECT_COLUMNS, Reject
 from tfrecords_builder.resume import ShardRecord
 from tfwhale.contracts import records
@@ -94,7 +95,19 @@ def manifest_data(
         "no_box": sum(shard.no_box for shard in shards),
         "sources": dict(sources),
         "build": {"settings": dict(settings)},
+        **_features_section(shards, settings),
     }
+
+
+def _features_section(shards: Sequence[ShardRecord], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """{"local_features": ...} for a build that took them (each shard's entry lists its file), else {}."""
+    if not settings.get("local_features"):
+        return {}
+    entries = [shard.features for shard in shards]
+    if any(entry is None for entry in entries):
+        missing = [shard.name for shard in shards if shard.features is None]
+        raise ValueError(f"shards without their local-feature file: {missing[:3]}")
+    return {"local_features": local_features.manifest_section(entries, settings["local_features"])}
 
 
 def write_manifest(out: str, data: Mapping[str, Any]) -> str:
@@ -122,6 +135,11 @@ def summary(data: Mapping[str, Any], n_reused: int, manifest_path: str) -> str:
     lines += [f"    {count:>6}  {reason}" for reason, count in rejected["by_reason"].items()]
     fallbacks = ", ".join(f"{reason}: {n}" for reason, n in data["box_fallbacks"].items()) or "none"
     lines.append(f"  box fallbacks (whole image used): {fallbacks}; images without a box: {data['no_box']}")
+    if features := data.get("local_features"):
+        lines.append(f"  local features: {features['keypoints']} keypoints of {features['photos']} photos, "
+                     f"{features['bytes'] / 1e6:.1f} MB in {features['files']} file(s)")  # fmt: skip
+    else:
+        lines.append("  local features: none (build-tfrecords add-local-features adds them)")
     if n_reused:
         lines.append(f"  reused {n_reused} of {len(shards)} shard(s) from an earlier run")
     lines.append(f"  manifest: {manifest_path}")

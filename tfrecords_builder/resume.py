@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tfrecords_builder import local_features
 from tfrecords_builder.errors import BuildInputError, Reject
 from tfrecords_builder.plan import PlannedShard
 from tfwhale.contracts import records
@@ -34,6 +35,7 @@ class ShardRecord:
     rejects: tuple[Reject, ...] = ()
     fallbacks: dict[str, int] = field(default_factory=dict)
     no_box: int = 0
+    features: dict[str, Any] | None = None  # its local-feature file (local_features.write_features)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -49,7 +51,8 @@ class ShardRecord:
         entry: dict[str, Any] = {"name": self.name, "split": self.split}
         if self.fold is not None:
             entry["fold"] = self.fold
-        return {**entry, "count": self.count, "sha256": self.sha256, "bytes": self.bytes}
+        entry = {**entry, "count": self.count, "sha256": self.sha256, "bytes": self.bytes}
+        return {**entry, "features": self.features} if self.features else entry
 
 
 def parts_path(out: str, name: str = "") -> str:
@@ -74,7 +77,7 @@ def _previous_settings(out: str) -> dict[str, Any] | None:
 def _clear_build(out: str) -> None:
     """--overwrite: remove only what a build writes (shards, temp files, manifest, rejects, sidecars)."""
     for name in files.listdir(out):
-        if name.endswith(records.SHARD_SUFFIX) or _TEMP_NAME.search(name):
+        if name.endswith((records.SHARD_SUFFIX, records.FEATURES_SUFFIX)) or _TEMP_NAME.search(name):
             files.remove(files.join(out, name))
     for name in (records.MANIFEST_NAME, records.REJECTS_NAME):
         files.remove(files.join(out, name))
@@ -96,6 +99,14 @@ def _check_same_settings(out: str, settings: dict[str, Any]) -> None:
         for key in keys
         if previous.get(key) != settings.get(key)
     ]
+    if changes == [
+        f"local_features {previous.get('local_features')!r} -> {settings.get('local_features')!r}"
+    ]:
+        raise BuildInputError(
+            f"{out} holds a build made {'without' if settings.get('local_features') else 'with'} local "
+            "features; to add them without rebuilding the images run `build-tfrecords add-local-features "
+            f"--out {out}`; to build anew pass --overwrite, or choose another --out"
+        )
     if changes:
         raise BuildInputError(
             f"{out} holds a build made with other settings ({'; '.join(changes)}); pass --overwrite to "
@@ -129,10 +140,18 @@ def find_reusable(plan: Sequence[PlannedShard], out: str) -> dict[str, ShardReco
 
 def _intact(shard_path: str, record: ShardRecord) -> bool:
     """A finished shard is kept only when its bytes are exactly those its sidecar recorded (sha256):
-    a flipped byte would otherwise reach training as a DataLossError naming no file."""
+    a flipped byte would otherwise reach training as a DataLossError naming no file. So is its
+    local-feature file, when it has one."""
     if not files.exists(shard_path):
         return False
-    if files.size(shard_path) == record.bytes and files.sha256(shard_path) == record.sha256:
+    features_whole = record.features is None or local_features.intact(
+        files.dirname(shard_path), record.features
+    )
+    if (
+        features_whole
+        and files.size(shard_path) == record.bytes
+        and files.sha256(shard_path) == record.sha256
+    ):
         return True
     logger.warning(
         "%s: size or sha256 differs from what this build wrote (changed or corrupt); rebuilding it",

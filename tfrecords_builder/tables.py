@@ -11,7 +11,6 @@ import pandas as pd
 
 from tfrecords_builder.boxes import (
     ACCEPTED_FORMATS,
-    Box,
     Candidate,
     box_column_text,
     box_format,
@@ -21,6 +20,7 @@ from tfrecords_builder.boxes import (
 from tfrecords_builder.errors import BuildInputError, Reject
 from tfwhale.contracts.individual_id import control_problem, id_problem
 from tfwhale.core import files
+from tfwhale.imaging.crop_box import Box
 
 logger = logging.getLogger(__name__)
 

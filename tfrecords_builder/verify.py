@@ -1,4 +1,5 @@
-"""build-tfrecords verify: re-read a finished build and check every shard and image against its manifest."""
+"""build-tfrecords verify: re-read a finished build and check every shard and image against its manifest,
+and every shard's local-feature file (sha256, readable, one row per record in the shard's order)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfwhale.contracts import records
+from tfwhale.contracts.local_features import LocalFeaturesError, load_feature_set
 from tfwhale.core import files
 
 logger = logging.getLogger(__name__)
@@ -47,9 +49,10 @@ def _check_example(
 
 
 def _check_records(
-    path: str, entry: dict[str, Any], manifest: records.Manifest, names: set[str]
+    path: str, entry: dict[str, Any], manifest: records.Manifest, names: set[str], order: list[str]
 ) -> list[str]:
-    """Decode every record of a shard; a record that cannot be read ends that shard's check."""
+    """Decode every record of a shard; a record that cannot be read ends that shard's check. `order`
+    receives the shard's image names in record order."""
     parse = records.parse_train_example if entry["split"] == "train" else records.parse_test_example
     problems: list[str] = []
     count = 0
@@ -60,6 +63,7 @@ def _check_records(
             if image_name in names:
                 problems.append(f"{entry['name']}: {image_name} appears more than once in the build")
             names.add(image_name)
+            order.append(image_name)
             problems += _check_example(example, entry, manifest)
             count += 1
     except (tf.errors.OpError, ValueError) as error:
@@ -71,11 +75,42 @@ def _check_records(
 
 
 def _check_listing(out: str, manifest: records.Manifest) -> list[str]:
+    listing = files.listdir(out)
     listed = {shard["name"] for shard in manifest.data["shards"]}
-    on_disk = {name for name in files.listdir(out) if name.endswith(records.SHARD_SUFFIX)}
+    on_disk = {name for name in listing if name.endswith(records.SHARD_SUFFIX)}
     problems = [f"{name}: listed in the manifest but missing" for name in sorted(listed - on_disk)]
     problems += [f"{name}: shard file not listed in the manifest" for name in sorted(on_disk - listed)]
+    features = {s["features"]["name"] for s in manifest.data["shards"] if s.get("features")}
+    on_disk = {name for name in listing if name.endswith(records.FEATURES_SUFFIX)}
+    problems += [
+        f"{name}: local-feature file not listed in the manifest" for name in sorted(on_disk - features)
+    ]
+    if manifest.data.get("local_features"):
+        problems += [f"{s['name']}: no local-feature file listed, though the build has local features"
+                     for s in manifest.data["shards"] if not s.get("features")]  # fmt: skip
     return problems
+
+
+def _check_features(out: str, shard: dict[str, Any], order: list[str]) -> list[str]:
+    """A shard's local-feature file: present, its bytes and sha256 as listed, readable, and one row per
+    record of the shard in the same order."""
+    entry = shard["features"]
+    path = files.join(out, entry["name"])
+    if not files.exists(path):
+        return [f"{entry['name']}: local-feature file listed in the manifest but missing"]
+    problems = _check_bytes(path, entry)
+    if problems:
+        return problems
+    try:
+        features = load_feature_set(path)
+    except LocalFeaturesError as error:
+        return [f"{entry['name']}: {error}"]
+    if list(features.names) != order:
+        return [f"{entry['name']}: its {len(features)} photos are not the {len(order)} records of "
+                f"{shard['name']} in order"]  # fmt: skip
+    if len(features.descriptors) != int(entry["keypoints"]):
+        return [f"{entry['name']}: {len(features.descriptors)} keypoints, manifest says {entry['keypoints']}"]
+    return []
 
 
 def _check_totals(manifest: records.Manifest) -> list[str]:
@@ -88,8 +123,9 @@ def _check_totals(manifest: records.Manifest) -> list[str]:
 
 
 def verify_build(out: str) -> list[str]:
-    """Every problem found in the build at `out` (empty list = good): missing, unlisted or changed shards,
-    wrong counts, unreadable records, images that are not size x size x 3, labels that do not match."""
+    """Every problem found in the build at `out` (empty list = good): missing, unlisted or changed shards
+    and local-feature files, wrong counts, unreadable records, images that are not size x size x 3,
+    labels that do not match, feature rows that are not the shard's records."""
     try:
         manifest = records.load_manifest(out)
     except records.ManifestError as error:
@@ -102,5 +138,8 @@ def verify_build(out: str) -> list[str]:
             continue
         logger.info("checking %s", entry["name"])
         problems += _check_bytes(path, entry)
-        problems += _check_records(path, entry, manifest, names)
+        order: list[str] = []
+        problems += _check_records(path, entry, manifest, names, order)
+        if entry.get("features"):
+            problems += _check_features(out, entry, order)
     return problems

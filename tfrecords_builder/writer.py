@@ -21,14 +21,16 @@ from tfrecords_builder.imaging import (
     ImageResult,
     ImageTask,
     process_chunk,
-    process_task,
     start_pool,
 )
+from tfrecords_builder.local_features import write_features
 from tfrecords_builder.plan import PlanItem, PlannedShard
 from tfrecords_builder.resume import ShardRecord, parts_path
 from tfwhale.contracts import records
+from tfwhale.contracts.local_features import LocalFeatures
 from tfwhale.core import files
 from tfwhale.imaging.photo_crop import ImageSettings
+from tfwhale.matching.features import SiftSettings
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +89,29 @@ def _chunks(tasks: Iterable[ImageTask], size: int) -> Iterator[list[ImageTask]]:
 
 
 def process_in_order(
-    tasks: Iterable[ImageTask], settings: ImageSettings, workers: int, pool: Executor | None = None
+    tasks: Iterable[ImageTask],
+    settings: ImageSettings,
+    workers: int,
+    pool: Executor | None = None,
+    sift: SiftSettings | None = None,
+    chunk_function: Callable = process_chunk,
 ) -> Iterator[ImageResult]:
     """Results in task order; with workers > 1 from a spawn pool, a bounded number of chunks ahead.
 
     `pool` is one imaging.start_pool already started (and shut down by whoever started it); without it a
     pool is started here and shut down at the end. The parent has TensorFlow loaded: spawned, never forked;
-    the workers exit if it dies.
+    the workers exit if it dies. sift: take local features too; chunk_function: imaging.features_chunk
+    for features alone (add-local-features).
     """
     if workers <= 1:
-        yield from (process_task(task, settings) for task in tasks)
+        for chunk in _chunks(tasks, 1):
+            yield from chunk_function(chunk, settings=settings, sift=sift)
         return
     own_pool = pool is None
     if own_pool:
         pool = start_pool(workers)
     try:
-        process = functools.partial(process_chunk, settings=settings)
+        process = functools.partial(chunk_function, settings=settings, sift=sift)
         window = workers * CHUNKS_IN_FLIGHT_PER_WORKER
         for results in _bounded_map(pool, process, _chunks(tasks, CHUNK_SIZE), window):
             yield from results
@@ -120,8 +129,13 @@ def _encode(shard: PlannedShard, item: PlanItem, jpeg: bytes) -> bytes:
 
 
 def _write_records(
-    shard: PlannedShard, results: Iterator[ImageResult], path: str, advance: Callable[[int], Any]
+    shard: PlannedShard,
+    results: Iterator[ImageResult],
+    path: str,
+    advance: Callable[[int], Any],
+    found: list[tuple[str, LocalFeatures]],
 ) -> tuple[int, list[Reject], Counter, int]:
+    """Write the shard's records to `path`; each written photo's local features (if taken) go to `found`."""
     count, rejects, fallbacks, no_box = 0, [], Counter(), 0
     with tf.io.TFRecordWriter(path) as writer:
         for item in shard.items:
@@ -133,6 +147,8 @@ def _write_records(
                 rejects.append(Reject(item.image, item.row, "image", result.error or "unknown error"))
                 continue
             writer.write(_encode(shard, item, result.jpeg))
+            if result.features is not None:
+                found.append((item.image, result.features))
             count += 1
             no_box += result.info.no_box
             if result.info.fallback:
@@ -158,8 +174,10 @@ def write_shard(
     results: Iterator[ImageResult],
     out: str,
     advance: Callable[[int], Any] = lambda _: None,
+    sift: SiftSettings | None = None,
 ) -> ShardRecord:
-    """Write one shard under a temp name, then make it visible, then record its sidecar.
+    """Write one shard under a temp name, then make it visible, then its local-feature file (when `sift`:
+    the results carry features), then record its sidecar.
 
     Safe to run twice on the same shard, even at once (a Beam retry or a duplicated bundle): each run has
     its own temp name and the same bytes, and the rename replaces the shard whole.
@@ -170,12 +188,16 @@ def write_shard(
         os.close(handle)
     else:
         staging = files.temp_name(final)
+    found: list[tuple[str, LocalFeatures]] = []
     try:
-        count, rejects, fallbacks, no_box = _write_records(shard, results, staging, advance)
+        count, rejects, fallbacks, no_box = _write_records(shard, results, staging, advance, found)
         digest, n_bytes = files.sha256(staging), files.size(staging)
         _publish(staging, final, digest, n_bytes)
     finally:
         files.remove(staging)
+    features = None
+    if sift is not None:
+        features = write_features(out, shard.name, [n for n, _ in found], [f for _, f in found])
     record = ShardRecord(
         shard.name,
         shard.split,
@@ -187,6 +209,7 @@ def write_shard(
         tuple(rejects),
         dict(sorted(fallbacks.items())),
         no_box,
+        features,
     )
     files.write_json(parts_path(out, f"{shard.name}.json"), record.to_json())
     return record
@@ -200,8 +223,10 @@ def write_shards(
     reusable: dict[str, ShardRecord],
     progress: bool = True,
     pool: Executor | None = None,
+    sift: SiftSettings | None = None,
 ) -> BuildOutcome:
-    """Build every planned shard that is not in `reusable` (the finished shards prepare_output found)."""
+    """Build every planned shard that is not in `reusable` (the finished shards prepare_output found);
+    sift: take each photo's local features too, into a file beside each shard."""
     pending = [shard for shard in plan if shard.name not in reusable]
     if reusable:
         logger.info("reusing %d finished shard(s) from an earlier run", len(reusable))
@@ -210,9 +235,9 @@ def write_shards(
     tasks = _tasks(item for shard in pending for item in shard.items)
     built: dict[str, ShardRecord] = {}
     bar = tqdm(total=total, unit="img", desc="build-tfrecords", disable=None if progress else True)
-    with bar, closing(tasks), closing(process_in_order(tasks, settings, workers, pool)) as results:
+    with bar, closing(tasks), closing(process_in_order(tasks, settings, workers, pool, sift)) as results:
         for number, shard in enumerate(pending, 1):
-            record = built[shard.name] = write_shard(shard, results, out, bar.update)
+            record = built[shard.name] = write_shard(shard, results, out, bar.update, sift)
             if bar.disable:  # no bar on a pipe (CI, notebooks): a line per shard instead
                 logger.info(
                     "[%d/%d] %s: %d images, %d rejected",

@@ -140,6 +140,12 @@ def _run(module_main, args: list[str], shown: str) -> None:
         raise SystemExit(f"{shown} failed with exit code {code}")
 
 
+# LOCAL FEATURES: Kaggle's kernels build and predict without them unless TFWHALE_BUILD / TFWHALE_PREDICT
+# ask for them: at the competition's 79k photos they are ~9.8 GiB (BENCHMARKS.md, local features in the
+# builder) and the re-rank costs ~1 s a query on CPU over 51k OOF + 28k test queries, past a kernel's
+# time limit. Set TFWHALE_BUILD="--local-features" and TFWHALE_PREDICT="--rerank local" to opt in.
+
+
 def _builder_main(args: list[str]) -> int:
     """build-tfrecords as its own process: the builder imports tfwhale, so tfwhale does not import it."""
     return subprocess.call([sys.executable, "-m", "tfrecords_builder", *args])
@@ -150,6 +156,8 @@ def _build_records(data: str, out: str, size: int, extra: list[str]) -> str:
     args = ["--data", data, "--out", out, "--size", str(size), *extra]
     if os.path.exists(boxes) and "--boxes" not in extra:
         args += ["--boxes", boxes]
+    if not any(a in extra for a in ("--local-features", "--no-local-features")):
+        args.append("--no-local-features")  # see LOCAL FEATURES above
     _run(_builder_main, args, "build-tfrecords")
     return out
 
@@ -208,6 +216,15 @@ def _trained_image_size(run_dir: str) -> int:
     raise SystemExit(f"{run_dir}: no finished fold (run.json)")
 
 
+def predict_args(runs: list[str], records: str, out: str, extra: list[str]) -> list[str]:
+    """predict's arguments in the inference kernel: the user's TFWHALE_PREDICT last, --rerank none unless
+    it names one (see LOCAL FEATURES above)."""
+    args = ["--runs", *runs, "--records", records, "--out", out, *extra]
+    if not any(a == "--rerank" or a.startswith("--rerank=") for a in extra):
+        args += ["--rerank", "none"]
+    return args
+
+
 def inference_kernel() -> str:
     """Offline: attached weights + runs (+ records or competition data) -> /kaggle/working/submission.csv."""
     paths = kaggle_paths()
@@ -221,7 +238,7 @@ def inference_kernel() -> str:
     # predict checks the label maps and refuses records that differ.
     records = attached_or_built_records(paths, lambda: _trained_image_size(runs[0]))
     out = os.path.join(paths.working, "predict")
-    args = ["--runs", *runs, "--records", records, "--out", out, *_env_list("TFWHALE_PREDICT")]
+    args = predict_args(runs, records, out, _env_list("TFWHALE_PREDICT"))
     sample = os.path.join(find_competition_data(paths.input) or "", "sample_submission.csv")
     if os.path.exists(sample):
         args += ["--sample-submission", sample]

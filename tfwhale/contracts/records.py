@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.csv"
 SHARD_SUFFIX = ".tfrec"
+FEATURES_SUFFIX = ".features.npz"  # a shard's local features (contracts.local_features), beside it
 __all__ = ["NEW_INDIVIDUAL", "id_problem"]  # the id rule lives in contracts.individual_id
 
 TRAIN_FEATURES = {
@@ -124,6 +125,11 @@ def test_shard_name(index: int) -> str:
     return f"test-{index:04d}{SHARD_SUFFIX}"
 
 
+def features_name(shard_name: str) -> str:
+    """The local-feature file of a shard: its photos' SIFT, rows in the shard's record order."""
+    return shard_name.removesuffix(SHARD_SUFFIX) + FEATURES_SUFFIX
+
+
 def shard_fold(name: str) -> int | None:
     """The fold a training shard holds, read from its name; None for test shards."""
     match = _TRAIN_SHARD.match(files.basename(name))
@@ -136,6 +142,31 @@ def is_test_shard(name: str) -> bool:
 
 class ManifestError(ValueError):
     """A records folder that is missing, unfinished or from another schema."""
+
+
+@dataclass(frozen=True)
+class FeatureFile:
+    """One shard's local-feature file as the manifest lists it (the shard entry's "features")."""
+
+    shard: str
+    name: str
+    sha256: str
+    bytes: int
+    photos: int
+    keypoints: int
+
+
+@dataclass(frozen=True)
+class RecordFeatures:
+    """The local features of a build (manifest "local_features"): how they were taken (the
+    matching.features.SiftSettings fields) and one file per shard."""
+
+    sift: dict[str, Any]
+    files: tuple[FeatureFile, ...]
+
+    def of_split(self, split_shards: list[dict[str, Any]]) -> list[FeatureFile]:
+        by_shard = {f.shard: f for f in self.files}
+        return [by_shard[shard["name"]] for shard in split_shards]
 
 
 @dataclass(frozen=True)
@@ -198,6 +229,23 @@ class Manifest:
 
     def count(self, split: str, folds: list[int] | None = None) -> int:
         return sum(int(s["count"]) for s in self.shards(split, folds))
+
+    @property
+    def local_features(self) -> RecordFeatures | None:
+        """The build's local features, None when it was made without them (build-tfrecords
+        add-local-features adds them); ManifestError when a shard has none listed."""
+        section = self.data.get("local_features")
+        if not section:
+            return None
+        found = []
+        for shard in self.data["shards"]:
+            entry = shard.get("features")
+            if not entry:
+                raise ManifestError(f"{self.root}: shard {shard['name']} has no local-feature file listed; "
+                                    f"run build-tfrecords add-local-features --out {self.root}")  # fmt: skip
+            found.append(FeatureFile(shard["name"], entry["name"], entry["sha256"], int(entry["bytes"]),
+                                     int(entry["photos"]), int(entry["keypoints"])))  # fmt: skip
+        return RecordFeatures(dict(section["sift"]), tuple(found))
 
 
 def load_manifest(root: str) -> Manifest:

@@ -131,6 +131,9 @@ class TrainConfig:
     verbose: int = 2  # keras fit: 0 silent, 1 progress bar, 2 one line per epoch
 
 
+RERANK_MODES = ("none", "local")  # predict.rerank (contracts.gallery_manifest.RERANKS: the same two)
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     batch_size: int = 64  # per replica, embedding passes
@@ -144,6 +147,10 @@ class PredictConfig:
     # true: move the OOF-tuned threshold onto the fold-averaged test scale (quantile mapping); off by
     # default: it lost 0.009-0.014 MAP@5 in every run of benchmarks/new_individual.py
     calibrate_threshold: bool = False
+    # "local": re-rank by the records' local features, fused with the embedding (issue 24); the default:
+    # on nyala-dev the fused ranking scored MAP@5 0.641 against 0.566 for the embedding alone, and on the
+    # lions it did not lose (BENCHMARKS.md "Local-feature matching"). "none": the embedding alone.
+    rerank: str = "local"
 
 
 @dataclass(frozen=True)
@@ -289,6 +296,8 @@ def validate(cfg: Config) -> None:
             f"data.batch_size={d.batch_size} must equal data.ids_per_batch x data.photos_per_id "
             f"({d.ids_per_batch} x {d.photos_per_id}) with the PK sampler"
         )
+    if cfg.predict.rerank not in RERANK_MODES:
+        problems.append(f"predict.rerank={cfg.predict.rerank!r} must be one of {RERANK_MODES}")
     if cfg.predict.tta_flip and a.flip is not True:
         problems.append(flip_tta_refusal(a.flip))
     if problems:

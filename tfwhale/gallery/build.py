@@ -123,6 +123,7 @@ def build_records(photo_set: PhotoSet, settings: GallerySettings, records_dir: s
     """build-tfrecords, training records only: resumable, bad photos listed as rejects. Run as its own
     process, as tfwhale.kaggle runs it: the builder imports tfwhale, so tfwhale does not import it."""
     argv = [*photo_set.builder_inputs, "--no-test", "--out", records_dir, "--size", str(settings.size)]
+    argv += ["--no-local-features"]  # the day-one gallery takes its own, from the original photos
     argv += ["--boxes", settings.boxes] if settings.boxes else []
     argv += ["--workers", str(settings.workers)] if settings.workers else []
     argv += [] if settings.progress else ["-q"]

@@ -19,9 +19,10 @@ from tfwhale.contracts.local_features import FeatureSet, LocalFeatures, save_fea
 from tfwhale.core import files
 from tfwhale.gallery.tune import CatalogueTuning, tune_ranked
 from tfwhale.imaging.photo_crop import ImageError, ImageSettings
-from tfwhale.matching.rerank import LeaveOneOut, LocalGallery, fit_calibrations, leave_one_out, order_key
-from tfwhale.query.local import MatchSettings, photo_features
-from tfwhale.retrieval.ranking import Ranked
+from tfwhale.matching.photo import photo_features
+from tfwhale.matching.rerank import LocalGallery, fit_calibrations, leave_one_out
+from tfwhale.query.fused import fused_ranking
+from tfwhale.query.local import MatchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +53,6 @@ def extract_all(
             logger.warning("%s: no local features (%s)", path, err)
             found.append(EMPTY)
     return FeatureSet.from_photos(list(names), found)
-
-
-def fused_ranking(loo: LeaveOneOut, calibrated, individuals: np.ndarray) -> Ranked:
-    """Each photo's individuals (those with a photo left) by fused P, as a query answer ranks them."""
-    fused = calibrated.fused(loo.cosine, loo.inliers, loo.votes)
-    key = np.where(loo.scored, order_key(fused, loo.cosine), -np.inf)
-    labels, scores = [], []
-    for row in range(len(fused)):
-        order = [i for i in np.argsort(-key[row], kind="stable") if loo.scored[row, i]]
-        labels.append(individuals[order].tolist())
-        scores.append(fused[row, order].tolist())
-    return Ranked(labels, scores)
 
 
 def make_local(

@@ -19,9 +19,10 @@ from tfwhale.core import files
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.imaging.photo_crop import ImageError
 from tfwhale.matching.pairs import PairMatch
+from tfwhale.matching.photo import match_crop
 from tfwhale.query.answers import QueryAnswer
 from tfwhale.query.gallery import QueryError
-from tfwhale.query.local import LocalRerankPath, match_crop
+from tfwhale.query.local import LocalRerankPath
 from tfwhale.query.path import QueryPath
 
 logger = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.contracts.run_folder import RunError, fold_dir_name
 from tfwhale.inference import oof
 from tfwhale.inference.gallery import PredictEmbeddings
+from tfwhale.inference.local_rerank import LocalOutcome
 from tfwhale.query.answers import answer_labels, top1
 from tfwhale.query.combine import concat_runs
 from tfwhale.retrieval.calibration import calibrate
@@ -32,6 +33,7 @@ class Settings:
     per_species: bool
     calibrate: bool = False  # carry the OOF-tuned threshold onto the fold-averaged test scale
     seed: int = 0  # which individuals the simulation leaves out
+    rerank: str = "none"  # "local": fused with the records' local features (inference.local_rerank)
 
 
 @dataclass(frozen=True)
@@ -135,14 +137,15 @@ def species_by_individual(emb: PredictEmbeddings) -> dict[str, str]:
     return dict(zip(emb.index.train_ids, emb.index.train_species, strict=True))
 
 
-def rank_test(emb: PredictEmbeddings, options: RankOptions, class_names: list[str]):
-    """(prepared gallery, ranked test queries): every fold model of every run takes part."""
+def rank_test(emb: PredictEmbeddings, options: RankOptions, class_names: list[str], n: int = 5):
+    """(prepared gallery, ranked test queries, their n best individuals): every fold model of every run
+    takes part."""
     gallery = prepare_gallery(emb.combined("train"), options)
     heads = None
     if options.blend:
         folds = [f for r in emb.runs for f in r.folds]
         heads = oof.heads_of([f.test for f in folds], folds, emb, class_names)
-    return gallery, rank(emb.combined("test"), gallery, emb.index.train_ids, options, heads)
+    return gallery, rank(emb.combined("test"), gallery, emb.index.train_ids, options, heads, n=n)
 
 
 @dataclass(frozen=True)
@@ -158,3 +161,17 @@ class Prediction:
     answers: dict[str, list[str]]  # test image -> its 5 labels with new_individual
     order: list[str]  # submission row order
     solution: dict[str, str] | None
+    local: LocalOutcome | None = None  # --rerank local: ranked, outcome and policy above are the fused ones
+    embedding_policy: ThresholdPolicy | None = None  # then: the threshold on the embedding similarity alone
+
+
+def fused_outcome(local: LocalOutcome, settings: Settings, species_of: dict[str, str]) -> OOFOutcome:
+    """The OOF outcome of --rerank local: the fused ranking, its tuned (or the fixed) threshold on the
+    fused P, and the OOF answers at it."""
+    tuned = local.fused.tuned
+    if settings.threshold is None:
+        policy = tuned_policy(tuned, source=AUTO_SOURCE + ", on the fused P(same individual)")
+    else:
+        policy = fixed_policy(settings.threshold, tuned)
+    answers = answer_labels(local.fused.predictions.ranked, policy, species_of)
+    return OOFOutcome(local.fused.predictions, tuned, answers, policy)

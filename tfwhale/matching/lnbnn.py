@@ -37,6 +37,9 @@ class LnbnnIndex:
         self.n_photos = len(gallery)
         self.photo_of_row = gallery.photo_of_row
         self.checks = checks
+        # FLANN draws its random kd-trees from OpenCV's RNG, whose state is whatever earlier calls left:
+        # seeded, the same gallery gives the same index, so predict and identify vote alike
+        cv2.setRNGSeed(0)
         self._index = cv2.flann_Index(
             dequantise(gallery.descriptors), {"algorithm": FLANN_KDTREE, "trees": trees}
         )

@@ -1,27 +1,27 @@
 """Query path, local re-rank: a gallery's local features loaded once; a query's match-size crop -> its
 SIFT -> fused P(same individual) per individual, ranked (galleries with rerank "local", issue 24).
 
-Both sides crop the same way (match_crop): the original photo and its box through the gallery's own crop
-settings (enlarge), at the match size instead of the model's input size, so the markings keep their
-detail, and with the aspect ratio kept or stretched square as the gallery's SiftSettings.crop recorded.
-The gallery's features were made by the same function when the gallery was made.
+Both sides crop the same way (matching.photo.match_crop, which the builder's workers use too): the
+original photo and its box through the gallery's own crop settings (enlarge), at the match size instead
+of the model's input size, so the markings keep their detail, its aspect ratio kept or stretched square
+as the gallery's recorded SiftSettings.crop says. The gallery's features were made by the same function
+(predict's: by the builder, from the records' photos).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 
 from tfwhale.contracts.gallery_manifest import GalleryManifest, LocalRerank
 from tfwhale.contracts.local_features import LocalFeatures, LocalFeaturesError, load_feature_set
 from tfwhale.core import files
-from tfwhale.imaging.photo_crop import ImageError, ImageSettings, process_image, process_image_keeping_aspect
 from tfwhale.matching.aggregate import RerankSettings
-from tfwhale.matching.features import SiftSettings, extract_sift
+from tfwhale.matching.features import SiftSettings
 from tfwhale.matching.pairs import PairSettings
+from tfwhale.matching.photo import photo_features
 from tfwhale.matching.rerank import Calibrations, Evidence, LocalGallery, order_key, query_evidence
 from tfwhale.retrieval.ranking import Ranked
 
@@ -43,22 +43,6 @@ class MatchSettings:
     def sections(self) -> dict[str, dict]:
         """The fields LocalRerank stores (sift, pairs, rerank)."""
         return {"sift": asdict(self.sift), "pairs": asdict(self.pairs), "rerank": asdict(self.rerank)}
-
-
-def match_crop(data: bytes, box: tuple | None, image: ImageSettings, sift: SiftSettings) -> np.ndarray:
-    """RGB uint8 crop of a photo's bytes for local features: the gallery's crop (box, enlarge) at the match
-    size, its aspect ratio kept or stretched square as sift.crop says. ImageError if the photo cannot be
-    used."""
-    crop = process_image_keeping_aspect if sift.crop == "aspect" else process_image
-    jpeg, _ = crop(data, box, replace(image, size=sift.match_size, quality=95))
-    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise ImageError("the match-size crop could not be decoded")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
-def photo_features(data: bytes, box: tuple | None, image: ImageSettings, sift: SiftSettings) -> LocalFeatures:
-    return extract_sift(match_crop(data, box, image, sift), sift)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""python -m tfwhale.serve: run the catalogue web app on a predict output folder.
+"""python -m tfwhale.serve: run the catalogue web app on a predict output folder, or bulk-import photos.
 
 python -m tfwhale.serve --gallery PREDICT_OUT --catalogue DIR [--host 127.0.0.1] [--port 8000]
+python -m tfwhale.serve import --gallery PREDICT_OUT --catalogue DIR FOLDER [--csv CSV]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +19,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tfwhale.serve",
         description="The catalogue: identify new photos against a predict gallery in the browser, confirm "
-        "or register individuals, grow the gallery without retraining, review predict's test photos, export.",
+        "or register individuals, grow the gallery without retraining, review predict's test photos, export. "
+        "`python -m tfwhale.serve import --help`: bulk-import photos that already carry ids.",
     )
     add = parser.add_argument
     add("--gallery", required=True, metavar="PREDICT_OUT", help="the --out folder of a finished predict")
@@ -43,11 +44,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["import"]:
+        from tfwhale.serve.import_cli import parse_import_args, run_import_command
+
+        args, run = parse_import_args(argv[1:]), run_import_command
+    else:
+        args, run = parse_args(argv), _serve
     from tfwhale.core.extras import missing_extra_message
 
     try:
-        return _serve(args)
+        return run(args)
     except ModuleNotFoundError as err:  # the serve extra (or TensorFlow) is not installed
         if (message := missing_extra_message(err, COMMAND)) is None:
             raise
@@ -93,28 +100,12 @@ def _start_checks(args: argparse.Namespace):
 
 def _app(args: argparse.Namespace):
     """The app on an opened, locked catalogue; StartError with one line when it cannot be opened."""
-    from tfwhale.contracts.gallery_manifest import GalleryError
-    from tfwhale.contracts.run_folder import RunError
-    from tfwhale.query.gallery import QueryError
     from tfwhale.serve.app import create_app
-    from tfwhale.serve.catalogue import Catalogue
-    from tfwhale.serve.schema import SchemaError
     from tfwhale.serve.security import access_token, allowed_host_names, is_loopback
-    from tfwhale.serve.startup import StartError, lock_catalogue, report_refused_ids
+    from tfwhale.serve.startup import open_catalogue, report_refused_ids
 
     global _LOCK  # held for the process's life
-    _LOCK = lock_catalogue(args.catalogue)
-    try:
-        catalogue = Catalogue(args.gallery, args.catalogue, args.runs)
-    except (GalleryError, QueryError, RunError, SchemaError) as err:
-        _LOCK.close()
-        raise StartError(str(err)) from None
-    except sqlite3.DatabaseError as err:
-        _LOCK.close()
-        raise StartError(
-            f"--catalogue {args.catalogue}: its database cannot be used ({err}); restore catalogue.sqlite "
-            "from a backup, or give another folder"
-        ) from None
+    catalogue, _LOCK = open_catalogue(args.gallery, args.catalogue, args.runs)
     report_refused_ids(catalogue.store.individual_ids())
     token = access_token(args.host, args.token)
     hosts = allowed_host_names(args.host, args.allowed_host)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -22,9 +23,15 @@ from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
 
 from tfwhale.imaging.crop_box import parse_box_text
-from tfwhale.serve import export
+from tfwhale.serve import export, history, meta_routes, metadata_store
 from tfwhale.serve.bodies import DecideBody, first_error, single_line
+from tfwhale.serve.captions import caption_of
 from tfwhale.serve.catalogue import Catalogue, UploadError
+from tfwhale.serve.compare_routes import add_compare_routes
+from tfwhale.serve.correct_routes import add_routes
+from tfwhale.serve.engine import Result
+from tfwhale.serve.inbox import inbox
+from tfwhale.serve.metadata import SIDES, MetaError, check_meta
 from tfwhale.serve.security import (
     MAX_UPLOAD_BYTES,
     BodyLimitMiddleware,
@@ -32,6 +39,7 @@ from tfwhale.serve.security import (
     allowed_host_names,
 )
 from tfwhale.serve.store import ConflictError
+from tfwhale.serve.verdict import of_result
 
 logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -43,6 +51,7 @@ def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)  # escapes all user text
     env.filters["score"] = lambda v: "" if v is None else f"{v:.3f}"
     env.filters["urlencode"] = lambda v: quote(str(v), safe="")  # an id holding '/' stays one segment
+    env.filters["scores_text"] = export.scores_text
     return env
 
 
@@ -68,7 +77,7 @@ def create_app(
         logger.error("%s %s: the catalogue could not be written or read: %s", request.method,
                      request.url.path, err)  # fmt: skip
         message = f"the catalogue could not be written or read ({single_line(err)}); nothing was recorded"
-        if request.url.path == "/api/decide":
+        if request.url.path.startswith("/api/") and request.url.path != "/api/identify":
             return JSONResponse({"ok": False, "message": message}, status_code=503)
         return _error(message, 503)
 
@@ -76,23 +85,32 @@ def create_app(
     env = _env()
     decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
     env.globals["gallery_made"] = catalogue.engine.manifest.extra  # "untrained gallery (...)" on every page
+    env.globals["caption"] = lambda sha: caption_of(catalogue, sha)
+    env.globals["verdict"] = of_result
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         context.update(csrf=request.state.csrf, reviewer=reviewer, path=request.url.path)
         return HTMLResponse(env.get_template(name).render(**context), status_code=status)
 
-    def fragment(request: Request, photo: str, result, name: str = "") -> str:
+    def fragment(request: Request, photo: str, result, name: str = "", keys: bool = False) -> str:
+        """One photo's candidates and its decision buttons; `keys`: label them with the review keys."""
+        previous = catalogue.store.decisions(photo=photo)
+        in_force = history.effective(previous)
+        twins = [catalogue.store.photo(twin) for twin in sorted(catalogue.twins_of(photo))]
         return env.get_template("_result.html").render(
-            photo=photo, result=result, name=name, proposed=catalogue.proposed_id(),
-            previous=catalogue.store.decisions(photo=photo),
-            assigned=catalogue.store.photo(photo).individual_id,
+            photo=photo, result=result, name=name, proposed=catalogue.proposed_id(), previous=previous,
+            assigned=catalogue.store.photo(photo).individual_id, keys=keys,
+            last=in_force[-1] if in_force else None, twins=[t for t in twins if t is not None],
         )  # fmt: skip
+
+    add_compare_routes(app, catalogue, page)
 
     @app.get("/", response_class=HTMLResponse)
     def identify_page(request: Request):
         return page(
-            request, "identify.html", gallery_size=catalogue.engine.size, max_mb=MAX_UPLOAD_BYTES >> 20
-        )
+            request, "identify.html", gallery_size=catalogue.engine.size, max_mb=MAX_UPLOAD_BYTES >> 20,
+            waiting=len(inbox(catalogue.store)),
+        )  # fmt: skip
 
     @app.post("/api/identify", response_class=HTMLResponse)
     def identify_upload(
@@ -100,9 +118,15 @@ def create_app(
         photo: Annotated[UploadFile, File()],
         box: Annotated[str, Form()] = "",
         who: Annotated[str, Form()] = "",
+        side: Annotated[str, Form()] = "",
+        photographer: Annotated[str, Form()] = "",
     ):
         name = single_line(photo.filename or "upload")[:200]
         who = single_line(who)[:100]
+        try:  # typed metadata; the photo's EXIF fills the rest
+            meta = check_meta({"side": side, "photographer": photographer})
+        except MetaError as err:
+            return _error(f"{name}: {err}; nothing was stored", 400)
         data = photo.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             return _error(f"{name}: too large (over {MAX_UPLOAD_BYTES >> 20} MiB); nothing was stored", 413)
@@ -119,7 +143,7 @@ def create_app(
             )
         try:
             with decode_slots:  # bounded: a burst of large photos cannot exhaust memory
-                sha, result = catalogue.upload(data, name, parsed_box, who or reviewer)
+                sha, result = catalogue.upload(data, name, parsed_box, who or reviewer, meta)
         except UploadError as err:
             return _error(f"{err}; nothing was stored", 400)
         start = time.perf_counter()
@@ -135,7 +159,7 @@ def create_app(
         except ValidationError as err:
             return JSONResponse({"ok": False, "message": first_error(err)}, status_code=422)
         try:
-            catalogue.decide(
+            decision = catalogue.decide(
                 body.photo, body.action, body.individual, body.note, body.reviewer or reviewer,
                 [score.model_dump() for score in body.scores], body.species,
             )  # fmt: skip
@@ -143,7 +167,16 @@ def create_app(
             return JSONResponse({"ok": False, "message": str(err)}, status_code=409)
         except ValueError as err:
             return JSONResponse({"ok": False, "message": str(err)}, status_code=400)
-        return {"ok": True, "message": _done(body), "proposed": catalogue.proposed_id()}
+        return {"ok": True, "message": _done(body), "proposed": catalogue.proposed_id(), "decision": decision}
+
+    @app.get("/api/result/{digest}", response_class=HTMLResponse)
+    def result_fragment(request: Request, digest: str, keys: bool = False):
+        """A photo's section as it stands now (the page swaps it in after a decision or an undo)."""
+        photo = catalogue.store.photo(digest)
+        result = catalogue.result_for(digest) if photo is not None else None
+        if result is None:
+            return _error("no such photo with candidates in the catalogue", 404)
+        return HTMLResponse(fragment(request, digest, result, photo.name, keys))
 
     @app.get("/blob/{digest}.jpg")
     def blob(digest: str):
@@ -152,21 +185,41 @@ def create_app(
         headers = {"Cache-Control": "private, max-age=31536000, immutable"}
         return FileResponse(catalogue.blobs.path(digest), media_type="image/jpeg", headers=headers)
 
+    def meta_filter(request: Request):
+        """The page's metadata filter from its query string; MetaError when a value is unusable."""
+        names = ("side", "date_from", "date_to", "place", "photographer")
+        return metadata_store.MetaFilter.from_query(**{k: request.query_params.get(k, "") for k in names})
+
     @app.get("/review", response_class=HTMLResponse)
     def review(request: Request, at: str = ""):
-        queue = catalogue.review_queue()
+        try:
+            wanted = meta_filter(request)
+        except MetaError as err:
+            return page(request, "error.html", 400, message=f"filter: {err}")
+        queue = catalogue.review_queue(wanted)
         current = next((item for item in queue if item.photo == at), queue[0] if queue else None)
         html = ""
         if current is not None:
-            html = fragment(request, current.photo, catalogue.result_for(current.photo), current.name)
+            html = fragment(request, current.photo, catalogue.result_for(current.photo), current.name, True)
         return page(
-            request, "review.html", queue=queue[:200], total=len(queue), current=current, result_html=html
-        )
+            request, "review.html", queue=queue[:200], total=len(queue), current=current, result_html=html,
+            wanted=wanted, sides=SIDES,
+        )  # fmt: skip
 
     @app.get("/individuals", response_class=HTMLResponse)
     def individuals(request: Request, q: str = ""):
+        try:
+            wanted = meta_filter(request)
+        except MetaError as err:
+            return page(request, "error.html", 400, message=f"filter: {err}")
         found = catalogue.store.search_individuals(q.strip())
-        return page(request, "individuals.html", q=q, found=found)
+        if not wanted.is_empty():
+            passing = metadata_store.matching_individuals(catalogue.store, wanted)
+            found = [row for row in found if row["id"] in passing]
+        return page(
+            request, "individuals.html", q=q, found=found, wanted=wanted, sides=SIDES,
+            merges=catalogue.store.merges(),
+        )  # fmt: skip
 
     @app.get("/individuals/{individual_id:path}", response_class=HTMLResponse)
     def individual(request: Request, individual_id: str):
@@ -176,17 +229,27 @@ def create_app(
                 request, "error.html", 404, message=f"no individual {individual_id!r} in the catalogue"
             )
         photos = catalogue.store.photos_of(individual_id)
-        history = catalogue.store.decisions(individual=individual_id)
-        return page(request, "individual.html", ind=row, photos=photos, history=history)
+        decisions = catalogue.store.decisions(individual=individual_id)
+        undoable = {row["id"] for row in history.effective(catalogue.store.decisions())}
+        return page(
+            request, "individual.html", ind=row, photos=photos, history=decisions, undoable=undoable,
+            merged_into=catalogue.store.merges().get(individual_id), proposed=catalogue.proposed_id(),
+        )  # fmt: skip
 
     @app.get("/photos/{digest}", response_class=HTMLResponse)
-    def photo_page(request: Request, digest: str):
+    def photo_page(request: Request, digest: str, fresh: bool = False):
         photo = catalogue.store.photo(digest)
         if photo is None:
             return page(request, "error.html", 404, message="no such photo in the catalogue")
-        result = catalogue.result_for(digest)
+        result = catalogue.result_for(digest, fresh)
+        if result is None and photo.individual_id is not None:  # a gallery photo: correct it all the same
+            result = Result([], float("nan"), np.zeros(0, np.float32))
         html = fragment(request, digest, result, photo.name) if result is not None else ""
-        return page(request, "photo.html", photo=photo, result_html=html)
+        return page(
+            request, "photo.html", photo=photo, result_html=html, sides=SIDES,
+            meta=metadata_store.metadata(catalogue.store, digest),
+            meta_history=metadata_store.history(catalogue.store, digest),
+        )  # fmt: skip
 
     @app.get("/export", response_class=HTMLResponse)
     def export_page(request: Request):
@@ -196,7 +259,10 @@ def create_app(
     def export_run():
         done = export.export_with_report(catalogue)
         command = export.build_command(done.folder, catalogue.engine.manifest.image, done.has_boxes)
-        return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings}
+        return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings,
+                "notes": done.notes}  # fmt: skip
+
+    meta_routes.add_routes(app, catalogue, page, reviewer)
 
     @app.get("/export/decisions.csv")
     def decisions_csv():
@@ -205,6 +271,7 @@ def create_app(
             headers={"Content-Disposition": 'attachment; filename="decisions.csv"'},
         )  # fmt: skip
 
+    add_routes(app, catalogue, reviewer, page)
     return app
 
 
@@ -234,5 +301,7 @@ def _error(message: str, status: int) -> HTMLResponse:
 def _done(body: DecideBody) -> str:
     if body.action == "unresolved":
         return "left unresolved; the note is recorded"
+    if body.action == "reassign":
+        return f"reassigned to {body.individual.strip()}; the gallery answers with it now"
     verb = "registered" if body.action == "register" else "confirmed"
     return f"{verb} as {body.individual.strip()}; added to the gallery"

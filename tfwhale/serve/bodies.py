@@ -38,12 +38,43 @@ class DecideBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     photo: str = Field(pattern=r"^[0-9a-f]{64}$")
-    action: Literal["confirm", "register", "unresolved"]
+    action: Literal["confirm", "register", "unresolved", "reassign"]
     individual: str = Field("", max_length=200)
     note: str = Field("", max_length=MAX_NOTE)
     reviewer: Annotated[str, AfterValidator(_one_line)] = Field("", max_length=MAX_REVIEWER)
     species: Annotated[str, AfterValidator(check_species)] = Field("", max_length=MAX_SPECIES_LENGTH)
     scores: list[Score] = Field(default_factory=list, max_length=MAX_SCORES)
+
+
+class UndoBody(BaseModel):
+    """POST /api/undo: take back one decision (a merge or a split: all of it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    decision: int = Field(ge=1)
+    note: str = Field("", max_length=MAX_NOTE)
+    reviewer: Annotated[str, AfterValidator(_one_line)] = Field("", max_length=MAX_REVIEWER)
+
+
+class MergeBody(BaseModel):
+    """POST /api/merge: `merged` and `kept` are one animal; `kept` stays."""
+
+    model_config = ConfigDict(extra="forbid")
+    merged: str = Field(min_length=1, max_length=200)
+    kept: str = Field(min_length=1, max_length=200)
+    note: str = Field("", max_length=MAX_NOTE)
+    reviewer: Annotated[str, AfterValidator(_one_line)] = Field("", max_length=MAX_REVIEWER)
+
+
+class SplitBody(BaseModel):
+    """POST /api/split: these photos of `individual` are of `other` (a new id, or an existing one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    individual: str = Field(min_length=1, max_length=200)
+    photos: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(min_length=1, max_length=10_000)
+    other: str = Field(min_length=1, max_length=200)
+    note: str = Field("", max_length=MAX_NOTE)
+    species: Annotated[str, AfterValidator(check_species)] = Field("", max_length=MAX_SPECIES_LENGTH)
+    reviewer: Annotated[str, AfterValidator(_one_line)] = Field("", max_length=MAX_REVIEWER)
 
 
 def first_error(err: ValidationError) -> str:

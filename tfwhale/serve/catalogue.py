@@ -7,6 +7,7 @@ then updates the in-memory gallery: a crash in between leaves at most an unrefer
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,15 @@ import numpy as np
 from tfwhale.contracts.individual_id import check_id
 from tfwhale.imaging.crop_box import format_box
 from tfwhale.query.gallery import QueryError
+from tfwhale.serve import corrections, history, metadata_store
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
+from tfwhale.serve.inbox import save_answer, stored_answer
+from tfwhale.serve.metadata import PhotoMeta, read_exif
+from tfwhale.serve.originals import RecordsOriginals
 from tfwhale.serve.reembed import reembed_if_needed
 from tfwhale.serve.store import ConflictError, Photo, Store, now
+from tfwhale.serve.twins import Twins, hash_missing, phash, to_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +58,28 @@ class Catalogue:
         )
         self._import_records()
         self.engine.name_photos(self.store.gallery_photo_hashes(), arrays.train_names)
-        hashes, ids, embeddings = self.store.grown_embeddings()
-        for sha, individual, embedding in zip(
-            hashes, ids, embeddings if embeddings is not None else [], strict=True
-        ):
-            self.engine.add(sha, individual, embedding)
+        self.sync_engine()
+        self.engine.set_sides(metadata_store.known_sides(self.store))
         self._test_sha = {name: sha for name, sha in self.store.gallery_photo_hashes().items()}
         self._queue: list[QueueItem] | None = None
+        # a decision and the gallery update it makes go together: a correction's full relabel cannot
+        # interleave with another decision's append (which it would drop, or add twice)
+        self._changing = threading.Lock()
+        added = self.store.conn.execute("SELECT sha256 FROM photos WHERE source NOT IN ('gallery', 'test')")
+        self.twins = Twins(hash_missing(self.store, self.blobs), [sha for (sha,) in added])
+
+    def sync_engine(self) -> None:
+        """The one mapping the searched gallery answers by: each of predict's rows with the current
+        individual of its photo (its records' id through the merges, for a row without a photo), then
+        every assigned photo the catalogue embedded."""
+        assigned, merges = self.store.assignments(), self.store.merges()
+        labels = [
+            assigned.get(sha) or history.resolve(label, merges)
+            for sha, label in zip(self.engine.base_photos, self.engine.base_ids, strict=True)
+        ]
+        for row in self.store.conn.execute("SELECT id, species FROM individuals"):
+            self.engine.species_of.setdefault(row["id"], row["species"])
+        self.engine.relabel(labels, self.store.grown_embeddings(), merges)
 
     # -- the gallery's photos, once per gallery
     def _import_records(self) -> None:
@@ -85,6 +106,8 @@ class Catalogue:
                     individuals[individual] = species_of.get(individual, "")
         for individual in set(self.engine.gallery.arrays.train_ids):
             individuals.setdefault(individual, species_of.get(individual, ""))
+        # an export's metadata columns, when the records were built from one: the round trip keeps them
+        metadata = RecordsOriginals.of_records(manifest.records_root).metadata() if records else {}
         with self.store.transaction() as conn:
             for individual, species in sorted(individuals.items()):
                 conn.execute(
@@ -92,24 +115,54 @@ class Catalogue:
                     (individual, species, "gallery", now()),
                 )
             for photo in photos:
-                self.store.add_photo(conn, photo)
+                if self.store.add_photo(conn, photo) and photo.source == "gallery" and photo.name in metadata:
+                    metadata_store.save(conn, photo.sha256, metadata[photo.name], "records", "")
             self.store.set_meta(conn, "gallery_embeddings_sha256", manifest.embeddings_sha256)
         logger.info("catalogue: imported %d photos of %d individuals", len(photos), len(individuals))
 
     # -- operations
-    def upload(self, data: bytes, filename: str, box: tuple | None, reviewer: str) -> tuple[str, Result]:
-        """Identify one uploaded photo and keep it (unassigned) for a decision; UploadError if unusable."""
+    def upload(
+        self, data: bytes, filename: str, box: tuple | None, reviewer: str, meta: PhotoMeta | None = None,
+        how: str = "upload",
+    ) -> tuple[str, Result]:  # fmt: skip
+        """Identify one uploaded photo and keep it (unassigned) with its answer for a decision, in the
+        inbox; UploadError if unusable. The catalogue's photos that are this one are not its candidates.
+
+        Its metadata: `meta` as typed, its empty fields filled from the photo's EXIF (date, GPS); kept
+        with a new photo (a photo uploaded again keeps the metadata it has)."""
+        meta = (meta or PhotoMeta()).filled_from(read_exif(data))
+        sha = sha256_hex(data)
+        crop_hash = []  # the pHash of the crop, made inside the engine's identification
+
+        def twins_of(crop: bytes) -> set[str]:
+            crop_hash.append(phash(crop))
+            return self.twins.index.of(sha, crop_hash[0]) | {sha}
+
         try:
-            jpeg, result = self.engine.identify_bytes(data, box, filename)
+            jpeg, result = self.engine.identify_bytes(data, box, filename, meta.side, exclude_of=twins_of)
         except QueryError as err:
             raise UploadError(str(err)) from None
-        sha = sha256_hex(data)
-        self.blobs.put(data)
+        self.blobs.put(data)  # the original, as uploaded: what the export writes
         crop = self.blobs.put(jpeg)
         photo = Photo(sha, "upload", filename[:200], crop, format_box(box), None, now(), reviewer)
         with self.store.transaction() as conn:
-            self.store.add_photo(conn, photo, result.embedding)
+            if self.store.add_photo(conn, photo, result.embedding):
+                conn.execute("INSERT OR REPLACE INTO phashes VALUES (?, ?)", (sha, to_text(crop_hash[0])))
+                if not meta.is_empty():
+                    metadata_store.save(conn, sha, meta, how, reviewer)
+            save_answer(conn, sha, self.engine.manifest.embeddings_sha256, result)
+        self.twins.record(sha, crop_hash[0])
+        self.engine.set_sides({sha: metadata_store.metadata(self.store, sha).side})
         return sha, result
+
+    def twins_of(self, photo: str) -> set[str]:
+        """The catalogue's other photos that are this same photo (by the perceptual hash of the crop)."""
+        return self.twins.of(photo)
+
+    def set_metadata(self, photo: str, meta: PhotoMeta, reviewer: str, how: str = "edit") -> None:
+        """Save an edit of a photo's metadata (kept as a new version); ConflictError for an unknown photo."""
+        metadata_store.set_metadata(self.store, photo, meta, how, reviewer)
+        self.engine.set_sides({photo: meta.side})
 
     def embedding_of(self, photo: str) -> np.ndarray | None:
         row = self.store.conn.execute("SELECT embedding, source, name FROM photos WHERE sha256 = ?", (photo,))
@@ -123,10 +176,25 @@ class Catalogue:
             return np.asarray(self.test_embeddings[row], np.float32)
         return None
 
-    def result_for(self, photo: str) -> Result | None:
-        """Candidates of a photo the catalogue holds (an upload or one of predict's test photos)."""
+    def result_for(self, photo: str, fresh: bool = False) -> Result | None:
+        """Candidates of a photo the catalogue holds (an upload or one of predict's test photos): an
+        undecided upload's answer as stored at upload time (unless `fresh`), else a search of its stored
+        embedding, leaving out the photo itself and its twins."""
         embedding = self.embedding_of(photo)
-        return None if embedding is None else self.engine.search_stored(embedding[None])[0]
+        if embedding is None:
+            return None
+        found = self.store.photo(photo)
+        if not fresh and found.individual_id is None:
+            stored = stored_answer(self.store, photo, self.engine.manifest.embeddings_sha256, embedding)
+            if stored is not None:
+                result, answered_at = stored
+                result.answered_at = answered_at
+                path = self.engine.path  # the policy its threshold came from, as search sets it
+                result.policy = path.policy if result.fused else path.embedding_policy
+                return result
+        side = metadata_store.metadata(self.store, photo).side
+        exclude = {photo} | self.twins_of(photo)
+        return self.engine.search_stored(embedding[None], side, exclude=exclude)[0]
 
     def decide(
         self,
@@ -144,25 +212,66 @@ class Catalogue:
         if action == "register" or (action == "confirm" and self.store.individual(individual) is None):
             individual = check_id(individual)  # an id already in an older catalogue stays usable
         embedding = self.embedding_of(photo)
-        if action != "unresolved" and embedding is None:
+        found = self.store.photo(photo)
+        in_gallery = found is not None and found.source == "gallery"  # one of predict's rows already
+        if action != "unresolved" and embedding is None and not in_gallery:
             raise ConflictError(f"photo {photo[:12]} has no embedding: upload it again")
-        decision = self.store.decide(
-            photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species.strip()[:100]
-        )
-        if action != "unresolved":
-            self.engine.add(photo, individual, embedding, species.strip())
+        with self._changing:
+            species = species.strip()[:100]
+            decision = self.store.decide(
+                photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species
+            )
+            if action in ("confirm", "register") and not in_gallery:
+                self.engine.add(photo, individual, embedding, species)
+            elif action == "reassign":
+                self.sync_engine()
             self._queue = None
         return decision
+
+    def undo(self, decision: int, reviewer: str, note: str = "") -> dict[str, str | None]:
+        """Take back a decision, a merge or a split; the searched gallery follows."""
+        with self._changing:
+            changed = corrections.undo(self.store, decision, reviewer[:100], note[:2000])
+            return self._after_correction(changed)
+
+    def merge(self, merged: str, kept: str, reviewer: str, note: str = "") -> dict[str, str | None]:
+        with self._changing:
+            changed = corrections.merge(self.store, merged, kept, reviewer[:100], note[:2000])
+            return self._after_correction(changed)
+
+    def split(
+        self, individual: str, photos: list[str], other: str, reviewer: str, note: str = "", species: str = ""
+    ) -> dict[str, str | None]:
+        if self.store.individual(other) is None:
+            other = check_id(other)
+        with self._changing:
+            changed = corrections.split(
+                self.store, individual, photos, other, reviewer[:100], note[:2000], species.strip()[:100]
+            )
+            return self._after_correction(changed)
+
+    def _after_correction(self, changed: dict[str, str | None]) -> dict[str, str | None]:
+        self.sync_engine()
+        self._queue = None
+        return changed
 
     def proposed_id(self) -> str:
         return self.engine.free_id(self.store.individual_ids())
 
-    def review_queue(self) -> list[QueueItem]:
-        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold)."""
+    def review_queue(self, wanted: metadata_store.MetaFilter | None = None) -> list[QueueItem]:
+        """Predict's undecided test photos, most uncertain first (best similarity nearest its threshold);
+        with a filter, only those whose metadata passes it."""
         if self._queue is None:
             self._queue = self._rank_tests()
         decided = self.store.decided_photos()
-        return [item for item in self._queue if item.photo not in decided]
+        queue = [
+            item for item in self._queue
+            if item.photo not in decided and not (self.twins_of(item.photo) & decided)
+        ]  # fmt: skip
+        if wanted is not None and not wanted.is_empty():
+            passing = metadata_store.matching_photos(self.store, wanted)
+            queue = [item for item in queue if item.photo in passing]
+        return queue
 
     def _rank_tests(self) -> list[QueueItem]:
         items = []

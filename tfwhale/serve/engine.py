@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.query.answers import QueryAnswer
 from tfwhale.query.path import Embedded, QueryPath
@@ -22,6 +25,38 @@ from tfwhale.retrieval import ranking
 logger = logging.getLogger(__name__)
 
 PHOTOS_PER_CANDIDATE = 3
+
+
+@dataclass
+class _Snapshot:
+    """One search's view of the gallery: rows appended or relabelled meanwhile are not in it."""
+
+    matrix: np.ndarray
+    codes: np.ndarray
+    names: list[str]
+    rows: dict[str, list[int]]
+    photos: list[str | None]
+    merges: dict[str, str]
+    kept: np.ndarray | None = None  # rows searched, when some are left out
+
+
+def _merged(ranked: ranking.Ranked, merges: dict[str, str], n: int) -> ranking.Ranked:
+    """A ranking with merged-away ids answered by the id they were merged into, each id once (its best),
+    n at most."""
+    if not merges:
+        return ranked
+    labels, scores = [], []
+    for row_labels, row_scores in zip(ranked.labels, ranked.scores, strict=True):
+        seen, kept_labels, kept_scores = set(), [], []
+        for label, score in zip(row_labels, row_scores, strict=True):
+            label = merges.get(label, label)
+            if label not in seen:
+                seen.add(label)
+                kept_labels.append(label)
+                kept_scores.append(score)
+        labels.append(kept_labels[:n])
+        scores.append(kept_scores[:n])
+    return ranking.Ranked(labels, scores)
 
 
 @dataclass(frozen=True)
@@ -38,6 +73,10 @@ class Result:
     threshold: float
     embedding: np.ndarray  # the query in the gallery's space, before whitening (what is stored)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    policy: ThresholdPolicy | None = None  # the policy the threshold came from (its source, AUC, warnings)
+    fused: bool = False  # scores are the local re-rank's calibrated P(same individual), not similarities
+    verified: dict[str, str] = field(default_factory=dict)  # label -> photo hash of its best verified photo
+    answered_at: str = ""  # set when this is an answer stored at upload time, not a search just made
 
     @property
     def is_new(self) -> bool:
@@ -60,19 +99,32 @@ class Engine:
         self.species_of = dict(self.gallery.species_of)  # grows with the catalogue; the gallery's stays
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
-        base = arrays.gallery.astype(np.float32)
-        self._matrix = np.ascontiguousarray(base)
-        self._size = len(base)
-        self._ids = list(arrays.train_ids)
-        self._photos: list[str | None] = [None] * len(base)  # row -> photo hash, when known
+        self._base = np.ascontiguousarray(arrays.gallery.astype(np.float32))  # predict's rows, never moved
+        self.base_ids = list(arrays.train_ids)  # the records' ids of those rows
+        self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
+        self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
+        self._install(self._base, list(self.base_ids), list(self.base_photos), {})
+
+    def _install(
+        self, matrix: np.ndarray, ids: list[str], photos: list[str | None], merges: dict[str, str]
+    ) -> None:
+        """Swap in a searched gallery (rows, their labels and photos); searches under way keep theirs."""
         # kNN runs on integer codes: ranking sorts the labels per call, and 50,000 strings cost ~40 ms
-        self._names = sorted(set(self._ids))
-        self._code_of = {name: code for code, name in enumerate(self._names)}
-        self._codes = np.empty(max(len(base), 16), np.int64)
-        self._codes[: len(base)] = [self._code_of[label] for label in self._ids]
-        self._rows: dict[str, list[int]] = {}
-        for row, label in enumerate(self._ids):
-            self._rows.setdefault(label, []).append(row)
+        names = sorted(set(ids))
+        code_of = {name: code for code, name in enumerate(names)}
+        codes = np.empty(max(len(ids), 16), np.int64)
+        codes[: len(ids)] = [code_of[label] for label in ids]
+        rows: dict[str, list[int]] = {}
+        for row, label in enumerate(ids):
+            rows.setdefault(label, []).append(row)
+        row_of: dict[str, list[int]] = {}
+        for row, photo in enumerate(photos):
+            if photo is not None:
+                row_of.setdefault(photo, []).append(row)
+        with self._lock:
+            self._row_of, self._merges = row_of, dict(merges)
+            self._matrix, self._size, self._ids, self._photos = matrix, len(ids), ids, photos
+            self._names, self._code_of, self._codes, self._rows = names, code_of, codes, rows
 
     @classmethod
     def load(cls, gallery_dir: str, run_dirs: list[str] | None = None, batch: int = 16) -> Engine:
@@ -86,8 +138,36 @@ class Engine:
 
     def name_photos(self, sha_of_name: dict[str, str], names: list[str]) -> None:
         """Attach the catalogue's photo hashes to the gallery rows predict cached (by records image name)."""
-        for row, name in enumerate(names[: len(self._photos)]):
-            self._photos[row] = sha_of_name.get(name)
+        with self._lock:
+            for row, name in enumerate(names[: len(self.base_photos)]):
+                self.base_photos[row] = self._photos[row] = sha_of_name.get(name)
+                if self._photos[row] is not None:
+                    self._row_of.setdefault(self._photos[row], []).append(row)
+
+    def relabel(
+        self, base_labels: list[str], grown: tuple[list[str], list[str], np.ndarray | None],
+        merges: dict[str, str],
+    ) -> None:  # fmt: skip
+        """Search predict's rows under `base_labels` (the catalogue's current ids, after corrections and
+        merges) and, after them, the catalogue's assigned photos `grown` (hashes, ids, embeddings).
+        `merges` (merged-away id -> kept id) also renames what the class heads and re-rank answer."""
+        hashes, ids, embeddings = grown
+        matrix = self._base  # add() grows a full matrix into a new one: predict's rows are never written
+        if embeddings is not None and len(hashes):
+            vectors = np.asarray(embeddings, np.float32)
+            if self.gallery.whitening is not None:
+                vectors = self.gallery.whitening.apply(vectors)
+            matrix = np.concatenate([self._base, vectors.astype(np.float32)])
+        self._install(matrix, list(base_labels) + list(ids), list(self.base_photos) + list(hashes), merges)
+
+    def set_sides(self, sides: dict[str, str]) -> None:
+        """Record which side photos show (photo hash -> side; 'unknown' forgets one)."""
+        with self._lock:
+            for photo, side in sides.items():
+                if side and side != "unknown":
+                    self._sides[photo] = side
+                else:
+                    self._sides.pop(photo, None)
 
     def add(self, photo: str, individual: str, embedding: np.ndarray, species: str = "") -> None:
         """Append one photo to the searched gallery (whitened as predict whitened the gallery)."""
@@ -108,6 +188,7 @@ class Engine:
             self._codes[self._size] = self._code_of[individual]
             self._ids.append(individual)
             self._photos.append(photo)
+            self._row_of.setdefault(photo, []).append(self._size)
             self._rows.setdefault(individual, []).append(self._size)
             self.species_of.setdefault(individual, species)
             self._size += 1
@@ -121,67 +202,112 @@ class Engine:
         with self._embed_lock:  # one photo at a time: the models' first call builds their predict step
             return self.path.embed(images, names)
 
-    def _snapshot(self):
+    def _snapshot(self, exclude: set[str] = frozenset()) -> _Snapshot:
         with self._lock:  # rows appended later are not in this search
             size = self._size
-            return self._matrix[:size], self._codes[:size], list(self._names)
+            snap = _Snapshot(self._matrix[:size], self._codes[:size], list(self._names), self._rows,
+                             self._photos, self._merges)  # fmt: skip
+            rows = [row for photo in exclude for row in self._row_of.get(photo, ()) if row < size]
+        if rows:  # the photo itself and its twins: a photo is never its own candidate
+            snap.kept = np.ones(size, bool)
+            snap.kept[rows] = False
+        return snap
 
-    def _rank(self, embedded: Embedded, n: int = 5) -> tuple[ranking.Ranked, np.ndarray]:
-        """The query path's ranking against the grown gallery: (ranked with label strings, matrix)."""
-        matrix, codes, names = self._snapshot()
+    def _rank(self, embedded: Embedded, snap: _Snapshot, n: int = 5) -> ranking.Ranked:
+        """The query path's ranking against the grown gallery, with label strings."""
+        matrix, codes = snap.matrix, snap.codes
+        if snap.kept is not None:
+            matrix, codes = matrix[snap.kept], codes[snap.kept]
         searched = ranking.PreparedGallery(matrix, self.gallery.whitening)
+        wanted = n + len(snap.merges)  # merged ids collapse into one: rank more, keep n
         if self.path.blends(embedded):  # the blend matches kNN labels with the class names: strings
-            return self.path.rank(embedded, searched, np.asarray(names)[codes], n), matrix
-        ranked = self.path.rank(embedded, searched, codes, n)
-        return ranking.Ranked([[names[c] for c in row] for row in ranked.labels], ranked.scores), matrix
+            ranked = self.path.rank(embedded, searched, np.asarray(snap.names)[codes], wanted)
+        else:
+            ranked = self.path.rank(embedded, searched, codes, wanted)
+            ranked = ranking.Ranked([[snap.names[c] for c in row] for row in ranked.labels], ranked.scores)
+        return _merged(ranked, snap.merges, n)
 
-    def search(self, embedded: Embedded, features: list | None = None) -> list[Result]:
+    def search(
+        self, embedded: Embedded, features: list | None = None, side: str = "", *,
+        exclude: set[str] = frozenset(),
+    ) -> list[Result]:  # fmt: skip
         """Candidates by the embedding; with the photos' local features (a gallery made with them), by
-        the fused P of the local re-rank (grown photos have no features: their similarity alone)."""
+        the fused P of the local re-rank (grown photos have no features: their similarity alone).
+        `side`: the side the query photos show, when known: candidates show same-side photos first.
+        Rows of the photos in `exclude` (the query itself and its twins) are not searched."""
+        snap = self._snapshot(exclude)
         if features is None:
-            ranked, matrix = self._rank(embedded)
+            ranked = self._rank(embedded, snap)
             answers = self.path.answer(ranked, self.species_of)
         else:
-            ranked, matrix = self._rank(embedded, n=len(self._snapshot()[2]))
+            ranked = self._rank(embedded, snap, n=len(snap.names))
             reranked = self.path.local.rerank(ranked, features)
-            answers = self.path.answer(reranked.ranked, self.species_of, fused=True)
+            answers = self.path.answer(
+                _merged(reranked.ranked, snap.merges, len(snap.names)), self.species_of, fused=True
+            )
         searched = ranking.prepare_queries(
-            embedded.combined, ranking.PreparedGallery(matrix, self.gallery.whitening), self.path.options
+            embedded.combined, ranking.PreparedGallery(snap.matrix, self.gallery.whitening), self.path.options
         )
-        return [
-            self._result(answer, searched[i], matrix, embedded.combined[i])
+        results = [
+            self._result(answer, searched[i], snap, embedded.combined[i], side)
             for i, answer in enumerate(answers)
         ]
+        for result in results:
+            result.fused = features is not None
+            result.policy = self.path.policy if result.fused else self.path.embedding_policy
+        if features is not None:
+            for result, evidence in zip(results, reranked.evidence, strict=True):
+                result.verified = self._verified_photos(result, evidence)
+        return results
 
-    def search_stored(self, embeddings: np.ndarray) -> list[Result]:
+    def search_stored(
+        self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset()
+    ) -> list[Result]:
         """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend)."""
-        return self.search(Embedded(np.asarray(embeddings, np.float32), None))
+        return self.search(Embedded(np.asarray(embeddings, np.float32), None), side=side, exclude=exclude)
 
-    def _result(self, answer: QueryAnswer, searched, matrix, query) -> Result:
+    def _result(self, answer: QueryAnswer, searched, snap: _Snapshot, query, side: str = "") -> Result:
         candidates = []
         for label, similarity, species in zip(
             answer.labels, answer.similarities, answer.species, strict=True
         ):
             best = []
-            if label in self._rows:  # row lists and photo hashes only grow: no copy needed
-                members = np.asarray(self._rows[label])
-                members = members[members < len(matrix)]
-                sims = matrix[members] @ searched  # only the candidate's photos, not the whole gallery
-                order = np.argsort(-sims)[:PHOTOS_PER_CANDIDATE]
-                best = [(self._photos[members[j]], float(sims[j])) for j in order]
+            if label in snap.rows:  # row lists and photo hashes only grow: no copy needed
+                members = np.asarray(snap.rows[label])
+                members = members[members < len(snap.matrix)]
+                if snap.kept is not None:
+                    members = members[snap.kept[members]]
+                sims = snap.matrix[members] @ searched  # only the candidate's photos, not the whole gallery
+                best = self._best_photos(members, sims, side, snap.photos)
             candidates.append(Candidate(label, similarity, species or None, best))
         return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
 
-    def identify_bytes(self, data: bytes, box: tuple | None, name: str) -> tuple[bytes, Result]:
-        """One photo's crop and its candidates, with the time each step took."""
+    def _best_photos(self, members: np.ndarray, sims: np.ndarray, side: str, rows_photos=None) -> list:
+        """A candidate's photos to show, best first: where the query's side is known, the photos of that
+        side come first (a left flank is compared with left flanks), then the rest by similarity.
+        `rows_photos`: the searched snapshot's row -> photo list (default: the gallery's now)."""
+        rows_photos = self._photos if rows_photos is None else rows_photos
+        photos = [rows_photos[row] for row in members]
+        known = side if side != "unknown" else ""
+        other_side = [0 if known and self._sides.get(photo) == known else 1 for photo in photos]
+        order = np.lexsort((-sims, np.asarray(other_side)))[:PHOTOS_PER_CANDIDATE]
+        return [(photos[j], float(sims[j])) for j in order]
+
+    def identify_bytes(
+        self, data: bytes, box: tuple | None, name: str, side: str = "", *,
+        exclude_of: Callable[[bytes], set] | None = None,
+    ) -> tuple[bytes, Result]:  # fmt: skip
+        """One photo's crop and its candidates, with the time each step took (side: as in search);
+        `exclude_of(crop JPEG)` names the catalogue's photos that are this one (left out of its search)."""
         start = time.perf_counter()
         jpeg, image = self.prepare(data, box, name)
+        exclude = exclude_of(jpeg) if exclude_of is not None else set()
         decoded = time.perf_counter()
         features = self.path.local_features(data, box, name)  # None: the gallery does not re-rank
         featured = time.perf_counter()
         embedded = self.embed(image[None], [name])
         embedded_at = time.perf_counter()
-        (result,) = self.search(embedded, None if features is None else [features])
+        (result,) = self.search(embedded, None if features is None else [features], side, exclude=exclude)
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,
@@ -191,6 +317,23 @@ class Engine:
         if features is not None:
             result.timings["local_features"] = featured - decoded
         return jpeg, result
+
+    @cached_property
+    def _row_of_name(self) -> dict[str, int]:
+        """Gallery row of each records image name (the rows the local features were made for)."""
+        return {name: row for row, name in enumerate(self.gallery.arrays.train_names)}
+
+    def _verified_photos(self, result: Result, evidence) -> dict[str, str]:
+        """Each candidate's photo with the most verified matches in the re-rank (what identify --explain
+        draws), by its catalogue hash; candidates with no verified pair or no known photo are left out."""
+        row_of = self._row_of_name
+        found = {}
+        for candidate in result.candidates:
+            best = self.path.local.best_photo(evidence, candidate.label)
+            row = None if best is None else row_of.get(best[0])
+            if row is not None and row < len(self._photos) and self._photos[row] is not None:
+                found[candidate.label] = self._photos[row]
+        return found
 
     def free_id(self, taken: set[str], prefix: str = "ind-") -> str:
         """The first id prefixNNNNN that neither the gallery nor the catalogue uses."""
@@ -204,7 +347,7 @@ class Engine:
 
     def best(self, queries: np.ndarray) -> list[tuple[str, float, float]]:
         """(best individual, its similarity, its threshold) per query, without the photo comparison."""
-        ranked, _ = self._rank(Embedded(np.asarray(queries, np.float32), None), n=1)
+        ranked = self._rank(Embedded(np.asarray(queries, np.float32), None), self._snapshot(), n=1)
         out = []
         for labels, scores, answer in zip(
             ranked.labels, ranked.scores, self.path.answer(ranked, self.species_of), strict=True

@@ -42,6 +42,71 @@ MIGRATIONS: list[str] = [
     CREATE INDEX decisions_individual ON decisions(individual_id);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # photo metadata (when, where, which side, by whom): its own tables, keyed by the photo's hash
+    """
+    CREATE TABLE photo_metadata (
+        photo_sha256 TEXT PRIMARY KEY REFERENCES photos(sha256),
+        date TEXT NOT NULL DEFAULT '',    -- 'YYYY-MM-DDTHH:MM:SS' or 'YYYY-MM-DD', the camera's local time
+        latitude REAL,
+        longitude REAL,
+        place TEXT NOT NULL DEFAULT '',
+        side TEXT NOT NULL DEFAULT 'unknown'
+            CHECK (side IN ('unknown', 'left', 'right', 'front', 'back')),
+        photographer TEXT NOT NULL DEFAULT '',
+        notes TEXT NOT NULL DEFAULT '',
+        updated_at TEXT NOT NULL,
+        updated_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX photo_metadata_side ON photo_metadata(side);
+    CREATE INDEX photo_metadata_date ON photo_metadata(date);
+    CREATE TABLE photo_metadata_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        photo_sha256 TEXT NOT NULL REFERENCES photos(sha256),
+        fields TEXT NOT NULL,             -- the whole record after the change (JSON): nothing is overwritten
+        how TEXT NOT NULL,                -- 'upload' (EXIF and the form), 'edit', 'import' or 'records'
+        changed_by TEXT NOT NULL DEFAULT '',
+        changed_at TEXT NOT NULL
+    );
+    CREATE INDEX photo_metadata_history_photo ON photo_metadata_history(photo_sha256);
+    """,
+    # corrections (reassign, undo, merge, split), the inbox's stored answers, perceptual hashes.
+    # SQLite cannot change a CHECK constraint: the decisions table is rebuilt with its rows kept.
+    """
+    CREATE TABLE decisions_v2 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        photo_sha256 TEXT REFERENCES photos(sha256), -- NULL for a merge (it is about individuals)
+        action TEXT NOT NULL CHECK (action IN
+            ('confirm', 'register', 'unresolved', 'reassign', 'undo', 'merge', 'split')),
+        individual_id TEXT NOT NULL DEFAULT '',      -- the id the photo goes to (merge: the one kept)
+        note TEXT NOT NULL DEFAULT '',
+        reviewer TEXT NOT NULL DEFAULT '',
+        decided_at TEXT NOT NULL,
+        scores TEXT NOT NULL DEFAULT '[]',
+        from_individual TEXT NOT NULL DEFAULT '',    -- the id it leaves (merge: the id merged away)
+        reverts INTEGER,                             -- undo: the decision it takes back
+        batch INTEGER                                -- the first decision of a split or of its undo
+    );
+    INSERT INTO decisions_v2 (id, photo_sha256, action, individual_id, note, reviewer, decided_at, scores)
+        SELECT id, photo_sha256, action, individual_id, note, reviewer, decided_at, scores FROM decisions;
+    DROP TABLE decisions;
+    ALTER TABLE decisions_v2 RENAME TO decisions;
+    CREATE INDEX decisions_photo ON decisions(photo_sha256);
+    CREATE INDEX decisions_individual ON decisions(individual_id);
+    CREATE INDEX decisions_reverts ON decisions(reverts);
+    ALTER TABLE photos ADD COLUMN record_individual TEXT;  -- the records' id of a gallery photo
+    UPDATE photos SET record_individual = individual_id WHERE source = 'gallery';
+    CREATE TABLE answers (
+        photo_sha256 TEXT PRIMARY KEY REFERENCES photos(sha256),
+        gallery TEXT NOT NULL,            -- embeddings_sha256 of the gallery that answered
+        answer TEXT NOT NULL,             -- threshold and candidates with their photos (JSON)
+        answered_at TEXT NOT NULL
+    );
+    CREATE TABLE phashes (
+        photo_sha256 TEXT PRIMARY KEY REFERENCES photos(sha256),
+        phash TEXT NOT NULL               -- 64-bit DCT hash of the decoded crop, 16 hex digits
+    );
+    CREATE INDEX phashes_hash ON phashes(phash)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -97,3 +97,28 @@ def report_refused_ids(individual_ids: set[str]) -> list[str]:
             len(refused), RULE, ", ".join(repr(i) for i in refused[:5]),
         )  # fmt: skip
     return refused
+
+
+def open_catalogue(gallery_dir: str, catalogue_dir: str, run_dirs: list[str] | None = None):
+    """(catalogue, lock) on a locked catalogue folder; StartError with one line when it cannot be opened.
+    Keep the lock referenced while the catalogue is in use."""
+    import sqlite3
+
+    from tfwhale.contracts.gallery_manifest import GalleryError
+    from tfwhale.contracts.run_folder import RunError
+    from tfwhale.query.gallery import QueryError
+    from tfwhale.serve.catalogue import Catalogue
+    from tfwhale.serve.schema import SchemaError
+
+    lock = lock_catalogue(catalogue_dir)
+    try:
+        return Catalogue(gallery_dir, catalogue_dir, run_dirs), lock
+    except (GalleryError, QueryError, RunError, SchemaError) as err:
+        lock.close()
+        raise StartError(str(err)) from None
+    except sqlite3.DatabaseError as err:
+        lock.close()
+        raise StartError(
+            f"--catalogue {catalogue_dir}: its database cannot be used ({err}); restore catalogue.sqlite "
+            "from a backup, or give another folder"
+        ) from None

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tfwhale.serve import history
 from tfwhale.serve.schema import migrate
 
 DB_NAME = "catalogue.sqlite"
-ACTIONS = ("confirm", "register", "unresolved")
+ACTIONS = ("confirm", "register", "unresolved", "reassign")  # what decide records (see corrections)
 
 
 class ConflictError(ValueError):
@@ -116,12 +117,23 @@ class Store:
         where, args = "", ()
         if photo is not None:
             where, args = "WHERE photo_sha256 = ?", (photo,)
-        elif individual is not None:
-            where, args = "WHERE individual_id = ?", (individual,)
+        elif individual is not None:  # what it was given, and what left it (reassigned, split, merged away)
+            where, args = "WHERE individual_id = ? OR from_individual = ?", (individual, individual)
         return self.conn.execute(f"SELECT * FROM decisions {where} ORDER BY id", args).fetchall()
 
     def decided_photos(self) -> set[str]:
-        return {row[0] for row in self.conn.execute("SELECT DISTINCT photo_sha256 FROM decisions")}
+        """Photos with a decision in force (an undone one leaves the photo undecided again)."""
+        rows = self.conn.execute("SELECT * FROM decisions WHERE photo_sha256 IS NOT NULL").fetchall()
+        return {row["photo_sha256"] for row in history.effective(rows)}
+
+    def assignments(self) -> dict[str, str]:
+        """Photo hash -> its current individual, for every assigned photo."""
+        rows = self.conn.execute("SELECT sha256, individual_id FROM photos WHERE individual_id IS NOT NULL")
+        return {sha: individual for sha, individual in rows}
+
+    def merges(self) -> dict[str, str]:
+        """Merged-away id -> the id it was merged into, for the merges in force."""
+        return history.merged_into(self.conn)
 
     def grown_embeddings(self) -> tuple[list[str], list[str], np.ndarray | None]:
         """(photo hashes, individual ids, embeddings) of the photos the app added to the gallery."""
@@ -148,9 +160,9 @@ class Store:
         blob = None if embedding is None else np.asarray(embedding, np.float32).tobytes()
         cursor = conn.execute(
             "INSERT OR IGNORE INTO photos (sha256, source, name, crop_sha256, box, individual_id, embedding, "
-            "added_at, added_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "added_at, added_by, record_individual) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (photo.sha256, photo.source, photo.name, photo.crop_sha256, photo.box, photo.individual_id,
-             blob, photo.added_at, photo.added_by),
+             blob, photo.added_at, photo.added_by, photo.individual_id),
         )  # fmt: skip
         return cursor.rowcount == 1
 
@@ -169,7 +181,9 @@ class Store:
         """Record one decision and apply it, in one transaction; ConflictError when it collides.
 
         confirm/register assign the photo, which must still be unassigned (two reviewers cannot assign
-        one photo twice); register also creates the individual, whose id must be free.
+        one photo twice); register also creates the individual, whose id must be free; reassign moves an
+        assigned photo to another existing individual. The photo's individual is then derived from its
+        history (tfwhale.serve.history): the earlier decisions stay as they were.
         """
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
@@ -178,26 +192,49 @@ class Store:
             if current is None:
                 raise ConflictError(f"photo {photo[:12]} is not in the catalogue")
             if action != "unresolved":
-                if current[0] is not None:
-                    raise ConflictError(f"this photo is already assigned to {current[0]}")
-                exists = conn.execute("SELECT 1 FROM individuals WHERE id = ?", (individual_id,)).fetchone()
-                if action == "register" and exists:
-                    raise ConflictError(
-                        f"individual {individual_id} exists already; confirm it or pick another id"
-                    )
-                if action == "confirm" and not exists:
-                    raise ConflictError(f"individual {individual_id} is not in the catalogue")
+                self._check_assignment(conn, action, current[0], individual_id)
                 if action == "register":
                     self.add_individual(conn, individual_id, species, "registered", reviewer)
-                blob = None if embedding is None else np.asarray(embedding, np.float32).tobytes()
-                conn.execute(
-                    "UPDATE photos SET individual_id = ?, embedding = COALESCE(embedding, ?) "
-                    "WHERE sha256 = ? AND individual_id IS NULL",
-                    (individual_id, blob, photo),
-                )
-            cursor = conn.execute(
-                "INSERT INTO decisions (photo_sha256, action, individual_id, note, reviewer, decided_at, "
-                "scores) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (photo, action, individual_id, note, reviewer, now(), json.dumps(scores)),
+                if embedding is not None:
+                    conn.execute(
+                        "UPDATE photos SET embedding = COALESCE(embedding, ?) WHERE sha256 = ?",
+                        (np.asarray(embedding, np.float32).tobytes(), photo),
+                    )
+            decision = self.record(conn, photo, action, individual_id, note, reviewer, scores,
+                                   from_individual=current[0] or "")  # fmt: skip
+            history.rederive(conn, [photo])
+            return decision
+
+    def _check_assignment(self, conn, action: str, current: str | None, individual_id: str) -> None:
+        if action == "reassign":
+            if current is None:
+                raise ConflictError("this photo is not assigned to anyone: confirm or register it instead")
+            if current == individual_id:
+                raise ConflictError(f"this photo is already assigned to {individual_id}")
+        elif current is not None:
+            raise ConflictError(f"this photo is already assigned to {current}")
+        exists = conn.execute("SELECT 1 FROM individuals WHERE id = ?", (individual_id,)).fetchone()
+        if action == "register" and exists:
+            raise ConflictError(
+                f"individual {individual_id} exists already; assign the photo to it (search by id) "
+                "or pick another id"
             )
-            return int(cursor.lastrowid)
+        if action != "register" and not exists:
+            raise ConflictError(f"individual {individual_id} is not in the catalogue")
+        merged = history.merged_into(conn).get(individual_id)
+        if merged is not None:
+            raise ConflictError(f"individual {individual_id} was merged into {merged}: assign to {merged}")
+
+    def record(
+        self, conn: sqlite3.Connection, photo: str | None, action: str, individual_id: str, note: str,
+        reviewer: str, scores: list | None = None, from_individual: str = "", reverts: int | None = None,
+        batch: int | None = None,
+    ) -> int:  # fmt: skip
+        """Append one row to the history (in the caller's transaction); returns its id."""
+        cursor = conn.execute(
+            "INSERT INTO decisions (photo_sha256, action, individual_id, note, reviewer, decided_at, scores, "
+            "from_individual, reverts, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (photo, action, individual_id, note, reviewer, now(), json.dumps(scores or []),
+             from_individual, reverts, batch),
+        )  # fmt: skip
+        return int(cursor.lastrowid)
