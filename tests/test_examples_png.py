@@ -75,6 +75,7 @@ def test_predict_draws_its_examples_with_the_seed_and_shows_the_truth_of_misses(
     again = _predict(tmp_path, records, run_dir, seed=3, name="b")
     other = [_predict(tmp_path, records, run_dir, seed=s, name=f"c{s}") for s in (4, 5)]
     assert first["examples"]["seed"] == 3
+    assert first["examples"]["verified_answers"] == 0  # --rerank none: no matches to draw
     assert first["examples"]["queries"] == again["examples"]["queries"]
     assert len(first["examples"]["queries"]) == 4
     assert any(o["examples"]["queries"] != first["examples"]["queries"] for o in other)

@@ -61,6 +61,8 @@ def test_report_gives_global_local_and_fused_oof_scores(fused):
         report = json.load(f)
     section = report["rerank"]
     assert section["mode"] == "local"
+    # examples.png draws the verified matches of its queries' answers (tests/test_examples_png.py: how)
+    assert report["examples"]["verified_answers"] >= 1
     assert set(section["oof"]) == {"global", "local", "fused"}
     for scores in section["oof"].values():
         assert 0 <= scores["map5"] <= 1 and 0 <= scores["known_top1"] <= 1

@@ -265,6 +265,22 @@ def run(args: argparse.Namespace) -> dict:
     return write_outputs(args, manifest, prediction)
 
 
+def _verified_photos(p: Prediction, count: int, seed: int) -> dict | None:
+    """examples.png's answers' verified photos and matches, when the test queries were re-ranked by local
+    features (only for the queries it shows)."""
+    if p.local is None or p.local.path is None:
+        return None
+    shown = set(examples.pick_queries(p.order, count, seed))
+    rows = [i for i, name in enumerate(p.emb.index.test_names) if name in shown]
+    return examples.verified_photos(
+        p.local.path,
+        [p.emb.index.test_names[i] for i in rows],
+        [p.local.test_features[i] for i in rows],
+        [p.local.evidence[i] for i in rows],
+        p.answers,
+    )
+
+
 def remove_old_outputs(out_dir: str) -> None:
     """A rerun first removes the previous outputs, so that an interrupted rerun never leaves a mix of old
     and new files that looks current. gallery.json goes first: identify and serve read only folders that
@@ -282,7 +298,8 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
     if p.outcome is not None:
         plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME), p.policy.value)
     seed = examples.new_seed() if args.examples_seed is None else args.examples_seed
-    rows = examples.example_rows(p, manifest, args.examples, seed)
+    verified = _verified_photos(p, args.examples, seed)
+    rows = examples.example_rows(p, manifest, args.examples, seed, verified)
     if rows:
         examples.plot_examples(files.join(args.out, EXAMPLES_NAME), rows)
     outputs = {
@@ -293,7 +310,8 @@ def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -
     }
     body = report.build_report(args.out, args.solution, manifest, p, measure_variants(p, manifest), outputs)
     missed = [r.name for r in rows if r.missed]
-    body["examples"] = {"seed": seed, "queries": [r.name for r in rows], "missed": missed}
+    body["examples"] = {"seed": seed, "queries": [r.name for r in rows], "missed": missed,
+                        "verified_answers": sum(v is not None for r in rows for v in r.verified)}  # fmt: skip
     body["rerank"] = p.local.report if p.local is not None else {"mode": "none"}
     report.write_report(args.out, body)
     write_gallery_manifest(args.out, gallery_manifest(args.out, manifest, p))

@@ -87,14 +87,14 @@ def verified_photos(
 ) -> dict[tuple[str, str], VerifiedPhoto]:
     """(query, answer label) -> the answer's best verified photo, from the local re-rank of the queries
     (their features and Reranked.evidence, in the same order): what example_rows draws matches from."""
-    names = list(local.gallery.features.names)
+    row_of = {name: row for row, name in enumerate(local.gallery.features.names)}
     out = {}
     for query, found, proof in zip(queries, features, evidence, strict=True):
         for label in answers.get(query, ()):
             best = local.best_photo(proof, label)
             if best is not None:
                 photo, match = best
-                size = tuple(int(v) for v in local.gallery.features.image_sizes[names.index(photo)])
+                size = tuple(int(v) for v in local.gallery.features.image_sizes[row_of[photo]])
                 out[query, label] = VerifiedPhoto(photo, match, found.image_size, size)
     return out
 

@@ -36,7 +36,14 @@ from tfwhale.inference.submission import PredictError
 from tfwhale.matching.aggregate import per_individual
 from tfwhale.matching.features import SiftSettings
 from tfwhale.matching.fusion import fuse
-from tfwhale.matching.rerank import Calibrations, LeaveOneOut, LocalGallery, fit_calibrations, query_evidence
+from tfwhale.matching.rerank import (
+    Calibrations,
+    Evidence,
+    LeaveOneOut,
+    LocalGallery,
+    fit_calibrations,
+    query_evidence,
+)
 from tfwhale.query.combine import concat_runs
 from tfwhale.query.fused import ranking_of
 from tfwhale.query.local import LocalRerankPath, MatchSettings
@@ -235,6 +242,11 @@ class LocalOutcome:
     variants: dict[str, dict]
     ranked: Ranked  # test queries, by fused P (every individual)
     report: dict  # report.json's "rerank" section
+    # what examples.png draws matches from (examples.verified_photos): the re-rank, and per test query
+    # (the records index's order) its features and its evidence
+    path: LocalRerankPath | None = None
+    test_features: tuple[LocalFeatures, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
 
 
 def report_section(local: LocalRerank, variants: dict[str, dict], features: RecordFeatures) -> dict:
@@ -295,8 +307,10 @@ def rerank_local(
     )
     path = LocalRerankPath(out_dir, _answering(manifest, local), emb.index.train_names, emb.index.train_ids)
     logger.info("re-ranking %d test queries by local features", len(features.test))
-    ranked = path.rerank(test_ranked, features.test).ranked
-    return LocalOutcome(local, fused, variants, ranked, report_section(local, variants, features))
+    reranked = path.rerank(test_ranked, features.test)
+    section = report_section(local, variants, features)
+    return LocalOutcome(local, fused, variants, reranked.ranked, section, path, tuple(features.test),
+                        tuple(reranked.evidence))  # fmt: skip
 
 
 def _answering(manifest: Manifest, local: LocalRerank) -> GalleryManifest:
