@@ -173,6 +173,7 @@ def test_a_trained_gallery_shows_no_untrained_note(serve_gallery, tmp_path):
     assert page.status_code == 200 and "untrained gallery" not in page.text
 
 
+@pytest.mark.slow  # ~20 s: a boxed Kaggle layout end to end; `python3 dev.py test -m slow`, and CI
 def test_kaggle_layout_with_boxes(tmp_path, capsys):
     data, rows = _synthetic(tmp_path, individuals=4)
     out = str(tmp_path / "gallery")

@@ -162,7 +162,8 @@ def rec(tmp_path_factory) -> str:
     return make_records(tmp_path_factory.mktemp("rec"), n_individuals=6, size=32, n_folds=2)
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+# the JAX variant (~20 s) runs with the slow tests: `python3 dev.py test -m slow`, and CI
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.slow)])
 def test_trainer_keeps_a_frozen_backbone_across_two_replicas(rec, tmp_path, backend):
     if backend == "jax":
         pytest.importorskip("jax")

@@ -219,7 +219,10 @@ def test_two_cpu_replicas_mirrored_strategy(rec, tmp_path):
     assert info["replicas"] == 2 and info["global_batch"] == 8
 
 
-@pytest.mark.parametrize(("accumulate", "global_batch"), [(1, 8), (2, 16)])
+# accumulation over 2 devices is the slow variant (~20 s): `python3 dev.py test -m slow`, and CI
+@pytest.mark.parametrize(
+    ("accumulate", "global_batch"), [(1, 8), pytest.param(2, 16, marks=pytest.mark.slow)]
+)
 def test_jax_backend_two_host_devices_data_parallel(rec, tmp_path, accumulate, global_batch):
     pytest.importorskip("jax")
     out = str(tmp_path / "run")
