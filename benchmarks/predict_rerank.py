@@ -57,9 +57,7 @@ def train(args: argparse.Namespace, records: str) -> str:
         return runs
     shutil.rmtree(runs, ignore_errors=True)
     epochs = [f"train.epochs={args.epochs}"] if args.epochs else []
-    # the config refuses a zero learning rate now; 1e-12 leaves ImageNet's weights as they are
-    own = [o.replace("lr_max_per_sample=0", "lr_max_per_sample=1e-12") for o in row.overrides]
-    overrides = ["data.image_size=null", "train.verbose=2", *epochs, *own, *args.set]
+    overrides = ["data.image_size=null", "train.verbose=2", *epochs, *row.overrides, *args.set]
     if row.all_epochs_frozen:
         overrides.append(f"train.frozen_epochs={load_config(row.config, overrides).train.epochs}")
     sets = [x for o in overrides for x in ("--set", o)]

@@ -46,7 +46,8 @@ from tfwhale.retrieval.threshold import insert_new_individual
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PHOTOS = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "lion"))
 DEFAULT_CONFIG = "lite0_224"
-LR_ZERO = ["train.lr_start=0", "train.lr_max_per_sample=0", "train.lr_min=0"]
+# the config refuses a zero peak learning rate (a typo guard); 1e-12 leaves ImageNet's weights as they are
+LR_ZERO = ["train.lr_start=0", "train.lr_max_per_sample=1e-12", "train.lr_min=0"]
 # from scratch: tiny_cpu's learning rate (a pretrained recipe's backbone multiplier and freezing undone)
 SCRATCH = ["train.backbone_lr_multiplier=1", "train.frozen_epochs=0", "train.freeze_bn=false",
            "train.lr_start=1e-4", "train.lr_max_per_sample=6.25e-5", "train.lr_min=1e-5"]  # fmt: skip
