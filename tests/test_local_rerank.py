@@ -270,3 +270,23 @@ def test_catalogue_compare_view_draws_the_gallery_features_on_the_original_and_s
         p: client.get(f"/api/matches?query={sha}&photo={p}").json()["inliers"] for p in {*thumbs, strip_photo}
     }
     assert inliers[strip_photo] == max(inliers.values()) >= 20
+
+
+def test_explain_draws_a_gallery_photo_cropped_by_the_box_its_features_were_taken_with(tmp_path):
+    from types import SimpleNamespace
+
+    from tfwhale.imaging.photo_crop import ImageSettings
+    from tfwhale.inference.match_pictures import _gallery_crop
+    from tfwhale.matching.photo import match_crop
+
+    _, jpeg = cv2.imencode(".jpg", texture(7, 400))
+    (tmp_path / "a.jpg").write_bytes(jpeg.tobytes())
+    sift = SiftSettings()
+    local = SimpleNamespace(
+        photos_root=str(tmp_path), image=ImageSettings(224), settings=MatchSettings(sift=sift)
+    )
+    boxed = _gallery_crop(local, "a.jpg", "40 60 240 200")
+    whole = _gallery_crop(local, "a.jpg", "")
+    assert np.array_equal(boxed, match_crop(jpeg.tobytes(), (40, 60, 240, 200), ImageSettings(224), sift))
+    assert np.array_equal(whole, match_crop(jpeg.tobytes(), None, ImageSettings(224), sift))
+    assert boxed.shape != whole.shape  # the box's 200 x 140 (enlarged) keeps its own aspect ratio

@@ -8,7 +8,7 @@ positions are in each photo's matching image and are scaled to the drawn crop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -17,6 +17,7 @@ import numpy as np
 from tfwhale.contracts.local_features import LocalFeatures
 from tfwhale.core import files
 from tfwhale.core.labels import NEW_INDIVIDUAL
+from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.imaging.photo_crop import ImageError
 from tfwhale.matching.pairs import PairMatch
 from tfwhale.matching.photo import match_crop
@@ -24,6 +25,7 @@ from tfwhale.query.answers import QueryAnswer
 from tfwhale.query.gallery import QueryError
 from tfwhale.query.local import LocalRerankPath
 from tfwhale.query.path import QueryPath
+from tfwhale.query.records_photos import RecordsPhotos
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +99,15 @@ def draw_query(
     query_rgb: np.ndarray,
     query_features: LocalFeatures,
     candidates: Sequence[Candidate],
+    boxes: Mapping[str, str] | None = None,
 ) -> np.ndarray:
-    """RGB picture of one query against its candidates, one row per candidate."""
+    """RGB picture of one query against its candidates, one row per candidate. boxes: gallery photo name
+    -> the box text its features were cropped by (RecordsPhotos.boxes; absent: the whole photo)."""
     rows = []
     for candidate in candidates:
         gallery_rgb, size = None, (0, 0)
         if candidate.photo is not None:
-            gallery_rgb = _gallery_crop(local, candidate.photo)
+            gallery_rgb = _gallery_crop(local, candidate.photo, (boxes or {}).get(candidate.photo, ""))
             index = local.gallery.features.names.index(candidate.photo)
             size = tuple(int(v) for v in local.gallery.features.image_sizes[index])
         rows.append(_pair_row(query_rgb, query_features, gallery_rgb, size, candidate))
@@ -112,13 +116,14 @@ def draw_query(
     return np.concatenate(padded)
 
 
-def _gallery_crop(local: LocalRerankPath, name: str) -> np.ndarray | None:
-    """A gallery photo's match-size crop, from where the gallery was made from (None: not found)."""
+def _gallery_crop(local: LocalRerankPath, name: str, box: str) -> np.ndarray | None:
+    """A gallery photo's match-size crop (by its box: its features' frame), from where the gallery was
+    made from (None: not found)."""
     if not local.photos_root:
         return None
     path = files.join(local.photos_root, name)
     try:
-        return match_crop(files.read_bytes(path), None, local.image, local.settings.sift)
+        return match_crop(files.read_bytes(path), parse_box_text(box), local.image, local.settings.sift)
     except (ImageError, OSError, ValueError) as err:
         logger.warning("%s: cannot draw this gallery photo (%s)", path, err)
         return None
@@ -155,6 +160,7 @@ def explained_answers(
     reranked = path.rerank(path.embed(images, photos), photos, features)
     answers = path.answer(reranked.ranked, fused=True)
     files.makedirs(out_dir)
+    gallery_boxes = RecordsPhotos.of_records(path.gallery.manifest.records_root).boxes
     for photo, box, answer, evidence, found, position in zip(
         photos, boxes, answers, reranked.evidence, features, positions, strict=True
     ):
@@ -165,7 +171,6 @@ def explained_answers(
             best = local.best_photo(evidence, label)
             candidates.append(Candidate(label, float(probability), *(best or (None, None))))
         rgb = match_crop(files.read_bytes(photo), box, local.image, local.settings.sift)
-        write_picture(
-            files.join(out_dir, picture_name(position, photo)), draw_query(local, rgb, found, candidates)
-        )
+        picture = draw_query(local, rgb, found, candidates, gallery_boxes)
+        write_picture(files.join(out_dir, picture_name(position, photo)), picture)
     return answers
