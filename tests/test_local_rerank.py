@@ -290,3 +290,24 @@ def test_explain_draws_a_gallery_photo_cropped_by_the_box_its_features_were_take
     assert np.array_equal(boxed, match_crop(jpeg.tobytes(), (40, 60, 240, 200), ImageSettings(224), sift))
     assert np.array_equal(whole, match_crop(jpeg.tobytes(), None, ImageSettings(224), sift))
     assert boxed.shape != whole.shape  # the box's 200 x 140 (enlarged) keeps its own aspect ratio
+
+
+def test_a_merged_away_individuals_gallery_photos_still_verify_for_the_id_it_was_merged_into(
+    sift_gallery, tmp_path
+):
+    pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
+    from tfwhale.serve.catalogue import Catalogue
+
+    out, second, _, _ = sift_gallery
+    catalogue = Catalogue(out, str(tmp_path / "catalogue"))
+    with open(second, "rb") as f:
+        data = f.read()
+    _, before = catalogue.upload(data, "second.jpg", None, "tester")
+    assert before.candidates[0].label == "ind-2"
+    catalogue.merge("ind-2", "ind-4", "tester")  # ind-2's gallery photos now belong to ind-4
+    _, result = catalogue.engine.identify_bytes(data, None, "second-again.jpg")
+    first = result.candidates[0]
+    # answered by ind-4 on ind-2's own verified photos: its fused P at least as high as ind-2's was
+    assert first.label == "ind-4" and first.similarity >= before.candidates[0].similarity - 1e-6
+    assert "ind-2" not in [c.label for c in result.candidates]
+    assert result.verified.get("ind-4") is not None  # its best verified photo: one of ind-2's

@@ -9,6 +9,7 @@ gallery itself (never a self-pair), and the fused score is their mean.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +63,15 @@ class LocalGallery:
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def relabelled(self, photo_individual: np.ndarray, n_individuals: int) -> LocalGallery:
+        """The same photos (and LNBNN index: it holds descriptors, not individuals) under other owners."""
+        if len(photo_individual) != len(self.features):
+            raise ValueError(f"{len(self.features)} feature photos but {len(photo_individual)} individuals")
+        other = copy.copy(self)
+        other.photo_individual = np.asarray(photo_individual, np.int64)
+        other.n_individuals = int(n_individuals)
+        return other
 
 
 @dataclass(frozen=True)

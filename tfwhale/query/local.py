@@ -10,6 +10,7 @@ as the gallery's recorded SiftSettings.crop says. The gallery's features were ma
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -75,6 +76,15 @@ class LocalRerankPath:
         codes = np.searchsorted(self.individuals, np.asarray(train_ids))
         self.gallery = LocalGallery(features, codes, len(self.individuals))
         self.calibrations = Calibrations.from_dict(local.calibrations)
+
+    def relabelled(self, train_ids: Sequence[str]) -> LocalRerankPath:
+        """This path with the gallery's photos under other individuals (the catalogue's merges, splits
+        and reassignments), row for row; the features and their index are shared, not copied."""
+        other = copy.copy(self)
+        other.individuals = np.asarray(sorted(set(train_ids)))
+        codes = np.searchsorted(other.individuals, np.asarray(train_ids))
+        other.gallery = self.gallery.relabelled(codes, len(other.individuals))
+        return other
 
     def features(self, data: bytes, box: tuple | None) -> LocalFeatures:
         return photo_features(data, box, self.image, self.settings.sift)

@@ -19,6 +19,7 @@ import numpy as np
 from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.query.answers import QueryAnswer
+from tfwhale.query.local import LocalRerankPath
 from tfwhale.query.path import Embedded, QueryPath
 from tfwhale.retrieval import ranking
 
@@ -37,6 +38,7 @@ class _Snapshot:
     rows: dict[str, list[int]]
     photos: list[str | None]
     merges: dict[str, str]
+    local: LocalRerankPath | None = None  # the re-rank with predict's rows under their current ids
     kept: np.ndarray | None = None  # rows searched, when some are left out
 
 
@@ -103,6 +105,7 @@ class Engine:
         self.base_ids = list(arrays.train_ids)  # the records' ids of those rows
         self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
         self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
+        self._local = path.local  # relabel() gives it the catalogue's current ids of predict's rows
         self._install(self._base, list(self.base_ids), list(self.base_photos), {})
 
     def _install(
@@ -152,6 +155,10 @@ class Engine:
         merges) and, after them, the catalogue's assigned photos `grown` (hashes, ids, embeddings).
         `merges` (merged-away id -> kept id) also renames what the class heads and re-rank answer."""
         hashes, ids, embeddings = grown
+        if self.path.local is not None:  # merged, split and reassigned gallery photos vote for their new id
+            local = self.path.local.relabelled(base_labels)
+            with self._lock:
+                self._local = local
         matrix = self._base  # add() grows a full matrix into a new one: predict's rows are never written
         if embeddings is not None and len(hashes):
             vectors = np.asarray(embeddings, np.float32)
@@ -206,7 +213,7 @@ class Engine:
         with self._lock:  # rows appended later are not in this search
             size = self._size
             snap = _Snapshot(self._matrix[:size], self._codes[:size], list(self._names), self._rows,
-                             self._photos, self._merges)  # fmt: skip
+                             self._photos, self._merges, self._local)  # fmt: skip
             rows = [row for photo in exclude for row in self._row_of.get(photo, ()) if row < size]
         if rows:  # the photo itself and its twins: a photo is never its own candidate
             snap.kept = np.ones(size, bool)
@@ -241,7 +248,7 @@ class Engine:
             answers = self.path.answer(ranked, self.species_of)
         else:
             ranked = self._rank(embedded, snap, n=len(snap.names))
-            reranked = self.path.local.rerank(ranked, features)
+            reranked = snap.local.rerank(ranked, features)
             answers = self.path.answer(
                 _merged(reranked.ranked, snap.merges, len(snap.names)), self.species_of, fused=True
             )
@@ -257,7 +264,7 @@ class Engine:
             result.policy = self.path.policy if result.fused else self.path.embedding_policy
         if features is not None:
             for result, evidence in zip(results, reranked.evidence, strict=True):
-                result.verified = self._verified_photos(result, evidence)
+                result.verified = self._verified_photos(result, evidence, snap.local)
         return results
 
     def search_stored(
@@ -323,13 +330,13 @@ class Engine:
         """Gallery row of each records image name (the rows the local features were made for)."""
         return {name: row for row, name in enumerate(self.gallery.arrays.train_names)}
 
-    def _verified_photos(self, result: Result, evidence) -> dict[str, str]:
+    def _verified_photos(self, result: Result, evidence, local: LocalRerankPath) -> dict[str, str]:
         """Each candidate's photo with the most verified matches in the re-rank (what identify --explain
         draws), by its catalogue hash; candidates with no verified pair or no known photo are left out."""
         row_of = self._row_of_name
         found = {}
         for candidate in result.candidates:
-            best = self.path.local.best_photo(evidence, candidate.label)
+            best = local.best_photo(evidence, candidate.label)
             row = None if best is None else row_of.get(best[0])
             if row is not None and row < len(self._photos) and self._photos[row] is not None:
                 found[candidate.label] = self._photos[row]
