@@ -180,7 +180,10 @@ def day1(page, url: str, parts: dict, shots: Path) -> dict:
     shot(page, shots, "day1-answers", result_of(page, k1.name))
 
     result = result_of(page, k1.name)
+    start = time.time()
     result.locator(f'button.confirm[data-individual="{truth(k1)}"]').click()
+    expect(result.locator(".assigned")).to_contain_text(truth(k1))  # the section, re-rendered as decided
+    timings.setdefault("confirm to the decided section shown (s)", []).append(time.time() - start)
     expect(result.locator(".message")).to_contain_text(f"confirmed as {truth(k1)}")
 
     result = result_of(page, k2.name)
