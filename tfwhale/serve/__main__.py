@@ -82,7 +82,11 @@ def _serve(args: argparse.Namespace) -> int:
             raise
         logger.error("%s", err)
         return 1
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down already, then raises the signal again
+        pass
+    logger.info("stopped; the catalogue in %s keeps every decision", args.catalogue)
     return 0
 
 
