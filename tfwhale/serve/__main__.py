@@ -7,6 +7,7 @@ python -m tfwhale.serve import --gallery PREDICT_OUT --catalogue DIR FOLDER [--c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -82,10 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
             raise
         logger.error("%s", err)
         return 1
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down, then raises it again
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down already, then raises the signal again
-        pass
     logger.info("stopped; the catalogue in %s keeps every decision", args.catalogue)
     return 0
 
