@@ -125,8 +125,11 @@ def test_catalogue_answers_registers_and_says_it_is_untrained(folder_gallery, tm
     assert result.candidates[0].label == row["individual_id"]
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
     assert catalogue.store.photo(sha).individual_id == "Newcomer-1"
-    page = TestClient(create_app(catalogue, hosts=TEST_HOSTS)).get("/")
+    client = TestClient(create_app(catalogue, hosts=TEST_HOSTS))
+    page = client.get("/")
     assert "untrained gallery (ImageNet Lite0 + SIFT)" in page.text and "--config lite0_224" in page.text
+    review = client.get("/review")  # no test split: the queue says where the undecided uploads are
+    assert "no test photos to review" in review.text and 'href="/inbox"' in review.text
 
 
 def test_a_decided_upload_is_still_scored_as_its_upload_was(folder_gallery, tmp_path):
