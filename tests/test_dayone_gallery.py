@@ -125,8 +125,33 @@ def test_catalogue_answers_registers_and_says_it_is_untrained(folder_gallery, tm
     assert result.candidates[0].label == row["individual_id"]
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
     assert catalogue.store.photo(sha).individual_id == "Newcomer-1"
-    page = TestClient(create_app(catalogue, hosts=TEST_HOSTS)).get("/")
+    client = TestClient(create_app(catalogue, hosts=TEST_HOSTS))
+    page = client.get("/")
     assert "untrained gallery (ImageNet Lite0 + SIFT)" in page.text and "--config lite0_224" in page.text
+    review = client.get("/review")  # no test split: the queue says where the undecided uploads are
+    assert "no test photos to review" in review.text and 'href="/inbox"' in review.text
+
+
+def test_a_decided_upload_is_still_scored_as_its_upload_was(folder_gallery, tmp_path):
+    """On a gallery with local features, a decided photo's page (and `?fresh=1`) re-rank by the upload's
+    own features: fused P(same) at the fused threshold, not the embedding's similarities at its own."""
+    from tfwhale.serve.catalogue import Catalogue
+
+    photos, out, _, rows = folder_gallery
+    catalogue = Catalogue(out, str(tmp_path / "catalogue"))
+    row = rows[4]
+    with open(f"{photos}/{row['individual_id']}/{row['image']}", "rb") as f:
+        sha, answer = catalogue.upload(second_photo(f.read()), row["image"], None, "tester")
+    assert answer.fused
+    fresh = catalogue.result_for(sha, fresh=True)
+    catalogue.decide(sha, "confirm", row["individual_id"], "", "tester", [])
+    decided = catalogue.result_for(sha)
+    for later in (fresh, decided):
+        assert later.fused and later.threshold == answer.threshold
+        assert later.policy is catalogue.engine.path.policy
+    assert [c.label for c in fresh.candidates] == [c.label for c in answer.candidates]
+    scores = [c.similarity for c in answer.candidates]
+    assert [c.similarity for c in fresh.candidates] == pytest.approx(scores)
 
 
 def test_export_of_a_day_one_catalogue_builds_and_its_decisions_survive_a_trained_gallery(

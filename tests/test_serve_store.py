@@ -123,3 +123,36 @@ def test_blob_names_are_content_hashes(tmp_path):
     with pytest.raises(ValueError, match="not a sha256"):
         blobs.path("../../etc/passwd")
     assert not blobs.has("../x")
+
+
+def test_ctrl_c_stops_the_server_cleanly(serve_gallery, tmp_path):
+    """`python -m tfwhale.serve` stopped with Ctrl-C: exit 0, a line saying the catalogue is kept, and
+    no traceback (uvicorn shuts down, then raises the signal again as KeyboardInterrupt)."""
+    import urllib.request
+
+    from tests.browser_fixture import _free_port
+
+    port = _free_port()
+    command = [sys.executable, "-m", "tfwhale.serve", "--gallery", serve_gallery[1]]
+    command += ["--catalogue", str(tmp_path / "catalogue"), "--port", str(port)]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/inbox", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failure above: only the process this test started
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "stopped" in err and "keeps every decision" in err

@@ -7,6 +7,7 @@ python -m tfwhale.serve import --gallery PREDICT_OUT --catalogue DIR FOLDER [--c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -82,7 +83,9 @@ def _serve(args: argparse.Namespace) -> int:
             raise
         logger.error("%s", err)
         return 1
-    server.run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down, then raises it again
+        server.run(sockets=[sock])
+    logger.info("stopped; the catalogue in %s keeps every decision", args.catalogue)
     return 0
 
 

@@ -203,7 +203,7 @@ def create_app(
             html = fragment(request, current.photo, catalogue.result_for(current.photo), current.name, True)
         return page(
             request, "review.html", queue=queue[:200], total=len(queue), current=current, result_html=html,
-            wanted=wanted, sides=SIDES,
+            wanted=wanted, sides=SIDES, has_tests=len(catalogue.test_names) > 0,
         )  # fmt: skip
 
     @app.get("/individuals", response_class=HTMLResponse)

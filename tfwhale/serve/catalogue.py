@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tfwhale.contracts.individual_id import check_id
-from tfwhale.imaging.crop_box import format_box
+from tfwhale.imaging.crop_box import format_box, parse_box_text
 from tfwhale.query.gallery import QueryError
 from tfwhale.serve import corrections, history, metadata_store
 from tfwhale.serve.blobs import BlobStore, sha256_hex
@@ -194,7 +194,22 @@ class Catalogue:
                 return result
         side = metadata_store.metadata(self.store, photo).side
         exclude = {photo} | self.twins_of(photo)
-        return self.engine.search_stored(embedding[None], side, exclude=exclude)[0]
+        features = self._upload_features(found)
+        return self.engine.search_stored(embedding[None], side, exclude=exclude, features=features)[0]
+
+    def _upload_features(self, photo: Photo) -> list | None:
+        """An upload's local features from its bytes as uploaded, where the gallery re-ranks by them, so
+        that a decided photo's candidates are scored as its upload was (fused P(same) at the same
+        threshold), not by the embedding alone. None: the embedding alone."""
+        if photo.source != "upload" or not self.blobs.has(photo.sha256):
+            return None
+        box = parse_box_text(photo.box) if photo.box else None
+        try:
+            features = self.engine.path.local_features(self.blobs.get(photo.sha256), box, photo.name)
+        except QueryError as err:
+            logger.warning("%s: searched by its embedding alone (%s)", photo.name, err)
+            return None
+        return None if features is None else [features]
 
     def decide(
         self,

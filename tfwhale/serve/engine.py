@@ -268,10 +268,13 @@ class Engine:
         return results
 
     def search_stored(
-        self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset()
-    ) -> list[Result]:
-        """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend)."""
-        return self.search(Embedded(np.asarray(embeddings, np.float32), None), side=side, exclude=exclude)
+        self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset(),
+        features: list | None = None,
+    ) -> list[Result]:  # fmt: skip
+        """Candidates of photos from their stored combined embeddings (no per-fold ones, so no blend);
+        with their local features, re-ranked by them as an upload is."""
+        embedded = Embedded(np.asarray(embeddings, np.float32), None)
+        return self.search(embedded, features, side=side, exclude=exclude)
 
     def _result(self, answer: QueryAnswer, searched, snap: _Snapshot, query, side: str = "") -> Result:
         candidates = []
