@@ -387,6 +387,7 @@ def day5(page, url: str, work: Path, walk: dict, shots: Path) -> None:
     shown = (int(query.get_attribute("data-width")), int(query.get_attribute("data-height")))
     assert shown == (width, height), f"the query is shown at {shown}, not at its full {width}x{height}"
     expect(page.locator('.pane[data-side="photo"] figcaption')).not_to_contain_text("catalogue's crop")
+    shot(page, shots, "day5-compare")  # both photos whole, the matches drawn across
     for _ in range(3):
         page.keyboard.press("+")  # zoom into the flank: both panes move together
     zooms = page.locator(".pane").evaluate_all(
@@ -395,7 +396,7 @@ def day5(page, url: str, work: Path, walk: dict, shots: Path) -> None:
     assert len(set(zooms)) == 1 and not zooms[0].startswith("1.0000"), (
         f"the panes do not zoom together: {zooms}"
     )
-    shot(page, shots, "day5-compare")
+    shot(page, shots, "day5-compare-zoomed")
 
     page.goto(f"{url}/export")
     page.click("#export")
