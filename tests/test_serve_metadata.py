@@ -294,3 +294,25 @@ def test_a_gallery_original_imported_again_is_exported_once(catalogue, serve_gal
     images = [row["image"] for row in csv.DictReader((done.folder / "train.csv").open())]
     assert [image for image in images if image.startswith(gallery[0].rsplit(".", 1)[0])] == [gallery[0]]
     assert any("left out: the same file" in note for note in done.notes)
+
+
+def test_import_reads_the_side_from_file_names_only_where_the_csv_gives_none(tmp_path):
+    assert [bulk_import.side_from_name(n) for n in ("n_11_leftphoto.jpg", "a/x_Right.JPG", "left.jpg",
+                                                     "leftover.jpg", "x_rightphotos.jpg")] == [
+        "left", "right", "", "", ""]  # fmt: skip
+    (tmp_path / "N-1").mkdir()
+    for name in ("nyala_11_leftphoto.jpg", "nyala_11_right.jpg", "plain.jpg"):
+        (tmp_path / "N-1" / name).write_bytes(b"x")
+    sides = {item.file: item.meta.side for item in bulk_import.plan_folder(tmp_path).items}
+    assert sides == {"N-1/nyala_11_leftphoto.jpg": "left", "N-1/nyala_11_right.jpg": "right",
+                     "N-1/plain.jpg": "unknown"}  # fmt: skip
+    (tmp_path / "ids.csv").write_text(
+        "image,individual_id,side\n"
+        "N-1/nyala_11_leftphoto.jpg,N-1,\n"  # no side: the name gives it
+        "N-1/nyala_11_right.jpg,N-1,left\n"  # the CSV's side wins
+        "N-1/plain.jpg,N-1,unknown\n"
+    )
+    plan = bulk_import.plan_folder(tmp_path, tmp_path / "ids.csv")
+    assert [item.meta.side for item in plan.items] == ["left", "left", "unknown"]
+    sent = bulk_import.plan_uploads({"N-1/a_right.jpg": b"x"}, None)  # a folder chosen in the browser
+    assert sent.items[0].meta.side == "right"
