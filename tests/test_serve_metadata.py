@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,3 +318,18 @@ def test_import_reads_the_side_from_file_names_only_where_the_csv_gives_none(tmp
     assert [item.meta.side for item in plan.items] == ["left", "left", "unknown"]
     sent = bulk_import.plan_uploads({"N-1/a_right.jpg": b"x"}, None)  # a folder chosen in the browser
     assert sent.items[0].meta.side == "right"
+
+
+def test_export_answer_gives_absolute_paths_when_the_catalogue_path_is_relative(
+    client, catalogue, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(catalogue, "dir", Path("relative-catalogue"))  # as `serve --catalogue cat` gives
+    answer = client.post("/api/export", json={}, headers=_headers(client)).json()
+    folder = Path(answer["folder"])
+    assert folder.is_absolute() and folder.parent == tmp_path / "relative-catalogue" / "exports"
+    assert (folder / "train.csv").is_file()
+    argv = shlex.split(answer["command"])
+    assert argv[argv.index("--data") + 1] == str(folder)
+    if "--boxes" in argv:
+        assert Path(argv[argv.index("--boxes") + 1]).is_absolute()

@@ -258,8 +258,9 @@ def create_app(
     @app.post("/api/export")
     def export_run():
         done = export.export_with_report(catalogue)
-        command = export.build_command(done.folder, catalogue.engine.manifest.image, done.has_boxes)
-        return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings,
+        folder = done.folder.absolute()  # the server may run from anywhere: a path that works from any shell
+        command = export.build_command(folder, catalogue.engine.manifest.image, done.has_boxes)
+        return {"ok": True, "folder": str(folder), "command": command, "warnings": done.warnings,
                 "notes": done.notes}  # fmt: skip
 
     meta_routes.add_routes(app, catalogue, page, reviewer)
