@@ -333,3 +333,27 @@ def test_export_answer_gives_absolute_paths_when_the_catalogue_path_is_relative(
     assert argv[argv.index("--data") + 1] == str(folder)
     if "--boxes" in argv:
         assert Path(argv[argv.index("--boxes") + 1]).is_absolute()
+
+
+def test_inbox_filters_uploads_by_metadata_on_both_tabs(client, catalogue):
+    for seed, name, side, who in ((60, "inka.jpg", "left", "Inka"), (61, "jules.jpg", "right", "Jules")):
+        files = {"photo": (name, photo_bytes(seed), "image/jpeg")}
+        form = {"side": side, "photographer": who}
+        assert (
+            client.post("/api/identify", files=files, data=form, headers=_headers(client)).status_code == 200
+        )
+    everything = client.get("/inbox").text
+    assert "inka.jpg" in everything and "jules.jpg" in everything and 'name="photographer"' in everything
+    inka = client.get("/inbox", params={"photographer": "ink"}).text
+    assert "inka.jpg" in inka and "jules.jpg" not in inka and "pass the filter" in inka
+    right = client.get("/inbox", params={"side": "right", "photographer": "Jules"}).text
+    assert "jules.jpg" in right and "inka.jpg" not in right
+    assert "Nothing here passes the filter" in client.get("/inbox", params={"place": "nowhere-at-all"}).text
+    assert client.get("/inbox", params={"date_to": "soon"}).status_code == 400
+    sha = catalogue.store.conn.execute("SELECT sha256 FROM photos WHERE name = 'inka.jpg'").fetchone()[0]
+    body = {"photo": sha, "action": "unresolved", "note": "blurry"}
+    assert client.post("/api/decide", json=body, headers=_headers(client)).json()["ok"]
+    unresolved = client.get("/inbox", params={"tab": "unresolved", "side": "left", "photographer": "Inka"})
+    assert "inka.jpg" in unresolved.text and "blurry" in unresolved.text
+    assert '<input type="hidden" name="tab" value="unresolved">' in unresolved.text  # filtering keeps the tab
+    assert "inka.jpg" not in client.get("/inbox", params={"tab": "unresolved", "side": "right"}).text

@@ -185,15 +185,10 @@ def create_app(
         headers = {"Cache-Control": "private, max-age=31536000, immutable"}
         return FileResponse(catalogue.blobs.path(digest), media_type="image/jpeg", headers=headers)
 
-    def meta_filter(request: Request):
-        """The page's metadata filter from its query string; MetaError when a value is unusable."""
-        names = ("side", "date_from", "date_to", "place", "photographer")
-        return metadata_store.MetaFilter.from_query(**{k: request.query_params.get(k, "") for k in names})
-
     @app.get("/review", response_class=HTMLResponse)
     def review(request: Request, at: str = ""):
         try:
-            wanted = meta_filter(request)
+            wanted = metadata_store.MetaFilter.from_params(request.query_params)
         except MetaError as err:
             return page(request, "error.html", 400, message=f"filter: {err}")
         queue = catalogue.review_queue(wanted)
@@ -209,7 +204,7 @@ def create_app(
     @app.get("/individuals", response_class=HTMLResponse)
     def individuals(request: Request, q: str = ""):
         try:
-            wanted = meta_filter(request)
+            wanted = metadata_store.MetaFilter.from_params(request.query_params)
         except MetaError as err:
             return page(request, "error.html", 400, message=f"filter: {err}")
         found = catalogue.store.search_individuals(q.strip())
