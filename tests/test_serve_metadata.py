@@ -336,7 +336,7 @@ def test_export_answer_gives_absolute_paths_when_the_catalogue_path_is_relative(
 
 
 def test_inbox_filters_uploads_by_metadata_on_both_tabs(client, catalogue):
-    for seed, name, side, who in ((60, "inka.jpg", "left", "Inka"), (61, "jules.jpg", "right", "Jules")):
+    for seed, name, side, who in ((160, "inka.jpg", "left", "Inka"), (161, "jules.jpg", "right", "Jules")):
         files = {"photo": (name, photo_bytes(seed), "image/jpeg")}
         form = {"side": side, "photographer": who}
         assert (
@@ -357,3 +357,33 @@ def test_inbox_filters_uploads_by_metadata_on_both_tabs(client, catalogue):
     assert "inka.jpg" in unresolved.text and "blurry" in unresolved.text
     assert '<input type="hidden" name="tab" value="unresolved">' in unresolved.text  # filtering keeps the tab
     assert "inka.jpg" not in client.get("/inbox", params={"tab": "unresolved", "side": "right"}).text
+
+
+def test_times_are_shown_to_the_minute_in_the_servers_zone_with_the_full_stamp_in_a_tooltip(
+    client, catalogue, monkeypatch
+):
+    import re
+    import time
+
+    from tfwhale.serve.app import readable_time
+
+    monkeypatch.setenv("TZ", "Africa/Johannesburg")  # UTC+2, no summer time
+    time.tzset()
+    try:
+        shown = str(readable_time("2026-12-06T23:01:51.521+00:00"))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    full = "2026-12-06T23:01:51.521+00:00"
+    assert shown == f'<time datetime="{full}" title="{full}">2026-12-07 01:01</time>'
+    assert str(readable_time("")) == "" and str(readable_time("<b>soon")) == "&lt;b&gt;soon"
+    # every stored time a page shows goes through the filter: none is left raw between tags
+    sha = catalogue.store.conn.execute(
+        "SELECT photo_sha256 FROM decisions WHERE photo_sha256 IS NOT NULL LIMIT 1"
+    ).fetchone()[0]
+    individual = catalogue.store.conn.execute("SELECT id FROM individuals LIMIT 1").fetchone()[0]
+    for url in (f"/photos/{sha}", f"/individuals/{individual}", "/inbox", "/inbox?tab=unresolved"):
+        html = client.get(url).text
+        raw = re.findall(r">[^<]*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[^<]*<", html)
+        assert raw == [], (url, raw)
+    assert re.search(r"<time [^>]*>\d{4}-\d\d-\d\d \d\d:\d\d</time>", client.get(f"/photos/{sha}").text)

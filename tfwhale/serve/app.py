@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from tfwhale.imaging.crop_box import parse_box_text
@@ -52,7 +54,23 @@ def _env() -> Environment:
     env.filters["score"] = lambda v: "" if v is None else f"{v:.3f}"
     env.filters["urlencode"] = lambda v: quote(str(v), safe="")  # an id holding '/' stays one segment
     env.filters["scores_text"] = export.scores_text
+    env.filters["when"] = readable_time
     return env
+
+
+def readable_time(stamp: str | None) -> Markup:
+    """A stored time ('2026-12-06T11:01:51.521+00:00') as the server's local minute ('2026-12-06 11:01'),
+    in a <time> whose tooltip holds it in full; text that is not an ISO time is shown as it is."""
+    if not stamp:
+        return Markup("")
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return escape(stamp)
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone()  # the server's zone: the reviewers sit where it runs
+    shown = parsed.strftime("%Y-%m-%d %H:%M")
+    return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(stamp, shown)
 
 
 def create_app(
@@ -289,8 +307,6 @@ def _image_size(data: bytes) -> tuple[int, int]:
 
 
 def _error(message: str, status: int) -> HTMLResponse:
-    from markupsafe import escape
-
     return HTMLResponse(f'<div class="error" role="alert">{escape(message)}</div>', status_code=status)
 
 
