@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra (pip install -e .[serve])")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install playwright)")
 
-from tests.browser_fixture import NEEDS_CHROMIUM, LiveServer, shot, write_file  # noqa: E402
+from tests.browser_fixture import NEEDS_CHROMIUM, LiveServer, identify, shot, write_file  # noqa: E402
 from tests.serve_fixture import photo_bytes, second_photo  # noqa: E402
 from tfwhale.serve import metadata_store  # noqa: E402
 from tfwhale.serve.app import create_app  # noqa: E402
@@ -164,3 +164,28 @@ def test_export_round_trip_through_build_tfrecords(browser, live, tmp_path):
         RecordsOriginals.of_records(str(out)).original("gallery", "fin-b1.jpg")
         == (folder / "train_images" / "fin-b1.jpg").read_bytes()
     )
+
+
+def test_a_section_scrolled_to_the_top_is_not_under_the_status_bar(browser, live, tmp_path):
+    url, _ = live
+    page = browser.new_page(viewport={"width": 1280, "height": 420})  # short: a new result scrolls to the top
+
+    def heading_below_status() -> None:
+        page.wait_for_timeout(300)  # let the scroll settle
+        status = page.locator("#status").bounding_box()
+        heading = page.locator(".result").first.locator("h2").bounding_box()
+        assert page.evaluate("window.scrollY") > 0  # the page did scroll the section up
+        assert heading["y"] >= status["y"] + status["height"], (heading, status)
+
+    page.goto(url)
+    result = identify(page, write_file(tmp_path, "scroll.jpg", photo_bytes(171)))
+    sync_api.expect(page.locator("#status")).to_contain_text("done: 1 identified")
+    heading_below_status()  # the new result, scrolled to the top
+    result.locator(".new-id").fill("Scroll-1")
+    result.locator("button.register").click()
+    sync_api.expect(page.locator("#status")).to_contain_text("registered as Scroll-1")
+    sync_api.expect(page.locator(".result").first.locator(".assigned")).to_contain_text("Scroll-1")
+    identify(page, write_file(tmp_path, "scroll2.jpg", photo_bytes(172)))  # the next photo after a decision
+    sync_api.expect(page.locator("#status")).to_contain_text("done: 1 identified")
+    heading_below_status()
+    page.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,3 +296,94 @@ def test_a_gallery_original_imported_again_is_exported_once(catalogue, serve_gal
     images = [row["image"] for row in csv.DictReader((done.folder / "train.csv").open())]
     assert [image for image in images if image.startswith(gallery[0].rsplit(".", 1)[0])] == [gallery[0]]
     assert any("left out: the same file" in note for note in done.notes)
+
+
+def test_import_reads_the_side_from_file_names_only_where_the_csv_gives_none(tmp_path):
+    assert [bulk_import.side_from_name(n) for n in ("n_11_leftphoto.jpg", "a/x_Right.JPG", "left.jpg",
+                                                     "leftover.jpg", "x_rightphotos.jpg")] == [
+        "left", "right", "", "", ""]  # fmt: skip
+    (tmp_path / "N-1").mkdir()
+    for name in ("nyala_11_leftphoto.jpg", "nyala_11_right.jpg", "plain.jpg"):
+        (tmp_path / "N-1" / name).write_bytes(b"x")
+    sides = {item.file: item.meta.side for item in bulk_import.plan_folder(tmp_path).items}
+    assert sides == {"N-1/nyala_11_leftphoto.jpg": "left", "N-1/nyala_11_right.jpg": "right",
+                     "N-1/plain.jpg": "unknown"}  # fmt: skip
+    (tmp_path / "ids.csv").write_text(
+        "image,individual_id,side\n"
+        "N-1/nyala_11_leftphoto.jpg,N-1,\n"  # no side: the name gives it
+        "N-1/nyala_11_right.jpg,N-1,left\n"  # the CSV's side wins
+        "N-1/plain.jpg,N-1,unknown\n"
+    )
+    plan = bulk_import.plan_folder(tmp_path, tmp_path / "ids.csv")
+    assert [item.meta.side for item in plan.items] == ["left", "left", "unknown"]
+    sent = bulk_import.plan_uploads({"N-1/a_right.jpg": b"x"}, None)  # a folder chosen in the browser
+    assert sent.items[0].meta.side == "right"
+
+
+def test_export_answer_gives_absolute_paths_when_the_catalogue_path_is_relative(
+    client, catalogue, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(catalogue, "dir", Path("relative-catalogue"))  # as `serve --catalogue cat` gives
+    answer = client.post("/api/export", json={}, headers=_headers(client)).json()
+    folder = Path(answer["folder"])
+    assert folder.is_absolute() and folder.parent == tmp_path / "relative-catalogue" / "exports"
+    assert (folder / "train.csv").is_file()
+    argv = shlex.split(answer["command"])
+    assert argv[argv.index("--data") + 1] == str(folder)
+    if "--boxes" in argv:
+        assert Path(argv[argv.index("--boxes") + 1]).is_absolute()
+
+
+def test_inbox_filters_uploads_by_metadata_on_both_tabs(client, catalogue):
+    for seed, name, side, who in ((160, "inka.jpg", "left", "Inka"), (161, "jules.jpg", "right", "Jules")):
+        files = {"photo": (name, photo_bytes(seed), "image/jpeg")}
+        form = {"side": side, "photographer": who}
+        assert (
+            client.post("/api/identify", files=files, data=form, headers=_headers(client)).status_code == 200
+        )
+    everything = client.get("/inbox").text
+    assert "inka.jpg" in everything and "jules.jpg" in everything and 'name="photographer"' in everything
+    inka = client.get("/inbox", params={"photographer": "ink"}).text
+    assert "inka.jpg" in inka and "jules.jpg" not in inka and "pass the filter" in inka
+    right = client.get("/inbox", params={"side": "right", "photographer": "Jules"}).text
+    assert "jules.jpg" in right and "inka.jpg" not in right
+    assert "Nothing here passes the filter" in client.get("/inbox", params={"place": "nowhere-at-all"}).text
+    assert client.get("/inbox", params={"date_to": "soon"}).status_code == 400
+    sha = catalogue.store.conn.execute("SELECT sha256 FROM photos WHERE name = 'inka.jpg'").fetchone()[0]
+    body = {"photo": sha, "action": "unresolved", "note": "blurry"}
+    assert client.post("/api/decide", json=body, headers=_headers(client)).json()["ok"]
+    unresolved = client.get("/inbox", params={"tab": "unresolved", "side": "left", "photographer": "Inka"})
+    assert "inka.jpg" in unresolved.text and "blurry" in unresolved.text
+    assert '<input type="hidden" name="tab" value="unresolved">' in unresolved.text  # filtering keeps the tab
+    assert "inka.jpg" not in client.get("/inbox", params={"tab": "unresolved", "side": "right"}).text
+
+
+def test_times_are_shown_to_the_minute_in_the_servers_zone_with_the_full_stamp_in_a_tooltip(
+    client, catalogue, monkeypatch
+):
+    import re
+    import time
+
+    from tfwhale.serve.app import readable_time
+
+    monkeypatch.setenv("TZ", "Africa/Johannesburg")  # UTC+2, no summer time
+    time.tzset()
+    try:
+        shown = str(readable_time("2026-12-06T23:01:51.521+00:00"))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    full = "2026-12-06T23:01:51.521+00:00"
+    assert shown == f'<time datetime="{full}" title="{full}">2026-12-07 01:01</time>'
+    assert str(readable_time("")) == "" and str(readable_time("<b>soon")) == "&lt;b&gt;soon"
+    # every stored time a page shows goes through the filter: none is left raw between tags
+    sha = catalogue.store.conn.execute(
+        "SELECT photo_sha256 FROM decisions WHERE photo_sha256 IS NOT NULL LIMIT 1"
+    ).fetchone()[0]
+    individual = catalogue.store.conn.execute("SELECT id FROM individuals LIMIT 1").fetchone()[0]
+    for url in (f"/photos/{sha}", f"/individuals/{individual}", "/inbox", "/inbox?tab=unresolved"):
+        html = client.get(url).text
+        raw = re.findall(r">[^<]*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[^<]*<", html)
+        assert raw == [], (url, raw)
+    assert re.search(r"<time [^>]*>\d{4}-\d\d-\d\d \d\d:\d\d</time>", client.get(f"/photos/{sha}").text)

@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from tfwhale.imaging.crop_box import parse_box_text
@@ -52,7 +54,23 @@ def _env() -> Environment:
     env.filters["score"] = lambda v: "" if v is None else f"{v:.3f}"
     env.filters["urlencode"] = lambda v: quote(str(v), safe="")  # an id holding '/' stays one segment
     env.filters["scores_text"] = export.scores_text
+    env.filters["when"] = readable_time
     return env
+
+
+def readable_time(stamp: str | None) -> Markup:
+    """A stored time ('2026-12-06T11:01:51.521+00:00') as the server's local minute ('2026-12-06 11:01'),
+    in a <time> whose tooltip holds it in full; text that is not an ISO time is shown as it is."""
+    if not stamp:
+        return Markup("")
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return escape(stamp)
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone()  # the server's zone: the reviewers sit where it runs
+    shown = parsed.strftime("%Y-%m-%d %H:%M")
+    return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(stamp, shown)
 
 
 def create_app(
@@ -185,15 +203,10 @@ def create_app(
         headers = {"Cache-Control": "private, max-age=31536000, immutable"}
         return FileResponse(catalogue.blobs.path(digest), media_type="image/jpeg", headers=headers)
 
-    def meta_filter(request: Request):
-        """The page's metadata filter from its query string; MetaError when a value is unusable."""
-        names = ("side", "date_from", "date_to", "place", "photographer")
-        return metadata_store.MetaFilter.from_query(**{k: request.query_params.get(k, "") for k in names})
-
     @app.get("/review", response_class=HTMLResponse)
     def review(request: Request, at: str = ""):
         try:
-            wanted = meta_filter(request)
+            wanted = metadata_store.MetaFilter.from_params(request.query_params)
         except MetaError as err:
             return page(request, "error.html", 400, message=f"filter: {err}")
         queue = catalogue.review_queue(wanted)
@@ -209,7 +222,7 @@ def create_app(
     @app.get("/individuals", response_class=HTMLResponse)
     def individuals(request: Request, q: str = ""):
         try:
-            wanted = meta_filter(request)
+            wanted = metadata_store.MetaFilter.from_params(request.query_params)
         except MetaError as err:
             return page(request, "error.html", 400, message=f"filter: {err}")
         found = catalogue.store.search_individuals(q.strip())
@@ -258,8 +271,9 @@ def create_app(
     @app.post("/api/export")
     def export_run():
         done = export.export_with_report(catalogue)
-        command = export.build_command(done.folder, catalogue.engine.manifest.image, done.has_boxes)
-        return {"ok": True, "folder": str(done.folder), "command": command, "warnings": done.warnings,
+        folder = done.folder.absolute()  # the server may run from anywhere: a path that works from any shell
+        command = export.build_command(folder, catalogue.engine.manifest.image, done.has_boxes)
+        return {"ok": True, "folder": str(folder), "command": command, "warnings": done.warnings,
                 "notes": done.notes}  # fmt: skip
 
     meta_routes.add_routes(app, catalogue, page, reviewer)
@@ -293,8 +307,6 @@ def _image_size(data: bytes) -> tuple[int, int]:
 
 
 def _error(message: str, status: int) -> HTMLResponse:
-    from markupsafe import escape
-
     return HTMLResponse(f'<div class="error" role="alert">{escape(message)}</div>', status_code=status)
 
 

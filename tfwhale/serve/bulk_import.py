@@ -6,6 +6,8 @@ imports as it is). Each photo goes the way an upload goes (the engine's query pa
 fills the metadata the CSV leaves empty), then Store.decide assigns it: confirm for an id the catalogue
 has, register for a new one. So the next query finds it. Each photo gets one line in the report:
 imported, duplicate, unreadable or refused, with the reason; one bad photo never stops the rest.
+Where the CSV gives no side, a file name ending `_left`/`_right` (or `_leftphoto`/`_rightphoto`, as
+nyala-dev names the flank) gives it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -30,6 +33,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 REPORT_COLUMNS = ("file", "status", "individual_id", "photo_sha256", "reason")
 NOTE = "bulk import"
+_NAMED_SIDE = re.compile(r"[_\-. ](left|right)(?:photo)?$", re.IGNORECASE)  # 'nyala_11_leftphoto'
 
 
 class ImportInputError(ValueError):
@@ -94,7 +98,9 @@ def _plan_id_folders(root: Path) -> Plan:
             refused.append(Outcome(relative, "refused", reason="not in an ID folder (ID/photo.jpg)"))
             continue
         individual = relative.split("/", 1)[0]
-        items.append(ImportItem(relative, individual, "", PhotoMeta(), path.read_bytes))
+        items.append(
+            ImportItem(relative, individual, "", _with_named_side(PhotoMeta(), relative), path.read_bytes)
+        )
     if not items and not refused:
         raise ImportInputError(f"{root}: no photos ({', '.join(IMAGE_SUFFIXES)}) in ID folders")
     return Plan(items, refused)
@@ -127,7 +133,8 @@ def plan_uploads(
             refused.append(Outcome(name, "refused", reason="no CSV and not in an ID folder (ID/photo.jpg)"))
             continue
         individual = name.rsplit("/", 2)[-2]  # the folder the photo is in
-        items.append(ImportItem(name, individual, "", PhotoMeta(), lambda data=data: data))
+        meta = _with_named_side(PhotoMeta(), name)
+        items.append(ImportItem(name, individual, "", meta, lambda data=data: data))
     return Plan(items, refused)
 
 
@@ -164,8 +171,23 @@ def plan_csv(
         except MetaError as err:
             refused.append(Outcome(image, "refused", individual, reason=f"{where}: row {line}: {err}"))
             continue
+        if not (row.get("side") or "").strip():  # a side the CSV gives, 'unknown' included, stays
+            meta = _with_named_side(meta, image)
         items.append(ImportItem(image, individual, (row.get("species") or "").strip(), meta, load))
     return Plan(items, refused)
+
+
+def side_from_name(file: str) -> str:
+    """'left' or 'right' when the file's name (suffix aside) ends so, e.g. 'x_leftphoto.jpg'; else ''."""
+    stem = Path(file.rsplit("/", 1)[-1]).stem
+    found = _NAMED_SIDE.search(stem)
+    return found.group(1).lower() if found else ""
+
+
+def _with_named_side(meta: PhotoMeta, file: str) -> PhotoMeta:
+    """The side the file's name gives, only where the metadata has none (a CSV's side always wins)."""
+    named = side_from_name(file)
+    return replace(meta, side=named) if named and meta.side == "unknown" else meta
 
 
 def run_import(catalogue, plan: Plan, reviewer: str, progress: bool = False) -> list[Outcome]:

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ValidationError
 from tfwhale.serve.bodies import MergeBody, SplitBody, UndoBody, first_error
 from tfwhale.serve.catalogue import Catalogue
 from tfwhale.serve.inbox import UNDECIDED, UNRESOLVED, inbox
+from tfwhale.serve.metadata import SIDES, MetaError
+from tfwhale.serve.metadata_store import MetaFilter
 from tfwhale.serve.store import ConflictError
 
 THUMBS = 4  # photos shown per individual in a search answer
@@ -59,7 +61,12 @@ def add_routes(app: FastAPI, catalogue: Catalogue, reviewer: str, page: Callable
     @app.get("/inbox", response_class=HTMLResponse)
     def inbox_page(request: Request, tab: str = UNDECIDED):
         tab = UNRESOLVED if tab == UNRESOLVED else UNDECIDED
-        return page(request, "inbox.html", tab=tab, items=inbox(store, tab))
+        try:
+            wanted = MetaFilter.from_params(request.query_params)
+        except MetaError as err:
+            return page(request, "error.html", 400, message=f"filter: {err}")
+        items = inbox(store, tab, wanted)
+        return page(request, "inbox.html", tab=tab, items=items, wanted=wanted, sides=SIDES)
 
 
 def _undo(catalogue: Catalogue, body: UndoBody, reviewer: str) -> str:

@@ -175,7 +175,8 @@ def _refused(rows: list[list[str]]) -> list[str]:
 def build_command(folder: Path, settings=None, has_boxes: bool | None = None) -> str:
     """The build-tfrecords command that turns an export into records, runnable as printed: the
     gallery's image size and crop recipe (`settings`, identify's ImageSettings), no test split, and
-    --boxes only when the export has boxes.csv."""
+    --boxes only when the export has boxes.csv. Paths are absolute: it runs from any folder."""
+    folder = Path(folder).absolute()
     argv = ["build-tfrecords", "--data", str(folder), "--no-test", "--out", RECORDS_PLACEHOLDER]
     if has_boxes if has_boxes is not None else (Path(folder) / BOXES_NAME).exists():
         argv += ["--boxes", str(Path(folder) / BOXES_NAME)]

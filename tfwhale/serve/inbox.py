@@ -16,6 +16,7 @@ import numpy as np
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.serve import history
 from tfwhale.serve.engine import Candidate, Result
+from tfwhale.serve.metadata_store import MetaFilter, matching_photos
 from tfwhale.serve.store import Store, now
 
 UNDECIDED, UNRESOLVED = "undecided", "unresolved"
@@ -70,20 +71,23 @@ def stored_answer(store: Store, photo: str, gallery: str, embedding: np.ndarray)
     return result, row["answered_at"]
 
 
-def inbox(store: Store, tab: str = UNDECIDED) -> list[InboxItem]:
+def inbox(store: Store, tab: str = UNDECIDED, wanted: MetaFilter | None = None) -> list[InboxItem]:
     """Uploads no decision in force has settled (tab undecided), or the photos left unresolved, with
-    their notes (tab unresolved): newest first."""
+    their notes (tab unresolved): newest first; with a filter, only those whose metadata passes it."""
     conn = store.conn
     decided: dict[str, sqlite3.Row] = {}  # photo -> its latest decision in force
     rows = conn.execute("SELECT * FROM decisions WHERE photo_sha256 IS NOT NULL ORDER BY id").fetchall()
     for row in history.effective(rows):
         decided[row["photo_sha256"]] = row
     if tab == UNRESOLVED:
-        wanted = [sha for sha, row in decided.items() if row["action"] == "unresolved"]
+        photos = [sha for sha, row in decided.items() if row["action"] == "unresolved"]
     else:
         uploads = conn.execute("SELECT sha256 FROM photos WHERE source = 'upload' AND individual_id IS NULL")
-        wanted = [sha for (sha,) in uploads if sha not in decided]
-    items = [_item(conn, sha, decided.get(sha)) for sha in wanted]
+        photos = [sha for (sha,) in uploads if sha not in decided]
+    if wanted is not None and not wanted.is_empty():
+        passing = matching_photos(store, wanted)
+        photos = [sha for sha in photos if sha in passing]
+    items = [_item(conn, sha, decided.get(sha)) for sha in photos]
     items = [item for item in items if item is not None]
     return sorted(items, key=lambda item: item.decided_at or item.added_at, reverse=True)
 

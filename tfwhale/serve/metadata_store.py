@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from tfwhale.serve.metadata import SIDES, MetaError, PhotoMeta, parse_date
@@ -76,7 +77,7 @@ def history(store: Store, photo: str) -> list[dict]:
 
 @dataclass(frozen=True)
 class MetaFilter:
-    """What the review queue and the individuals list can be narrowed to ('' = any)."""
+    """What the review queue, the individuals list and the inbox can be narrowed to ('' = any)."""
 
     side: str = ""
     date_from: str = ""  # inclusive, 'YYYY-MM-DD'
@@ -99,6 +100,12 @@ class MetaFilter:
             except MetaError:
                 raise MetaError(f"{name}: {text[:40]!r} is not a date (YYYY-MM-DD)") from None
         return cls(side, dates[0], dates[1], place.strip()[:200], photographer.strip()[:100])
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> MetaFilter:
+        """From a request's query parameters (the filter bar's names); the others are left to the page."""
+        names = ("side", "date_from", "date_to", "place", "photographer")
+        return cls.from_query(**{name: params.get(name, "") for name in names})
 
     def is_empty(self) -> bool:
         return self == MetaFilter()

@@ -11,7 +11,13 @@ const statusBox = document.getElementById("status");
 function say(text, isError) {
   statusBox.textContent = text;
   statusBox.className = isError ? "error" : "ok";
+  statusHeight();  // now, before a section is scrolled to the top under it
 }
+// a section or heading scrolled to the top stops below the sticky status line (app.css scroll-margin-top)
+function statusHeight() {
+  document.documentElement.style.setProperty("--status-height", `${statusBox.offsetHeight}px`);
+}
+if (window.ResizeObserver) new ResizeObserver(statusHeight).observe(statusBox);  // it wraps on narrow pages
 async function post(url, body) {
   const options = { method: "POST", headers: { "X-CSRF-Token": csrf }, body };
   if (!(body instanceof FormData)) {
