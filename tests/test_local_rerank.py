@@ -346,3 +346,27 @@ def test_a_merged_away_individuals_gallery_photos_still_verify_for_the_id_it_was
     assert first.label == "ind-4" and first.similarity >= before.candidates[0].similarity - 1e-6
     assert "ind-2" not in [c.label for c in result.candidates]
     assert result.verified.get("ind-4") is not None  # its best verified photo: one of ind-2's
+
+
+def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_the_recent(monkeypatch):
+    from tfwhale.matching import grown as grown_module
+    from tfwhale.matching.lnbnn import lnbnn_votes
+
+    monkeypatch.setattr(grown_module, "RECENT_PHOTOS", 3)
+    images = [shot(texture(200 + i), *SHOTS[0]) for i in range(8)]
+    every = _features(images)
+    base = LocalGallery(grown_module.photo_range(every, 0, 3), np.arange(3), 8)
+    gallery = None
+    for n in range(1, 6):  # grown photos 3..7 added one at a time
+        before = gallery
+        gallery = base.with_grown(grown_module.photo_range(every, 3, 3 + n), np.arange(3 + n), 8, gallery)
+        parts = gallery.grown.parts
+        if n in (2, 3, 5):  # after a seal (at n = 1 and n = 4, the recent photos reached 3): sealed kept
+            assert parts[0] is before.grown.parts[0] and [p[0] for p in parts] == [0, parts[0][2]]
+    assert len(gallery) == 8 and gallery.name(7) == "7" and len(gallery.photo(7)) == len(every[7])
+    for row in (1, 4, 7):  # a gallery photo, a sealed grown one and a recent one: each finds itself
+        found = gallery.neighbours(every[row], 12)
+        assert found.photo.shape == (len(every[row]), 12) and (np.diff(found.distance, axis=1) >= 0).all()
+        votes = lnbnn_votes(found, len(gallery), 1)
+        assert int(np.argmax(votes)) == row
+        assert (found.photo[:, 0] == row).mean() > 0.9  # its own descriptors are the nearest

@@ -24,6 +24,7 @@ from tfwhale.matching.aggregate import (
     top_photos,
 )
 from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse
+from tfwhale.matching.grown import GrownIndex, merge_neighbours
 from tfwhale.matching.lnbnn import LnbnnIndex, Neighbours, lnbnn_votes
 from tfwhale.matching.pairs import PairMatch, PairSettings, match_pairs
 
@@ -52,9 +53,8 @@ class Calibrations:
 
 class LocalGallery:
     """A gallery's photo features with their individuals (int codes), and one LNBNN index over them; with
-    grown photos (the catalogue app's, after the gallery's own: rows len(features)...), a second small
-    index over those, searched with the first as if one (grown photos arrive one at a time: rebuilding
-    the small index is cheap, the gallery's never is)."""
+    grown photos (the catalogue app's, rows len(features)... after the gallery's own), their own small
+    indexes (matching.grown), searched with the gallery's as if one."""
 
     def __init__(self, features: FeatureSet, photo_individual: np.ndarray, n_individuals: int) -> None:
         if len(features) != len(photo_individual):
@@ -63,8 +63,7 @@ class LocalGallery:
         self.photo_individual = np.asarray(photo_individual, np.int64)
         self.n_individuals = int(n_individuals)
         self.index = LnbnnIndex(features)
-        self.grown: FeatureSet | None = None
-        self.grown_index: LnbnnIndex | None = None
+        self.grown: GrownIndex | None = None
 
     def __len__(self) -> int:
         return len(self.features) + (len(self.grown) if self.grown is not None else 0)
@@ -72,11 +71,11 @@ class LocalGallery:
     def photo(self, row: int) -> LocalFeatures:
         """Row `row`'s features: the gallery's own photos, then the grown ones."""
         base = len(self.features)
-        return self.features[row] if row < base else self.grown[row - base]
+        return self.features[row] if row < base else self.grown.features[row - base]
 
     def name(self, row: int) -> str:
         base = len(self.features)
-        return self.features.names[row] if row < base else self.grown.names[row - base]
+        return self.features.names[row] if row < base else self.grown.features.names[row - base]
 
     def relabelled(self, photo_individual: np.ndarray, n_individuals: int) -> LocalGallery:
         """The same photos (and LNBNN index: it holds descriptors, not individuals) under other owners."""
@@ -87,24 +86,23 @@ class LocalGallery:
         other.n_individuals = int(n_individuals)
         return other
 
-    def with_grown(self, grown: FeatureSet, photo_individual: np.ndarray, n_individuals: int) -> LocalGallery:
-        """The gallery's own photos (index shared, not rebuilt) then `grown` (replacing any grown before),
-        under `photo_individual` (every row's owner)."""
+    def with_grown(
+        self, grown: FeatureSet, photo_individual: np.ndarray, n_individuals: int,
+        previous: LocalGallery | None = None,
+    ) -> LocalGallery:  # fmt: skip
+        """The gallery's own photos (their index shared) then `grown` (replacing any grown before), under
+        `photo_individual` (every row's owner); `previous`'s grown indexes are reused where they fit."""
         other = copy.copy(self)
-        other.grown = grown if len(grown) else None
-        other.grown_index = LnbnnIndex(grown) if len(grown.descriptors) else None
+        before = previous.grown if previous is not None else None
+        other.grown = GrownIndex(grown, before) if len(grown) else None
         return other.relabelled(photo_individual, n_individuals)
 
     def neighbours(self, query: LocalFeatures, k: int) -> Neighbours:
-        """The k nearest descriptors over both indexes, by distance, as one index over every row."""
-        found = self.index.neighbours(query, k)
-        if self.grown_index is None or not len(query):
-            return found
-        more = self.grown_index.neighbours(query, k)
-        photo = np.concatenate([found.photo, more.photo + len(self.features)], axis=1)
-        distance = np.concatenate([found.distance, more.distance], axis=1)
-        nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]
-        return Neighbours(np.take_along_axis(photo, nearest, 1), np.take_along_axis(distance, nearest, 1))
+        """The k nearest descriptors over every index, by distance, as one index over every row."""
+        found = [self.index.neighbours(query, k)]
+        if self.grown is not None and len(query):
+            found += self.grown.neighbours(query, k, len(self.features))
+        return merge_neighbours(found, k)
 
 
 @dataclass(frozen=True)

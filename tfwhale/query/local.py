@@ -87,18 +87,20 @@ class LocalRerankPath:
         other.base_ids = list(train_ids)
         return other.with_grown([], [], [])
 
-    def with_grown(self, names: Sequence[str], features: Sequence[LocalFeatures],
-                   ids: Sequence[str]) -> LocalRerankPath:  # fmt: skip
+    def with_grown(self, names: Sequence[str], features: Sequence[LocalFeatures], ids: Sequence[str],
+                   previous: LocalRerankPath | None = None) -> LocalRerankPath:  # fmt: skip
         """This path searching, after the gallery's own photos, the catalogue's grown ones (`names`:
         their photo hashes, `ids`: their individuals; these replace any grown before), as if they were
         the gallery's: the calibrations stay as fitted. The grown photos get their own small LNBNN
-        index, rebuilt here (the gallery's is shared)."""
+        indexes (the gallery's is shared): `previous` (the path searched so far) lends those it can, so
+        that adding one photo rebuilds only the index of the recent ones (matching.grown)."""
         other = copy.copy(self)
         every = self.base_ids + list(ids)
         other.individuals = np.asarray(sorted(set(every)))
         codes = np.searchsorted(other.individuals, np.asarray(every))
         grown = FeatureSet.from_photos(list(names), list(features))
-        other.gallery = self.gallery.with_grown(grown, codes, len(other.individuals))
+        before = previous.gallery if previous is not None else None
+        other.gallery = self.gallery.with_grown(grown, codes, len(other.individuals), before)
         return other
 
     @property

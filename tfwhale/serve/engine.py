@@ -165,7 +165,7 @@ class Engine:
             if grown_features is None:
                 grown_features = [NO_FEATURES] * len(hashes)
             base = self.path.local.relabelled(base_labels)
-            local = base.with_grown(hashes, grown_features, ids)  # rows as the searched matrix's
+            local = base.with_grown(hashes, grown_features, ids, self._local)  # rows as the matrix's
             with self._lock:
                 self._local, self._local_base = local, base
                 self._grown_local = (list(hashes), list(grown_features), list(ids))
@@ -202,7 +202,7 @@ class Engine:
             hashes.append(photo)
             found.append(NO_FEATURES if features is None else features)
             ids.append(individual)
-            local = self._local_base.with_grown(hashes, found, ids)
+            local = self._local_base.with_grown(hashes, found, ids, self._local)
         with self._lock:
             if local is not None:
                 self._local, self._grown_local = local, (hashes, found, ids)
