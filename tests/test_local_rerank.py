@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.serve_fixture import second_photo
 from tests.textures import texture
 from tfwhale.contracts.gallery_manifest import GalleryError, load_gallery_manifest
 from tfwhale.contracts.local_features import FeatureSet
@@ -203,7 +202,21 @@ def test_older_gallery_json_loads_without_rerank_and_a_changed_feature_file_is_r
         load_gallery_manifest(str(copy))
 
 
-def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_similarity(sift_gallery, tmp_path):
+def _jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def _verified_first(result, label: str, photo: str) -> float:
+    """The fused P of `label`, asserted first and verified by local matches on `photo` (a grown one)."""
+    first = result.candidates[0]
+    assert first.label == label, [(c.label, c.similarity) for c in result.candidates[:3]]
+    assert result.verified.get(label) == photo  # its best verified photo: inliers > 0 on the grown photo
+    return first.similarity
+
+
+def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_local_features(
+    sift_gallery, tmp_path
+):
     pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
     from tfwhale.serve.catalogue import Catalogue
 
@@ -217,19 +230,41 @@ def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_similar
     assert result.threshold == pytest.approx(policy.value)  # held to the fused policy
     assert "local_features" in result.timings
     with open(stranger, "rb") as f:
-        data = f.read()
-    sha, _ = catalogue.upload(data, "stranger.jpg", None, "tester")
+        sha, _ = catalogue.upload(f.read(), "stranger.jpg", None, "tester")
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
-    # another photo of it (mirrored: the same photo again would be its twin, never its candidate): its
-    # registered individual (grown, no local features) is found by its similarity alone, fused with
-    # P(inliers) and P(votes) of 0 matches
-    _, again = catalogue.upload(second_photo(data), "stranger-mirrored.jpg", None, "tester")
-    (newcomer,) = [c for c in again.candidates if c.label == "Newcomer-1"]
+    # the registered photo itself is never its own candidate, in the local re-rank either
+    assert "Newcomer-1" not in catalogue.result_for(sha, fresh=True).verified
+    # another shot of it (turned, scaled): its registered individual is found by its local features too,
+    # as a gallery individual is, not by its similarity alone (P of zero inliers and votes)
     calibrations = Calibrations.from_dict(load_gallery_manifest(out).local.calibrations)
+    new_shot = _jpeg(shot(texture(999, 400), *NEW_SHOT))
+    _, again = catalogue.upload(new_shot, "stranger-2.jpg", None, "tester")
+    p_same = _verified_first(again, "Newcomer-1", sha)
+    cosine = again.candidates[0].photos[0][1]
     none = np.zeros(1)
-    cosine = newcomer.photos[0][1]  # its one photo's similarity to the query
-    expected = calibrations.fused(np.array([cosine]), none, none)[0]
-    assert newcomer.similarity == pytest.approx(expected, abs=1e-3)
+    assert p_same > 0.8 and p_same > calibrations.fused(np.array([cosine]), none, none)[0] + 0.2
+    assert again.candidates[0].similarity >= policy.value  # over the threshold: not a new individual
+
+    # after a restart the stored features answer as before (the same shot asked again: a fresh answer);
+    # photos assigned before features were kept get them made from the stored original
+    restarted = Catalogue(out, str(tmp_path / "catalogue"))
+    _, after = restarted.upload(new_shot, "stranger-2.jpg", None, "tester")
+    assert _verified_first(after, "Newcomer-1", sha) == pytest.approx(p_same, abs=1e-6)
+    restarted.store.conn.execute("DELETE FROM local_features")
+    remade = Catalogue(out, str(tmp_path / "catalogue"))
+    assert remade.store.conn.execute("SELECT COUNT(*) FROM local_features").fetchone()[0] == 1
+    _, remade_answer = remade.upload(new_shot, "stranger-2.jpg", None, "tester")
+    assert _verified_first(remade_answer, "Newcomer-1", sha) == pytest.approx(p_same, abs=1e-6)
+
+    # a second id registered for the same animal, then merged away: the kept id answers, by either photo
+    twin_sha, _ = remade.upload(_jpeg(shot(texture(999, 400), 30, 0.9)), "stranger-5.jpg", None, "tester")
+    remade.decide(twin_sha, "register", "Newcomer-2", "", "tester", [])
+    remade.merge("Newcomer-2", "Newcomer-1", "tester")
+    _, merged = remade.upload(_jpeg(shot(texture(999, 400), 28, 0.88)), "stranger-6.jpg", None, "tester")
+    first = merged.candidates[0]
+    assert first.label == "Newcomer-1" and merged.verified.get("Newcomer-1") in {sha, twin_sha}
+    assert "Newcomer-2" not in [c.label for c in merged.candidates]
+    assert first.similarity > 0.8
 
 
 def test_catalogue_compare_view_draws_the_gallery_features_on_the_original_and_says_p_same(
@@ -311,3 +346,27 @@ def test_a_merged_away_individuals_gallery_photos_still_verify_for_the_id_it_was
     assert first.label == "ind-4" and first.similarity >= before.candidates[0].similarity - 1e-6
     assert "ind-2" not in [c.label for c in result.candidates]
     assert result.verified.get("ind-4") is not None  # its best verified photo: one of ind-2's
+
+
+def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_the_recent(monkeypatch):
+    from tfwhale.matching import grown as grown_module
+    from tfwhale.matching.lnbnn import lnbnn_votes
+
+    monkeypatch.setattr(grown_module, "RECENT_PHOTOS", 3)
+    images = [shot(texture(200 + i), *SHOTS[0]) for i in range(8)]
+    every = _features(images)
+    base = LocalGallery(grown_module.photo_range(every, 0, 3), np.arange(3), 8)
+    gallery = None
+    for n in range(1, 6):  # grown photos 3..7 added one at a time
+        before = gallery
+        gallery = base.with_grown(grown_module.photo_range(every, 3, 3 + n), np.arange(3 + n), 8, gallery)
+        parts = gallery.grown.parts
+        if n in (2, 3, 5):  # after a seal (at n = 1 and n = 4, the recent photos reached 3): sealed kept
+            assert parts[0] is before.grown.parts[0] and [p[0] for p in parts] == [0, parts[0][2]]
+    assert len(gallery) == 8 and gallery.name(7) == "7" and len(gallery.photo(7)) == len(every[7])
+    for row in (1, 4, 7):  # a gallery photo, a sealed grown one and a recent one: each finds itself
+        found = gallery.neighbours(every[row], 12)
+        assert found.photo.shape == (len(every[row]), 12) and (np.diff(found.distance, axis=1) >= 0).all()
+        votes = lnbnn_votes(found, len(gallery), 1)
+        assert int(np.argmax(votes)) == row
+        assert (found.photo[:, 0] == row).mean() > 0.9  # its own descriptors are the nearest

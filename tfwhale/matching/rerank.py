@@ -24,7 +24,8 @@ from tfwhale.matching.aggregate import (
     top_photos,
 )
 from tfwhale.matching.fusion import ScoreCalibration, fit_calibration, fuse
-from tfwhale.matching.lnbnn import LnbnnIndex, lnbnn_votes
+from tfwhale.matching.grown import GrownIndex, merge_neighbours
+from tfwhale.matching.lnbnn import LnbnnIndex, Neighbours, lnbnn_votes
 from tfwhale.matching.pairs import PairMatch, PairSettings, match_pairs
 
 LNBNN_SEARCH = 12  # neighbours searched per descriptor: a left-out photo's own ones drop out of them
@@ -51,7 +52,9 @@ class Calibrations:
 
 
 class LocalGallery:
-    """A gallery's photo features with their individuals (int codes), and one LNBNN index over them."""
+    """A gallery's photo features with their individuals (int codes), and one LNBNN index over them; with
+    grown photos (the catalogue app's, rows len(features)... after the gallery's own), their own small
+    indexes (matching.grown), searched with the gallery's as if one."""
 
     def __init__(self, features: FeatureSet, photo_individual: np.ndarray, n_individuals: int) -> None:
         if len(features) != len(photo_individual):
@@ -60,18 +63,46 @@ class LocalGallery:
         self.photo_individual = np.asarray(photo_individual, np.int64)
         self.n_individuals = int(n_individuals)
         self.index = LnbnnIndex(features)
+        self.grown: GrownIndex | None = None
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.features) + (len(self.grown) if self.grown is not None else 0)
+
+    def photo(self, row: int) -> LocalFeatures:
+        """Row `row`'s features: the gallery's own photos, then the grown ones."""
+        base = len(self.features)
+        return self.features[row] if row < base else self.grown.features[row - base]
+
+    def name(self, row: int) -> str:
+        base = len(self.features)
+        return self.features.names[row] if row < base else self.grown.features.names[row - base]
 
     def relabelled(self, photo_individual: np.ndarray, n_individuals: int) -> LocalGallery:
         """The same photos (and LNBNN index: it holds descriptors, not individuals) under other owners."""
-        if len(photo_individual) != len(self.features):
-            raise ValueError(f"{len(self.features)} feature photos but {len(photo_individual)} individuals")
+        if len(photo_individual) != len(self):
+            raise ValueError(f"{len(self)} feature photos but {len(photo_individual)} individuals")
         other = copy.copy(self)
         other.photo_individual = np.asarray(photo_individual, np.int64)
         other.n_individuals = int(n_individuals)
         return other
+
+    def with_grown(
+        self, grown: FeatureSet, photo_individual: np.ndarray, n_individuals: int,
+        previous: LocalGallery | None = None,
+    ) -> LocalGallery:  # fmt: skip
+        """The gallery's own photos (their index shared) then `grown` (replacing any grown before), under
+        `photo_individual` (every row's owner); `previous`'s grown indexes are reused where they fit."""
+        other = copy.copy(self)
+        before = previous.grown if previous is not None else None
+        other.grown = GrownIndex(grown, before) if len(grown) else None
+        return other.relabelled(photo_individual, n_individuals)
+
+    def neighbours(self, query: LocalFeatures, k: int) -> Neighbours:
+        """The k nearest descriptors over every index, by distance, as one index over every row."""
+        found = [self.index.neighbours(query, k)]
+        if self.grown is not None and len(query):
+            found += self.grown.neighbours(query, k, len(self.features))
+        return merge_neighbours(found, k)
 
 
 @dataclass(frozen=True)
@@ -91,15 +122,15 @@ def query_evidence(
     gallery: LocalGallery,
     settings: RerankSettings,
     pairs: PairSettings,
-    leave_out: int | None = None,
+    leave_out: int | np.ndarray | None = None,
 ) -> Evidence:
-    """cosine: the embedding's per-individual score (n_individuals,); leave_out: a gallery photo that is
-    the query itself (its descriptors never vote, its pair is never verified)."""
+    """cosine: the embedding's per-individual score (n_individuals,); leave_out: the gallery row(s) that
+    are the query itself (their descriptors never vote, their pairs are never verified)."""
     n_photos, owner, agg = len(gallery), gallery.photo_individual, settings.aggregation
     allowed = np.ones(n_photos, bool)
     if leave_out is not None:
         allowed[leave_out] = False
-    found = gallery.index.neighbours(query, LNBNN_SEARCH)
+    found = gallery.neighbours(query, LNBNN_SEARCH)
     votes = lnbnn_votes(found, n_photos, settings.lnbnn_k, allowed)
     voted = np.where(allowed, votes, -np.inf)
     chosen = top_individual_photos(cosine, owner, settings.shortlist_k)
@@ -110,7 +141,7 @@ def query_evidence(
     inliers = np.zeros(n_photos, np.float64)
     best: dict[int, tuple[int, PairMatch]] = {}
     verified = np.flatnonzero(chosen)
-    matches = match_pairs(query, [gallery.features[int(photo)] for photo in verified], pairs)
+    matches = match_pairs(query, [gallery.photo(int(photo)) for photo in verified], pairs)
     for photo, match in zip(verified, matches, strict=True):
         inliers[photo] = match.inliers
         individual = int(owner[photo])

@@ -11,13 +11,14 @@ as the gallery's recorded SiftSettings.crop says. The gallery's features were ma
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from tfwhale.contracts.gallery_manifest import GalleryManifest, LocalRerank
-from tfwhale.contracts.local_features import LocalFeatures, LocalFeaturesError, load_feature_set
+from tfwhale.contracts.local_features import FeatureSet, LocalFeatures, LocalFeaturesError, load_feature_set
 from tfwhale.core import files
 from tfwhale.matching.aggregate import RerankSettings
 from tfwhale.matching.features import SiftSettings
@@ -72,6 +73,7 @@ class LocalRerankPath:
         self.settings = MatchSettings.of(local)
         self.image = manifest.image
         self.photos_root = local.photos_root
+        self.base_ids = list(train_ids)  # the gallery's own photos' individuals (relabelled: the catalogue's)
         self.individuals = np.asarray(sorted(set(train_ids)))
         codes = np.searchsorted(self.individuals, np.asarray(train_ids))
         self.gallery = LocalGallery(features, codes, len(self.individuals))
@@ -79,20 +81,44 @@ class LocalRerankPath:
 
     def relabelled(self, train_ids: Sequence[str]) -> LocalRerankPath:
         """This path with the gallery's photos under other individuals (the catalogue's merges, splits
-        and reassignments), row for row; the features and their index are shared, not copied."""
+        and reassignments), row for row, and no grown photos; the features and their index are shared,
+        not copied."""
         other = copy.copy(self)
-        other.individuals = np.asarray(sorted(set(train_ids)))
-        codes = np.searchsorted(other.individuals, np.asarray(train_ids))
-        other.gallery = self.gallery.relabelled(codes, len(other.individuals))
+        other.base_ids = list(train_ids)
+        return other.with_grown([], [], [])
+
+    def with_grown(self, names: Sequence[str], features: Sequence[LocalFeatures], ids: Sequence[str],
+                   previous: LocalRerankPath | None = None) -> LocalRerankPath:  # fmt: skip
+        """This path searching, after the gallery's own photos, the catalogue's grown ones (`names`:
+        their photo hashes, `ids`: their individuals; these replace any grown before), as if they were
+        the gallery's: the calibrations stay as fitted. The grown photos get their own small LNBNN
+        indexes (the gallery's is shared): `previous` (the path searched so far) lends those it can, so
+        that adding one photo rebuilds only the index of the recent ones (matching.grown)."""
+        other = copy.copy(self)
+        every = self.base_ids + list(ids)
+        other.individuals = np.asarray(sorted(set(every)))
+        codes = np.searchsorted(other.individuals, np.asarray(every))
+        grown = FeatureSet.from_photos(list(names), list(features))
+        before = previous.gallery if previous is not None else None
+        other.gallery = self.gallery.with_grown(grown, codes, len(other.individuals), before)
         return other
+
+    @property
+    def features_key(self) -> str:
+        """What a photo's features depend on (the crop and SIFT settings): stored features made under
+        another key are made again."""
+        made_by = repr((self.image, self.settings.sift))
+        return hashlib.sha256(made_by.encode()).hexdigest()[:16]
 
     def features(self, data: bytes, box: tuple | None) -> LocalFeatures:
         return photo_features(data, box, self.image, self.settings.sift)
 
-    def rerank(self, ranked: Ranked, features: Sequence[LocalFeatures]) -> Reranked:
-        """ranked: the embedding's ranking of every individual (scores = its similarity) per query.
-        Individuals the features were not made with (the catalogue app's grown ones) are scored by their
-        similarity alone, their inliers and votes 0: P(inliers) and P(votes) of nothing seen."""
+    def rerank(self, ranked: Ranked, features: Sequence[LocalFeatures], leave_out: np.ndarray | None = None
+               ) -> Reranked:  # fmt: skip
+        """ranked: the embedding's ranking of every individual (scores = its similarity) per query;
+        leave_out: rows of the gallery (own then grown photos) that are the query itself (and its twins).
+        An individual with no photo here (one the engine has but the path was not given) is scored by its
+        similarity alone, its inliers and votes 0: P(inliers) and P(votes) of nothing seen."""
         labels, scores, evidence = [], [], []
         code_of = {label: code for code, label in enumerate(self.individuals.tolist())}
         for row_labels, row_scores, query in zip(ranked.labels, ranked.scores, features, strict=True):
@@ -104,7 +130,9 @@ class LocalRerankPath:
                 else:
                     grown.append(label)
                     grown_cosine.append(score)
-            found = query_evidence(query, cosine, self.gallery, self.settings.rerank, self.settings.pairs)
+            found = query_evidence(
+                query, cosine, self.gallery, self.settings.rerank, self.settings.pairs, leave_out
+            )
             nothing = np.zeros(len(grown))
             fused = np.concatenate([
                 self.calibrations.fused(found.cosine, found.inliers, found.votes),
@@ -118,9 +146,10 @@ class LocalRerankPath:
         return Reranked(Ranked(labels, scores), evidence)
 
     def best_photo(self, evidence: Evidence, label: str) -> tuple[str, object] | None:
-        """(gallery photo name, PairMatch) of `label`'s best verified photo for a query, if any."""
+        """(photo name, PairMatch) of `label`'s best verified photo for a query, if any: a gallery photo's
+        records image name, a grown photo's hash (see is_grown)."""
         code = int(np.searchsorted(self.individuals, label))
         if code >= len(self.individuals) or self.individuals[code] != label or code not in evidence.best:
             return None
         photo, match = evidence.best[code]
-        return self.gallery.features.names[photo], match
+        return self.gallery.name(photo), match

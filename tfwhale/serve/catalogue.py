@@ -16,7 +16,7 @@ import numpy as np
 from tfwhale.contracts.individual_id import check_id
 from tfwhale.imaging.crop_box import format_box, parse_box_text
 from tfwhale.query.gallery import QueryError
-from tfwhale.serve import corrections, history, metadata_store
+from tfwhale.serve import corrections, feature_store, history, metadata_store
 from tfwhale.serve.blobs import BlobStore, sha256_hex
 from tfwhale.serve.engine import Engine, Result
 from tfwhale.serve.inbox import save_answer, stored_answer
@@ -79,7 +79,29 @@ class Catalogue:
         ]
         for row in self.store.conn.execute("SELECT id, species FROM individuals"):
             self.engine.species_of.setdefault(row["id"], row["species"])
-        self.engine.relabel(labels, self.store.grown_embeddings(), merges)
+        grown = self.store.grown_embeddings()
+        self.engine.relabel(labels, grown, merges, self._grown_features(grown[0]))
+
+    def _grown_features(self, photos: list[str]) -> list | None:
+        """The local features of assigned photos, for the fused re-rank (None: the gallery does not
+        re-rank): stored at upload, or made once from the stored original (photos assigned before
+        they were kept), with the box it was uploaded with."""
+        local = self.engine.path.local
+        if local is None or not photos:
+            return None if local is None else []
+
+        def make(sha: str):
+            photo = self.store.photo(sha)
+            if photo is None or not self.blobs.has(sha):
+                return None
+            box = parse_box_text(photo.box) if photo.box else None
+            try:
+                return self.engine.path.local_features(self.blobs.get(sha), box, photo.name)
+            except QueryError as err:
+                logger.warning("%s: no local features (%s): found by its embedding alone", photo.name, err)
+                return None
+
+        return feature_store.features_of(self.store, photos, local.features_key, make)
 
     # -- the gallery's photos, once per gallery
     def _import_records(self) -> None:
@@ -151,6 +173,8 @@ class Catalogue:
                 if not meta.is_empty():
                     metadata_store.save(conn, sha, meta, how, reviewer)
             save_answer(conn, sha, self.engine.manifest.embeddings_sha256, result)
+            if result.features is not None:  # the fused re-rank searches it once it is assigned
+                feature_store.save(conn, sha, self.engine.path.local.features_key, result.features)
         self.twins.record(sha, crop_hash[0])
         self.engine.set_sides({sha: metadata_store.metadata(self.store, sha).side})
         return sha, result
@@ -237,7 +261,8 @@ class Catalogue:
                 photo, action, individual, note[:2000], reviewer[:100], scores, embedding, species
             )
             if action in ("confirm", "register") and not in_gallery:
-                self.engine.add(photo, individual, embedding, species)
+                features = self._grown_features([photo])
+                self.engine.add(photo, individual, embedding, species, features and features[0])
             elif action == "reassign":
                 self.sync_engine()
             self._queue = None

@@ -17,11 +17,13 @@ from functools import cached_property
 import numpy as np
 
 from tfwhale.contracts.gallery_manifest import ThresholdPolicy
+from tfwhale.contracts.local_features import LocalFeatures
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.query.answers import QueryAnswer
 from tfwhale.query.local import LocalRerankPath
 from tfwhale.query.path import Embedded, QueryPath
 from tfwhale.retrieval import ranking
+from tfwhale.serve.feature_store import NO_FEATURES
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Result:
     fused: bool = False  # scores are the local re-rank's calibrated P(same individual), not similarities
     verified: dict[str, str] = field(default_factory=dict)  # label -> photo hash of its best verified photo
     answered_at: str = ""  # set when this is an answer stored at upload time, not a search just made
+    features: LocalFeatures | None = None  # the photo's own local features (kept with an upload)
 
     @property
     def is_new(self) -> bool:
@@ -106,6 +109,8 @@ class Engine:
         self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
         self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
         self._local = path.local  # relabel() gives it the catalogue's current ids of predict's rows
+        self._local_base = path.local  # the same without grown photos: add() grows it anew
+        self._grown_local: tuple[list[str], list[LocalFeatures], list[str]] = ([], [], [])
         self._install(self._base, list(self.base_ids), list(self.base_photos), {})
 
     def _install(
@@ -149,16 +154,21 @@ class Engine:
 
     def relabel(
         self, base_labels: list[str], grown: tuple[list[str], list[str], np.ndarray | None],
-        merges: dict[str, str],
+        merges: dict[str, str], grown_features: list[LocalFeatures] | None = None,
     ) -> None:  # fmt: skip
         """Search predict's rows under `base_labels` (the catalogue's current ids, after corrections and
-        merges) and, after them, the catalogue's assigned photos `grown` (hashes, ids, embeddings).
+        merges) and, after them, the catalogue's assigned photos `grown` (hashes, ids, embeddings), in
+        the fused re-rank too with their `grown_features` (row for row; None: none known, no votes).
         `merges` (merged-away id -> kept id) also renames what the class heads and re-rank answer."""
         hashes, ids, embeddings = grown
         if self.path.local is not None:  # merged, split and reassigned gallery photos vote for their new id
-            local = self.path.local.relabelled(base_labels)
+            if grown_features is None:
+                grown_features = [NO_FEATURES] * len(hashes)
+            base = self.path.local.relabelled(base_labels)
+            local = base.with_grown(hashes, grown_features, ids, self._local)  # rows as the matrix's
             with self._lock:
-                self._local = local
+                self._local, self._local_base = local, base
+                self._grown_local = (list(hashes), list(grown_features), list(ids))
         matrix = self._base  # add() grows a full matrix into a new one: predict's rows are never written
         if embeddings is not None and len(hashes):
             vectors = np.asarray(embeddings, np.float32)
@@ -176,12 +186,26 @@ class Engine:
                 else:
                     self._sides.pop(photo, None)
 
-    def add(self, photo: str, individual: str, embedding: np.ndarray, species: str = "") -> None:
-        """Append one photo to the searched gallery (whitened as predict whitened the gallery)."""
+    def add(
+        self, photo: str, individual: str, embedding: np.ndarray, species: str = "",
+        features: LocalFeatures | None = None,
+    ) -> None:  # fmt: skip
+        """Append one photo to the searched gallery (whitened as predict whitened the gallery), and with
+        its local `features` to the fused re-rank's grown photos (their small index is rebuilt).
+        One caller at a time (the catalogue's decisions are serialised); searches go on meanwhile."""
         vector = np.asarray(embedding, np.float32)[None]
         if self.gallery.whitening is not None:
             vector = self.gallery.whitening.apply(vector)
+        local = None
+        if self._local_base is not None:
+            hashes, found, ids = (list(part) for part in self._grown_local)
+            hashes.append(photo)
+            found.append(NO_FEATURES if features is None else features)
+            ids.append(individual)
+            local = self._local_base.with_grown(hashes, found, ids, self._local)
         with self._lock:
+            if local is not None:
+                self._local, self._grown_local = local, (hashes, found, ids)
             if self._size == len(self._matrix):  # grow by doubling: adding stays O(1) amortised
                 bigger = np.empty((max(2 * len(self._matrix), 16), self._matrix.shape[1]), np.float32)
                 bigger[: self._size] = self._matrix[: self._size]
@@ -239,7 +263,7 @@ class Engine:
         exclude: set[str] = frozenset(),
     ) -> list[Result]:  # fmt: skip
         """Candidates by the embedding; with the photos' local features (a gallery made with them), by
-        the fused P of the local re-rank (grown photos have no features: their similarity alone).
+        the fused P of the local re-rank (over the gallery's photos and the catalogue's grown ones).
         `side`: the side the query photos show, when known: candidates show same-side photos first.
         Rows of the photos in `exclude` (the query itself and its twins) are not searched."""
         snap = self._snapshot(exclude)
@@ -248,7 +272,8 @@ class Engine:
             answers = self.path.answer(ranked, self.species_of)
         else:
             ranked = self._rank(embedded, snap, n=len(snap.names))
-            reranked = snap.local.rerank(ranked, features)
+            left_out = None if snap.kept is None else np.flatnonzero(~snap.kept)
+            reranked = snap.local.rerank(ranked, features, left_out)
             answers = self.path.answer(
                 _merged(reranked.ranked, snap.merges, len(snap.names)), self.species_of, fused=True
             )
@@ -326,6 +351,7 @@ class Engine:
         }
         if features is not None:
             result.timings["local_features"] = featured - decoded
+        result.features = features
         return jpeg, result
 
     @cached_property
@@ -335,14 +361,19 @@ class Engine:
 
     def _verified_photos(self, result: Result, evidence, local: LocalRerankPath) -> dict[str, str]:
         """Each candidate's photo with the most verified matches in the re-rank (what identify --explain
-        draws), by its catalogue hash; candidates with no verified pair or no known photo are left out."""
+        draws), by its catalogue hash; candidates with no verified pair or no known photo are left out.
+        A gallery photo is named by its records image name, a grown one by its hash."""
         row_of = self._row_of_name
         found = {}
         for candidate in result.candidates:
             best = local.best_photo(evidence, candidate.label)
-            row = None if best is None else row_of.get(best[0])
+            if best is None:
+                continue
+            row = row_of.get(best[0])
             if row is not None and row < len(self._photos) and self._photos[row] is not None:
                 found[candidate.label] = self._photos[row]
+            elif row is None and best[0] in self._row_of:  # a grown photo: its hash
+                found[candidate.label] = best[0]
         return found
 
     def free_id(self, taken: set[str], prefix: str = "ind-") -> str:

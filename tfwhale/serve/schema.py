@@ -107,6 +107,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX phashes_hash ON phashes(phash)
     """,
+    # local features of the catalogue's photos, so the fused re-rank searches its grown photos too
+    """
+    CREATE TABLE local_features (
+        photo_sha256 TEXT PRIMARY KEY REFERENCES photos(sha256),
+        made_by TEXT NOT NULL,            -- the crop and SIFT settings' key: another key makes them again
+        keypoints BLOB NOT NULL,          -- float16 (n, 4): x, y, size, angle
+        descriptors BLOB NOT NULL,        -- uint8 (n, 128)
+        width INTEGER NOT NULL,           -- the matching image's size, whose frame the keypoints are in
+        height INTEGER NOT NULL
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
