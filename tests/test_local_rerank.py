@@ -370,3 +370,46 @@ def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_
         votes = lnbnn_votes(found, len(gallery), 1)
         assert int(np.argmax(votes)) == row
         assert (found.photo[:, 0] == row).mean() > 0.9  # its own descriptors are the nearest
+
+
+def test_photos_of_the_querys_side_are_verified_first():
+    from tfwhale.matching.rerank import query_evidence
+
+    # individual 0: another shot of the query's markings (tagged as the other side) and an unrelated
+    # photo (the query's side); individual 1: one more unrelated photo
+    images = [shot(texture(300, 400), 15, 0.9), texture(301, 400), texture(302, 400)]
+    gallery = LocalGallery(_features(images), np.array([0, 0, 1]), 2)
+    query = _features([shot(texture(300, 400), -10, 1.05)])[0]
+    one_each = RerankSettings(photos_per_individual=1, shortlist_m=1)
+    cosine = np.array([0.5, 0.4])
+    plain = query_evidence(query, cosine, gallery, one_each, PairSettings())
+    assert plain.best[0][0] == 0 and plain.inliers[0] > 30  # its best-voted photo: the other shot
+    sided = query_evidence(
+        query, cosine, gallery, one_each, PairSettings(), other_side=np.array([True, False, False])
+    )
+    assert 0 not in sided.best or sided.best[0][0] == 1  # the same-side photo took the one slot
+    assert sided.inliers[0] < 15
+    both = RerankSettings(photos_per_individual=2, shortlist_m=1)  # room for both: the other side too
+    assert (
+        query_evidence(
+            query, cosine, gallery, both, PairSettings(), other_side=np.array([True, False, False])
+        ).inliers[0]
+        == plain.inliers[0]
+    )
+
+
+def test_the_catalogue_tells_the_rerank_which_photos_show_another_side(sift_gallery, tmp_path):
+    pytest.importorskip("fastapi", reason="the catalogue app needs the 'serve' extra")
+    from tfwhale.serve.catalogue import Catalogue
+
+    out, second, _, _ = sift_gallery
+    engine = Catalogue(out, str(tmp_path / "catalogue")).engine
+    right, unknown = engine.base_photos[0], engine.base_photos[1]
+    engine.set_sides({right: "right", unknown: "unknown"})
+    other = engine._other_side(engine._snapshot(), "left")
+    assert other[0] and not other[1:].any()  # only the photo known to show the right side
+    assert not engine._other_side(engine._snapshot(), "right").any()
+    assert engine._other_side(engine._snapshot(), "unknown") is None
+    with open(second, "rb") as f:  # and an upload with a side goes through it
+        _, result = engine.identify_bytes(f.read(), None, "second.jpg", "left")
+    assert result.candidates[0].label == "ind-2"

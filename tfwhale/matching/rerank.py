@@ -28,6 +28,7 @@ from tfwhale.matching.grown import GrownIndex, merge_neighbours
 from tfwhale.matching.lnbnn import LnbnnIndex, Neighbours, lnbnn_votes
 from tfwhale.matching.pairs import PairMatch, PairSettings, match_pairs
 
+OTHER_SIDE_LAST = 1e9  # subtracted from the votes of photos of another side, for choosing what to verify
 LNBNN_SEARCH = 12  # neighbours searched per descriptor: a left-out photo's own ones drop out of them
 EVIDENCE = ("cosine", "inliers", "votes")
 
@@ -123,9 +124,12 @@ def query_evidence(
     settings: RerankSettings,
     pairs: PairSettings,
     leave_out: int | np.ndarray | None = None,
+    other_side: np.ndarray | None = None,
 ) -> Evidence:
     """cosine: the embedding's per-individual score (n_individuals,); leave_out: the gallery row(s) that
-    are the query itself (their descriptors never vote, their pairs are never verified)."""
+    are the query itself (their descriptors never vote, their pairs are never verified); other_side: bool
+    (photos,), True where a photo is known to show another side than the query (a right flank for a left
+    one): each individual's same-side photos are verified first, the others only to fill its quota."""
     n_photos, owner, agg = len(gallery), gallery.photo_individual, settings.aggregation
     allowed = np.ones(n_photos, bool)
     if leave_out is not None:
@@ -133,6 +137,8 @@ def query_evidence(
     found = gallery.neighbours(query, LNBNN_SEARCH)
     votes = lnbnn_votes(found, n_photos, settings.lnbnn_k, allowed)
     voted = np.where(allowed, votes, -np.inf)
+    if other_side is not None:  # votes are sums of distance ratios (tens to hundreds): this orders by side
+        voted = voted - np.asarray(other_side, bool) * OTHER_SIDE_LAST
     chosen = top_individual_photos(cosine, owner, settings.shortlist_k)
     if settings.photos_per_individual:
         chosen &= best_photos_of_each(voted, owner, settings.photos_per_individual)

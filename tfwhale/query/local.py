@@ -113,10 +113,11 @@ class LocalRerankPath:
     def features(self, data: bytes, box: tuple | None) -> LocalFeatures:
         return photo_features(data, box, self.image, self.settings.sift)
 
-    def rerank(self, ranked: Ranked, features: Sequence[LocalFeatures], leave_out: np.ndarray | None = None
-               ) -> Reranked:  # fmt: skip
+    def rerank(self, ranked: Ranked, features: Sequence[LocalFeatures], leave_out: np.ndarray | None = None,
+               other_side: np.ndarray | None = None) -> Reranked:  # fmt: skip
         """ranked: the embedding's ranking of every individual (scores = its similarity) per query;
-        leave_out: rows of the gallery (own then grown photos) that are the query itself (and its twins).
+        leave_out: rows of the gallery (own then grown photos) that are the query itself (and its twins);
+        other_side: bool per row, True where a photo shows another side than the queries (verified last).
         An individual with no photo here (one the engine has but the path was not given) is scored by its
         similarity alone, its inliers and votes 0: P(inliers) and P(votes) of nothing seen."""
         labels, scores, evidence = [], [], []
@@ -131,7 +132,7 @@ class LocalRerankPath:
                     grown.append(label)
                     grown_cosine.append(score)
             found = query_evidence(
-                query, cosine, self.gallery, self.settings.rerank, self.settings.pairs, leave_out
+                query, cosine, self.gallery, self.settings.rerank, self.settings.pairs, leave_out, other_side
             )
             nothing = np.zeros(len(grown))
             fused = np.concatenate([

@@ -273,7 +273,7 @@ class Engine:
         else:
             ranked = self._rank(embedded, snap, n=len(snap.names))
             left_out = None if snap.kept is None else np.flatnonzero(~snap.kept)
-            reranked = snap.local.rerank(ranked, features, left_out)
+            reranked = snap.local.rerank(ranked, features, left_out, self._other_side(snap, side))
             answers = self.path.answer(
                 _merged(reranked.ranked, snap.merges, len(snap.names)), self.species_of, fused=True
             )
@@ -291,6 +291,13 @@ class Engine:
             for result, evidence in zip(results, reranked.evidence, strict=True):
                 result.verified = self._verified_photos(result, evidence, snap.local)
         return results
+
+    def _other_side(self, snap: _Snapshot, side: str) -> np.ndarray | None:
+        """bool per searched row: its photo is known to show another side than `side` (None: the query's
+        side is unknown, or no photo's is)."""
+        if side in ("", "unknown") or not self._sides or len(snap.local.gallery) != len(snap.matrix):
+            return None  # the re-rank's rows are the searched rows, or no side order is given
+        return np.array([self._sides.get(photo, side) != side for photo in snap.photos[: len(snap.matrix)]])
 
     def search_stored(
         self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset(),
