@@ -413,3 +413,20 @@ def test_the_catalogue_tells_the_rerank_which_photos_show_another_side(sift_gall
     with open(second, "rb") as f:  # and an upload with a side goes through it
         _, result = engine.identify_bytes(f.read(), None, "second.jpg", "left")
     assert result.candidates[0].label == "ind-2"
+
+
+def test_fused_ranking_never_rises_when_two_ps_differ_by_float_noise():
+    from tfwhale.matching.rerank import fused_order
+    from tfwhale.query.fused import ranking_of
+    from tfwhale.retrieval.threshold import insert_new_individual
+
+    # two P's one float step apart (the same calibrated step), the smaller with the larger cosine: the
+    # cosine breaks the tie and the answered P's still never rise down the ranking
+    fused = np.array([[0.255, 0.050724637681159424, 0.05072463768115942, 0.036231884057971016]])
+    cosine = np.array([[0.9, 0.2, 0.8, 0.1]])
+    order, answered = fused_order(fused[0], cosine[0])
+    assert order.tolist() == [0, 2, 1, 3]
+    assert np.all(np.diff(answered[order]) <= 0)
+    ranked = ranking_of(fused, cosine, np.ones_like(fused, bool), np.array(["a", "b", "c", "d"]))
+    assert ranked.labels == [["a", "c", "b", "d"]] and np.all(np.diff(ranked.scores[0]) <= 0)
+    insert_new_individual(ranked.labels, ranked.scores, 0.04)  # what refused the old order

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfwhale.matching.rerank import Calibrations, LeaveOneOut, order_key
+from tfwhale.matching.rerank import Calibrations, LeaveOneOut, fused_order
 from tfwhale.retrieval.ranking import Ranked
 
 
@@ -18,10 +18,10 @@ def fused_ranking(loo: LeaveOneOut, calibrated: Calibrations, individuals: np.nd
 
 def ranking_of(score: np.ndarray, cosine: np.ndarray, scored: np.ndarray, individuals: np.ndarray) -> Ranked:
     """Each row's scored individuals by `score` (ties broken by the cosine), best first."""
-    key = np.where(scored, order_key(score, cosine), -np.inf)
     labels, scores = [], []
     for row in range(len(score)):
-        order = [i for i in np.argsort(-key[row], kind="stable") if scored[row, i]]
+        ranked, answered = fused_order(score[row], cosine[row])
+        order = [i for i in ranked if scored[row, i]]
         labels.append(individuals[order].tolist())
-        scores.append(score[row, order].tolist())
+        scores.append(answered[order].tolist())
     return Ranked(labels, scores)

@@ -24,7 +24,7 @@ from tfwhale.matching.aggregate import RerankSettings
 from tfwhale.matching.features import SiftSettings
 from tfwhale.matching.pairs import PairSettings
 from tfwhale.matching.photo import photo_features
-from tfwhale.matching.rerank import Calibrations, Evidence, LocalGallery, order_key, query_evidence
+from tfwhale.matching.rerank import Calibrations, Evidence, LocalGallery, fused_order, query_evidence
 from tfwhale.retrieval.ranking import Ranked
 
 
@@ -140,9 +140,9 @@ class LocalRerankPath:
                 self.calibrations.fused(np.asarray(grown_cosine, np.float64), nothing, nothing),
             ])  # fmt: skip
             every = self.individuals.tolist() + grown  # a list: a numpy array's width would cut names
-            order = np.argsort(-order_key(fused, np.concatenate([found.cosine, grown_cosine])), kind="stable")
+            order, answered = fused_order(fused, np.concatenate([found.cosine, grown_cosine]))
             labels.append([every[i] for i in order])
-            scores.append(fused[order].tolist())
+            scores.append(answered[order].tolist())
             evidence.append(found)
         return Reranked(Ranked(labels, scores), evidence)
 
