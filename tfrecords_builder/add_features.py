@@ -17,6 +17,7 @@ from tfrecords_builder.errors import BuildInputError
 from tfrecords_builder.resume import parts_path
 from tfrecords_builder.tables import load_test_table, load_train_table, read_boxes_csv
 from tfwhale.contracts import records
+from tfwhale.contracts.local_features import NO_FEATURES
 from tfwhale.core import files
 from tfwhale.imaging.crop_box import Box, parse_box_text
 from tfwhale.matching.features import SiftSettings
@@ -156,7 +157,7 @@ def _shard_features(out, shard, photos, image_settings, sift, workers, pool) -> 
         for name, result in zip(names, results, strict=True):
             if result.features is None:
                 logger.warning("%s: no local features (%s)", name, result.error)
-            found.append(result.features if result.features is not None else imaging.NO_FEATURES)
+            found.append(result.features if result.features is not None else NO_FEATURES)
     entry = local_features.write_features(out, shard["name"], names, found)
     files.write_json(parts_path(out, f"{FEATURES_PARTS}/{shard['name']}.json"), entry)
     return entry

@@ -9,10 +9,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from tfrecords_builder.workers import spawn_pool
-from tfwhale.contracts.local_features import LocalFeatures
+from tfwhale.contracts.local_features import NO_FEATURES, LocalFeatures
 from tfwhale.imaging.crop_box import Box
 from tfwhale.imaging.photo_crop import ImageError, ImageInfo, ImageSettings, process_image
 
@@ -22,7 +20,6 @@ if TYPE_CHECKING:  # OpenCV loads only in builds that take local features
 logger = logging.getLogger(__name__)
 # A photo whose records crop worked but whose match-size crop did not (rare): it keeps its record, with
 # no keypoints, so one bad photo never sinks the shard.
-NO_FEATURES = LocalFeatures(np.zeros((0, 4), np.float16), np.zeros((0, 128), np.uint8), (0, 0))
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,10 @@ def check_arrays(keypoints: np.ndarray, descriptors: np.ndarray, where: str) -> 
         raise LocalFeaturesError(f"{where}: {len(keypoints)} keypoints but {len(descriptors)} descriptors")
 
 
+# A photo with no features (unreadable, or no keypoints found): no inliers, no votes, a row all the same
+NO_FEATURES = LocalFeatures(np.zeros((0, 4), np.float16), np.zeros((0, DESCRIPTOR_DIM), np.uint8), (0, 0))
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     """Many photos' features in flat arrays: photo i owns rows offsets[i]:offsets[i + 1]."""

@@ -164,10 +164,6 @@ class RecordFeatures:
     sift: dict[str, Any]
     files: tuple[FeatureFile, ...]
 
-    def of_split(self, split_shards: list[dict[str, Any]]) -> list[FeatureFile]:
-        by_shard = {f.shard: f for f in self.files}
-        return [by_shard[shard["name"]] for shard in split_shards]
-
 
 @dataclass(frozen=True)
 class Manifest:

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tfwhale.contracts.gallery_manifest import LocalRerank
-from tfwhale.contracts.local_features import FeatureSet, LocalFeatures, save_feature_set
+from tfwhale.contracts.local_features import NO_FEATURES, FeatureSet, save_feature_set
 from tfwhale.core import files
 from tfwhale.gallery.tune import CatalogueTuning, tune_ranked
 from tfwhale.imaging.photo_crop import ImageError, ImageSettings
@@ -31,7 +31,6 @@ FEATURES_NAME = "local_features.npz"  # in the gallery folder
 # day-one gallery with local features") leave-one-out tuning gave 0.08-0.13 and the queries were
 # answered best at 0.10-0.22 on the fused P.
 FALLBACK_FUSED_THRESHOLD = 0.15
-EMPTY = LocalFeatures(np.zeros((0, 4), np.float16), np.zeros((0, 128), np.uint8), (0, 0))
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def extract_all(
             found.append(photo_features(files.read_bytes(path), None, image, settings.sift))
         except (ImageError, OSError) as err:
             logger.warning("%s: no local features (%s)", path, err)
-            found.append(EMPTY)
+            found.append(NO_FEATURES)
     return FeatureSet.from_photos(list(names), found)
 
 

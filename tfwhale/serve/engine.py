@@ -17,13 +17,12 @@ from functools import cached_property
 import numpy as np
 
 from tfwhale.contracts.gallery_manifest import ThresholdPolicy
-from tfwhale.contracts.local_features import LocalFeatures
+from tfwhale.contracts.local_features import NO_FEATURES, LocalFeatures
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.query.answers import QueryAnswer
 from tfwhale.query.local import LocalRerankPath
 from tfwhale.query.path import Embedded, QueryPath
 from tfwhale.retrieval import ranking
-from tfwhale.serve.feature_store import NO_FEATURES
 
 logger = logging.getLogger(__name__)
 

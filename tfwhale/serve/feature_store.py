@@ -9,11 +9,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tfwhale.contracts.local_features import DESCRIPTOR_DIM, KEYPOINT_FIELDS, LocalFeatures
+from tfwhale.contracts.local_features import DESCRIPTOR_DIM, KEYPOINT_FIELDS, NO_FEATURES, LocalFeatures
 from tfwhale.serve.store import Store
 
 logger = logging.getLogger(__name__)
-NO_FEATURES = LocalFeatures(np.zeros((0, 4), np.float16), np.zeros((0, DESCRIPTOR_DIM), np.uint8), (0, 0))
 
 
 def save(conn: sqlite3.Connection, photo: str, made_by: str, features: LocalFeatures) -> None:
