@@ -289,6 +289,7 @@ def test_catalogue_compare_view_draws_the_gallery_features_on_the_original_and_s
     ]  # ind-2's best photo
     answer = client.get(f"/api/matches?query={sha}&photo={gallery_photo}").json()
     assert answer["inliers"] >= 20 and answer["photo"]["features"] == "gallery"
+    assert answer["query"]["features"] == "upload"  # kept at upload, not computed again
     assert answer["photo"]["url"] == f"/compare/original/{gallery_photo}" and answer["photo"]["original"]
     original = client.get(answer["photo"]["url"])
     name = answer["photo"]["name"]

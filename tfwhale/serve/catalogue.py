@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tfwhale.contracts.individual_id import check_id
+from tfwhale.contracts.local_features import NO_FEATURES, LocalFeatures
 from tfwhale.imaging.crop_box import format_box, parse_box_text
 from tfwhale.query.gallery import QueryError
 from tfwhale.serve import corrections, feature_store, history, metadata_store
@@ -221,18 +222,19 @@ class Catalogue:
         features = self._upload_features(found)
         return self.engine.search_stored(embedding[None], side, exclude=exclude, features=features)[0]
 
-    def _upload_features(self, photo: Photo) -> list | None:
-        """An upload's local features from its bytes as uploaded, where the gallery re-ranks by them, so
-        that a decided photo's candidates are scored as its upload was (fused P(same) at the same
-        threshold), not by the embedding alone. None: the embedding alone."""
+    def upload_features(self, photo: Photo) -> LocalFeatures | None:
+        """An upload's local features, where the gallery re-ranks by them: kept at upload, or made once
+        from its bytes as uploaded (with its box). None: not an upload, or none could be made."""
         if photo.source != "upload" or not self.blobs.has(photo.sha256):
             return None
-        box = parse_box_text(photo.box) if photo.box else None
-        try:
-            features = self.engine.path.local_features(self.blobs.get(photo.sha256), box, photo.name)
-        except QueryError as err:
-            logger.warning("%s: searched by its embedding alone (%s)", photo.name, err)
-            return None
+        found = self._grown_features([photo.sha256])
+        return None if not found or found[0] is NO_FEATURES else found[0]
+
+    def _upload_features(self, photo: Photo) -> list | None:
+        """A decided upload's features for its search, so that its candidates are scored as its upload
+        was (fused P(same) at the same threshold), not by the embedding alone. None: the embedding
+        alone."""
+        features = self.upload_features(photo)
         return None if features is None else [features]
 
     def decide(

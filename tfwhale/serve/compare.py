@@ -4,8 +4,9 @@ verified local-feature matches of two photos in each picture's own pixels.
 Matches are found as the query path finds them (matching.photo.photo_features: the gallery's match-size
 crop; matching.pairs.match_pair: ratio test, mutual check, geometric verification), with the gallery's
 own match settings when it re-ranks by local features and the library's defaults otherwise. A gallery
-photo shown from the file its stored features were made from uses those; any other picture gets its
-features computed from itself, once (kept in a small cache: an upload's are reused by every candidate).
+photo shown from the file its stored features were made from uses those, and an upload the ones kept
+when it was uploaded; any other picture gets its features computed from itself, once (kept in a small
+cache).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class CompareError(ValueError):
 @dataclass(frozen=True)
 class Shown:
     """A catalogue photo as the compare view shows it: the picture's URL and bytes, its displayed size,
-    the box its crop is cut with, and the gallery's stored features of exactly this picture, if any."""
+    the box its crop is cut with, and the kept features of exactly this picture (the gallery's, or an
+    upload's), if any."""
 
     photo: Photo
     url: str
@@ -98,13 +100,13 @@ class Comparer:
         return Shown(photo, url, data, size, parsed, stored, original)
 
     def _picture(self, photo: Photo) -> tuple[bytes, str, str, bool, LocalFeatures | None]:
-        """(bytes, URL, box text, is the original, the gallery's features of it) of the best picture
-        a browser can show."""
+        """(bytes, URL, box text, is the original, its features where kept: the gallery's, or an
+        upload's) of the best picture a browser can show."""
         sha = photo.sha256
         if photo.source == "upload" and self.catalogue.blobs.has(sha):
             data = self.catalogue.blobs.get(sha)
-            if browser_shows(data):
-                return data, f"/blob/{sha}.jpg", photo.box, True, None
+            if browser_shows(data):  # its features were kept at upload (taken from these bytes and box)
+                return data, f"/blob/{sha}.jpg", photo.box, True, self.catalogue.upload_features(photo)
         path = self.original_path(photo)
         if path is not None:
             data = files.read_bytes(path)
@@ -116,7 +118,7 @@ class Comparer:
         return self.catalogue.blobs.get(crop), f"/blob/{crop}.jpg", "", False, None
 
     def features(self, shown: Shown) -> LocalFeatures:
-        """The picture's features: the gallery's stored ones, or computed once and cached."""
+        """The picture's features: the gallery's or the upload's kept ones, or computed once and cached."""
         if shown.stored is not None:
             return shown.stored
         key = f"{shown.url}|{shown.box}"
@@ -171,8 +173,15 @@ class Comparer:
             "height": shown.size[1],
             "original": shown.original,
             "keypoints": len(features),
-            "features": "gallery" if shown.stored is not None else "computed",
+            "features": _features_source(shown),
         }
+
+
+def _features_source(shown: Shown) -> str:
+    """Where a picture's features came from: kept with the gallery or the upload, or computed now."""
+    if shown.stored is None:
+        return "computed"
+    return "upload" if shown.photo.source == "upload" else "gallery"
 
 
 def browser_shows(data: bytes) -> bool:
