@@ -159,7 +159,8 @@ def test_many_photos_at_once_find_what_each_pair_finds_alone(three, monkeypatch)
     blank = extract_sift(np.full((64, 64, 3), 128, np.uint8), SETTINGS)
     few = LocalFeatures(three[2].keypoints[:7], three[2].descriptors[:7], (320, 320))
     galleries = [three[1], one_point, three[2], blank, few, three[0]]
-    monkeypatch.setattr(pairs, "CHUNK_ELEMENTS", len(query) * 500)  # several chunks of unequal photos
+    monkeypatch.setattr(pairs, "ROWS_PER_BLOCK", 64)  # several blocks of query keypoints, the last shorter
+    assert len(query) % 64
     found = nearest_candidates_many(query, galleries)
     assert len(found) == len(galleries)
     for gallery, candidates in zip(galleries, found, strict=True):
@@ -180,6 +181,44 @@ def test_many_photos_at_once_find_what_each_pair_finds_alone(three, monkeypatch)
     assert together[0].inliers >= 40 and together[3].inliers == 0
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 7])
+def test_pairs_shared_out_among_threads_match_as_one_thread_does(three, monkeypatch, workers):
+    """However many threads share the photos, each pair's candidates and verified matches are the same
+    (and in the photos' order) as with one thread, and as the keypoint-by-keypoint reference."""
+    query = three[0]
+    few = LocalFeatures(three[2].keypoints[:7], three[2].descriptors[:7], (320, 320))
+    galleries = [three[1], three[2], few, three[0], three[1]]
+    monkeypatch.setattr(pairs.threads, "blas_threads", lambda: 1)
+    alone = match_pairs(query, galleries)
+    monkeypatch.setattr(pairs.threads, "blas_threads", lambda: workers)
+    together = match_pairs(query, galleries)
+    for one, shared in zip(alone, together, strict=True):
+        assert (shared.inliers, shared.tentative) == (one.inliers, one.tentative)
+        assert np.array_equal(shared.query_xy, one.query_xy) and np.array_equal(
+            shared.gallery_xy, one.gallery_xy
+        )
+    assert together[0].inliers == together[4].inliers >= 40  # the same photo twice, in two threads' parts
+    found = nearest_candidates_many(query, galleries)
+    for gallery, candidates in zip(galleries, found, strict=True):
+        best, _, mutual = brute_force_candidates(query, gallery)
+        assert np.array_equal(candidates.best, best) and np.array_equal(candidates.mutual, mutual)
+
+
+def test_in_parts_keeps_the_order_of_its_items():
+    from tfwhale.matching.threads import in_parts
+
+    seen: list[list[int]] = []
+
+    def double(part):
+        seen.append(list(part))
+        return [2 * x for x in part]
+
+    assert in_parts(double, list(range(10)), 3) == [2 * x for x in range(10)]
+    assert sorted(map(len, seen)) == [3, 3, 4] and sorted(x for part in seen for x in part) == list(range(10))
+    assert in_parts(double, [5], 4) == [10]  # never more parts than items
+    assert in_parts(double, [], 2) == []
+
+
 def test_sift_matcher_is_a_matcher(three):
     matcher: Matcher = SiftMatcher(SETTINGS)
     assert isinstance(matcher, SiftMatcher) and matcher.name == "sift"
@@ -198,6 +237,22 @@ def test_lnbnn_ranks_the_right_gallery_photo_first():
         left_out = np.ones(len(gallery), bool)
         left_out[target] = False  # with the right photo held out, it gets no vote
         assert lnbnn_votes(index.neighbours(query, 4), len(gallery), allowed=left_out)[target] == 0
+
+
+def test_lnbnn_search_shared_out_among_threads_finds_what_one_thread_finds(monkeypatch):
+    from tfwhale.matching import lnbnn
+
+    features = [extract_sift(texture(seed), SETTINGS) for seed in range(20, 24)]
+    index = LnbnnIndex(FeatureSet.from_photos([f"g{i}" for i in range(4)], features))
+    query = extract_sift(rotated_scaled_crop(texture(21)), SETTINGS)
+    monkeypatch.setattr(lnbnn.threads, "opencv_threads", lambda: 1)
+    alone = index.neighbours(query, 5)
+    monkeypatch.setattr(lnbnn.threads, "opencv_threads", lambda: 3)
+    monkeypatch.setattr(lnbnn, "SEARCH_ROWS_PER_THREAD", 10)
+    shared = index.neighbours(query, 5)
+    assert alone.photo.shape == (len(query), 5) and len(query) > 30
+    assert np.array_equal(shared.photo, alone.photo) and np.array_equal(shared.distance, alone.distance)
+    assert int(np.argmax(lnbnn_votes(shared, 4))) == 1
 
 
 def test_lnbnn_votes_are_margins_over_the_normaliser():

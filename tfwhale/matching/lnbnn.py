@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 
 from tfwhale.contracts.local_features import FeatureSet, LocalFeatures
+from tfwhale.matching import threads
 from tfwhale.matching.features import dequantise
 
 FLANN_KDTREE = 1
+SEARCH_ROWS_PER_THREAD = 128  # query descriptors searched by one thread at least (fewer: not worth one)
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,20 @@ class LnbnnIndex:
         )
 
     def neighbours(self, query: LocalFeatures, k: int) -> Neighbours:
-        """The k nearest gallery descriptors of each query descriptor."""
+        """The k nearest gallery descriptors of each query descriptor. Each descriptor's search is its own
+        (the same alone or among others), so the query's descriptors are shared out among OpenCV's
+        threads (matching.threads)."""
         if not len(query):
             return Neighbours(np.zeros((0, k), np.int32), np.zeros((0, k), np.float32))
         k = min(k, len(self.photo_of_row))
-        rows, squared = self._index.knnSearch(
-            dequantise(query.descriptors), k, params={"checks": self.checks}
-        )
-        rows = rows.reshape(len(query), k)
+
+        def search(descriptors: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [self._index.knnSearch(descriptors, k, params={"checks": self.checks})]
+
+        parts = min(threads.opencv_threads(), len(query) // SEARCH_ROWS_PER_THREAD)
+        found = threads.in_parts(search, dequantise(query.descriptors), parts)
+        rows = np.concatenate([part.reshape(-1, k) for part, _ in found])
+        squared = np.concatenate([part.reshape(-1, k) for _, part in found])
         distance = np.sqrt(np.maximum(squared.reshape(len(query), k), 0.0)).astype(np.float32)
         return Neighbours(self.photo_of_row[rows], distance)
 

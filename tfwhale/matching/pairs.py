@@ -7,13 +7,15 @@ in each photo's matching image) so that people can see them drawn.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from tfwhale.contracts.local_features import LocalFeatures
+from tfwhale.matching import threads
 from tfwhale.matching.features import ROOTSIFT_SCALE
 
 GEOMETRIES = ("homography", "affine", "similarity", "fundamental")
@@ -55,9 +57,9 @@ class PairMatch:
 
 
 NO_MATCH = PairMatch(0, 0, np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
-# dot products held at once (16 MB of float32, ~4 photos of 1000 keypoints): 1 to 4 photos a chunk timed
-# alike on 65 nyala-dev photos, 16 and 32 slower (out of cache)
-CHUNK_ELEMENTS = 4_000_000
+# query keypoints multiplied at once with one photo's: their dot products (256 x ~1000 float32, 1 MB) stay
+# in cache through the three reductions that read them (argmax, column max, second max); BENCHMARKS.md
+ROWS_PER_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -90,63 +92,56 @@ def nearest_candidates(query: LocalFeatures, gallery: LocalFeatures) -> Candidat
 
 
 def nearest_candidates_many(query: LocalFeatures, galleries: Sequence[LocalFeatures]) -> list[Candidates]:
-    """Candidates of a query against each of several gallery photos, exact, from a few matrix products.
+    """Candidates of a query against each of several gallery photos, exact, from matrix products.
 
-    RootSIFT has unit norm, so the squared distance is 2 - 2 x the dot product. The photos are stacked
-    (padded to the longest) and multiplied in chunks of about CHUNK_ELEMENTS dot products, and every
-    reduction runs along a contiguous axis: the per-photo column argmax of the mutual check copied its
-    matrix, a column max does not (most of the gain; BENCHMARKS.md). The products are of the stored
-    uint8 values as float32: integers below 2^24, so exact, and a tie is a true tie. A query keypoint is
-    the mutual nearest of its gallery keypoint when no query keypoint is strictly nearer to it."""
-    out: list[Candidates | None] = [None] * len(galleries)
-    usable = [i for i, gallery in enumerate(galleries) if len(query) >= 2 and len(gallery) >= 2]
-    for i in set(range(len(galleries))) - set(usable):
-        out[i] = NO_CANDIDATES
-    if not usable:
-        return out  # type: ignore[return-value]
+    RootSIFT has unit norm, so the squared distance is 2 - 2 x the dot product. Each photo is multiplied
+    with blocks of ROWS_PER_BLOCK query keypoints into one reused buffer, every reduction of a block runs
+    while it is in cache, and the photos are shared out among BLAS's threads, one product each
+    (matching.threads; BENCHMARKS.md). The products are of the stored uint8 values as float32:
+    integers below 2^24, so exact, and a tie is a true tie. A query keypoint is the mutual nearest of
+    its gallery keypoint when no query keypoint is strictly nearer to it."""
+    return _each_photo(query, galleries, lambda gallery, found: found)
+
+
+def _each_photo(
+    query: LocalFeatures, galleries: Sequence[LocalFeatures], then: Callable[[LocalFeatures, Candidates], Any]
+) -> list:
+    """then(gallery, its candidates) of each gallery photo, in order, the photos shared out among threads."""
     stored = query.descriptors.astype(np.float32)
-    for chunk in _chunks([len(galleries[i]) for i in usable], len(query)):
-        photos = [usable[c] for c in chunk]
-        for i, found in zip(photos, _chunk_candidates(stored, [galleries[i] for i in photos]), strict=True):
-            out[i] = found
-    return out  # type: ignore[return-value]
+
+    def some_photos(part: Sequence[LocalFeatures]) -> list:
+        buffer = np.empty(
+            min(ROWS_PER_BLOCK, len(query)) * max((len(g) for g in part), default=0), np.float32
+        )
+        usable = len(query) >= 2
+        return [then(g, _photo_candidates(stored, g, buffer) if usable and len(g) >= 2 else NO_CANDIDATES)
+                for g in part]  # fmt: skip
+
+    parts = min(threads.blas_threads(), len(galleries))
+    with threads.one_blas_thread_each(parts):
+        return threads.in_parts(some_photos, list(galleries), parts)
 
 
-def _chunks(lengths: Sequence[int], query_length: int) -> list[list[int]]:
-    """Consecutive positions of `lengths` grouped so that each group's padded product stays small."""
-    groups: list[list[int]] = [[]]
-    longest = 0
-    for position, length in enumerate(lengths):
-        longest_with = max(longest, length)
-        if groups[-1] and query_length * longest_with * (len(groups[-1]) + 1) > CHUNK_ELEMENTS:
-            groups.append([])
-            longest_with = length
-        groups[-1].append(position)
-        longest = longest_with
-    return groups
-
-
-def _chunk_candidates(query: np.ndarray, galleries: Sequence[LocalFeatures]) -> list[Candidates]:
-    """query: float32 (n, 128) of the stored uint8 values; galleries: each with >= 2 keypoints."""
-    longest = max(len(g) for g in galleries)
-    stacked = np.zeros((len(galleries), longest, query.shape[1]), np.float32)
-    for p, gallery in enumerate(galleries):
-        stacked[p, : len(gallery)] = gallery.descriptors
-    dots = (query @ stacked.reshape(-1, query.shape[1]).T).reshape(len(query), len(galleries), longest)
-    for p, gallery in enumerate(galleries):
-        dots[:, p, len(gallery) :] = -np.inf  # padding is nobody's neighbour
-    rows = np.arange(len(query))[:, None]
-    photo = np.arange(len(galleries))[None, :]
-    best = dots.argmax(axis=2)
-    first = dots[rows, photo, best]
-    mutual = first >= dots.max(axis=0)[photo, best]
-    dots[rows, photo, best] = -np.inf  # the second nearest is the best of the rest
-    second = dots.max(axis=2)
+def _photo_candidates(query: np.ndarray, gallery: LocalFeatures, buffer: np.ndarray) -> Candidates:
+    """query: float32 (n, 128) of the stored uint8 values; gallery: >= 2 keypoints; buffer: float32 of at
+    least min(ROWS_PER_BLOCK, n) x len(gallery) elements, overwritten."""
+    n, m = len(query), len(gallery)
+    gallery_t = gallery.descriptors.astype(np.float32).T
+    best = np.empty(n, np.int64)
+    first, second = np.empty(n, np.float32), np.empty(n, np.float32)
+    column_best = np.full(m, -np.inf, np.float32)  # each gallery keypoint's best product with the query
+    for start in range(0, n, ROWS_PER_BLOCK):
+        stop = min(n, start + ROWS_PER_BLOCK)
+        dots = np.matmul(query[start:stop], gallery_t, out=buffer[: (stop - start) * m].reshape(-1, m))
+        rows, nearest = np.arange(stop - start), dots.argmax(axis=1)
+        best[start:stop], first[start:stop] = nearest, dots[rows, nearest]
+        np.maximum(column_best, dots.max(axis=0), out=column_best)
+        dots[rows, nearest] = -np.inf  # the second nearest is the best of the rest
+        second[start:stop] = dots.max(axis=1)
     unit = np.stack([first, second]).astype(np.float64) / ROOTSIFT_SCALE**2
     distance = np.sqrt(np.maximum(2.0 - 2.0 * unit, 0.0))
     ratio = (distance[0] / np.maximum(distance[1], 1e-12)).astype(np.float32)
-    indices = np.arange(len(query))
-    return [Candidates(indices, best[:, p], ratio[:, p], mutual[:, p]) for p in range(len(galleries))]
+    return Candidates(np.arange(n), best, ratio, first >= column_best[best])
 
 
 def tentative_matches(query: LocalFeatures, gallery: LocalFeatures, settings: PairSettings) -> np.ndarray:
@@ -191,12 +186,14 @@ def match_pair(
 def match_pairs(
     query: LocalFeatures, galleries: Sequence[LocalFeatures], settings: PairSettings | None = None
 ) -> list[PairMatch]:
-    """match_pair of the query against each gallery photo, the nearest neighbours found in one go."""
+    """match_pair of the query against each gallery photo, the photos shared out among threads (their
+    nearest neighbours and verification: see nearest_candidates_many)."""
     settings = settings or PairSettings()
-    return [
-        verified_match(query, gallery, found.passing(settings), settings)
-        for gallery, found in zip(galleries, nearest_candidates_many(query, galleries), strict=True)
-    ]
+    return _each_photo(
+        query,
+        galleries,
+        lambda gallery, found: verified_match(query, gallery, found.passing(settings), settings),
+    )
 
 
 def verified_match(
