@@ -68,7 +68,8 @@ def add_local_features(args: argparse.Namespace) -> str:
     manifest.write_manifest(args.out, data)  # atomic: readers see the old manifest or the whole new one
     section = data["local_features"]
     return (f"{args.out}: local features of {section['photos']} photos in {len(entries)} file(s) "
-            f"({done} written now, {len(entries) - done} kept), {section['bytes'] / 1e6:.1f} MB")  # fmt: skip
+            f"({done} written now, {len(entries) - done} kept), {section['bytes'] / 1e6:.1f} MB; "
+            f"{local_features.no_keypoints_note(section.get('no_keypoints'))}")  # fmt: skip
 
 
 def _all_whole(out: str, shards: Sequence[dict[str, Any]]) -> bool:
