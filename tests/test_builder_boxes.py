@@ -10,6 +10,8 @@ import pytest
 from tfrecords_builder.errors import BuildInputError
 from tfrecords_builder.tables import read_boxes_csv
 from tfwhale.contracts.build_sources import BuildSources
+from tfwhale.contracts.records import ManifestError
+from tfwhale.core import files
 from tfwhale.imaging.box_choice import choose_box
 from tfwhale.imaging.box_table import TableError
 from tfwhale.imaging.crop_box import (
@@ -188,6 +190,15 @@ def test_one_reader_strict_for_the_build_lenient_for_display(tmp_path, caplog):
     caplog.clear()
     assert BuildSources({"train_csv": sources["train_csv"]}, strict=False).boxes() == {}
     assert "not readable" not in caplog.text
+
+
+def test_strict_sources_refuse_a_table_changed_since_the_build(tmp_path):
+    csv = write(tmp_path / "train.csv", "image,box\na.jpg,1 2 3 4\n")
+    sources = BuildSources({"train_csv": {"path": csv, "sha256": files.sha256(csv)}}, strict=True)
+    sources.check_unchanged()  # as built: nothing to say
+    write(tmp_path / "train.csv", "image,box\na.jpg,1 2 3 5\n")
+    with pytest.raises(ManifestError, match=r"train\.csv: changed since the build \(sha256 differs"):
+        sources.check_unchanged()
 
 
 def test_crop_grows_box_about_its_centre():
