@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 import pandas as pd
-from quality_real import DEFAULT_CONFIG, DEFAULT_PHOTOS, make_task, rows, run, scores
+from _real_split import add_task_arguments
+from quality_real import DEFAULT_CONFIG, make_task, rows, run, scores
 
 from tfwhale.core.config import load_config
 
@@ -35,9 +36,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--photos", default=DEFAULT_PHOTOS, help="folder of ID/photo images (../shared/data/lion)")
-    add("--species", default="lion", help="species name written into train.csv (lion)")
-    add("--work", default=os.path.join("/tmp", "tfwhale-predict-rerank"), help="working folder (kept)")
+    add_task_arguments(parser, "lion", os.path.join("/tmp", "tfwhale-predict-rerank"), species="lion")
     add("--row", default="imagenet", help="quality_real.py's row that trains the model (imagenet)")
     add("--config", default=DEFAULT_CONFIG, help=f"the recipe the Lite0 rows start from ({DEFAULT_CONFIG})")
     add("--size", type=int, default=224, help="records' image size (224)")
