@@ -17,7 +17,7 @@ from tfwhale import identify, predict
 from tfwhale.contracts.gallery_manifest import load_gallery_manifest
 from tfwhale.contracts.local_features import load_feature_set
 from tfwhale.contracts.records import load_manifest
-from tfwhale.inference.local_rerank import OOFEvidence, cross_fitted
+from tfwhale.inference.local_oof import OOFEvidence, cross_fitted
 from tfwhale.matching.rerank import LeaveOneOut
 from tfwhale.query.path import QueryPath
 
