@@ -107,6 +107,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "stops naming `build-tfrecords add-local-features`; the default then ranks by the embedding "
         "alone, with a warning",
     )
+    add(
+        "--rerank-oof-queries",
+        metavar="N",
+        help="--rerank local: how many out-of-fold queries are re-ranked to fit the calibrations and tune "
+        "the threshold, a seeded sample with each validation fold's share (~1 s a query); 'all': every "
+        "one. Test queries are always all re-ranked. Default: the run config's predict.rerank_oof_queries, "
+        "2000",
+    )
     add("--per-species", action="store_true", help="also tune one threshold per species")
     add("--blend", type=float, default=0.0, metavar="W", help="weight of ArcFace cosines (0.5: 1st place)")
     add("--dba", type=int, default=0, metavar="K", help="database-side augmentation over K neighbours")

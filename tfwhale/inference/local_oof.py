@@ -52,23 +52,82 @@ def _subset(features: FeatureSet, rows: np.ndarray) -> FeatureSet:
     return FeatureSet.from_photos([features.names[i] for i in rows], [features[int(i)] for i in rows])
 
 
+@dataclass(frozen=True)
+class OOFSample:
+    """Which training photos are re-ranked as OOF queries (the calibrations' and threshold's data), and
+    out of how many: re-ranking costs ~1 s a query, so at most `cap` (predict.rerank_oof_queries)."""
+
+    keep: np.ndarray  # bool per training row (RecordsIndex order)
+    queries: int  # the OOF queries there are: photos of a validation fold that has a gallery
+    cap: int | None  # None: every one
+    seed: int
+
+    def section(self) -> dict:
+        """report.json's rerank.oof_queries."""
+        return {"reranked": int(self.keep.sum()), "of": self.queries, "cap": self.cap, "seed": self.seed}
+
+
+def sample_rows(folds: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """Bool mask over `folds` (each candidate's validation fold, -1: no candidate): every candidate when
+    `cap` is None or covers them, else `cap` of them drawn without replacement, each fold giving its
+    share (largest remainder), so every fold keeps rows for the cross-fitting. Whole queries are drawn,
+    never pairs: a drawn query keeps its evidence against every individual, as the simulation of new
+    individuals needs. Same seed, same sample."""
+    candidates = folds >= 0
+    total = int(candidates.sum())
+    if cap is None or cap >= total:
+        return candidates
+    ks, counts = np.unique(folds[candidates], return_counts=True)
+    exact = cap * counts / total
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(-(exact - quota), kind="stable")[: cap - quota.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(folds), bool)
+    for k, n in zip(ks, quota, strict=True):
+        keep[rng.choice(np.flatnonzero(folds == k), size=n, replace=False)] = True
+    return keep
+
+
+def sample_queries(emb: PredictEmbeddings, cap: int | None, seed: int) -> OOFSample:
+    """The OOF queries --rerank local re-ranks: fold k's photos for every validation fold k whose other
+    folds hold a gallery, sampled down to `cap` (sample_rows)."""
+    folds = np.full(len(emb.index.train_folds), -1)
+    for k in oof.oof_folds(emb):
+        is_query = emb.index.train_folds == k
+        if is_query.any() and not is_query.all():
+            folds[is_query] = k
+    keep = sample_rows(folds, cap, seed)
+    sample = OOFSample(keep, int(np.sum(folds >= 0)), cap, seed)
+    if sample.keep.sum() < sample.queries:
+        logger.info("--rerank local: calibrating on %d of %d OOF queries (a sample, seed %d; "
+                    "predict.rerank_oof_queries=%d)", keep.sum(), sample.queries, seed, cap)  # fmt: skip
+    return sample
+
+
 def oof_evidence(
-    emb: PredictEmbeddings, features: FeatureSet, settings: MatchSettings, progress: bool = True
+    emb: PredictEmbeddings,
+    features: FeatureSet,
+    settings: MatchSettings,
+    progress: bool = True,
+    sample: OOFSample | None = None,
 ):
-    """Fold k's photos against the other folds' photos, for every validation fold k (OOFEvidence; None
-    when there is no OOF fold)."""
+    """Fold k's photos (those in `sample`; default every one) against the other folds' photos, for every
+    validation fold k (OOFEvidence; None when there is no OOF query)."""
     index = emb.index
+    sample = sample_queries(emb, None, 0) if sample is None else sample
     individuals = np.asarray(sorted(set(index.train_ids)))
     codes = np.searchsorted(individuals, np.asarray(index.train_ids))
     parts: list[tuple] = []
-    n_queries = sum(int(np.sum(index.train_folds == k)) for k in oof.oof_folds(emb))
-    with tqdm(total=n_queries, desc="local features, out of fold", unit="photo", disable=not progress) as bar:
+    with tqdm(total=int(sample.keep.sum()), desc="local features, out of fold", unit="photo",
+              disable=not progress) as bar:  # fmt: skip
         for k in oof.oof_folds(emb):
-            is_query = index.train_folds == k
-            if is_query.all() or not is_query.any():
+            is_fold = index.train_folds == k
+            if not (is_fold & sample.keep).any():
                 continue
             combined = concat_runs([r.fold(fold_dir_name(k)).train for r in emb.runs], emb.weights)
-            parts.append(_fold_evidence(combined, is_query, codes, len(individuals), features, settings, bar))
+            queries, others = np.flatnonzero(is_fold & sample.keep), np.flatnonzero(~is_fold)
+            found = _fold_evidence(combined, queries, others, codes, individuals, features, settings, bar)
+            parts.append(found)
     if not parts:
         return None
     query_rows = np.concatenate([p[0] for p in parts])
@@ -80,8 +139,9 @@ def oof_evidence(
     )  # fmt: skip
 
 
-def _fold_evidence(combined, is_query, codes, n_individuals, features, settings: MatchSettings, bar):
-    queries, others = np.flatnonzero(is_query), np.flatnonzero(~is_query)
+def _fold_evidence(combined, queries, others, codes, individuals, features, settings: MatchSettings, bar):
+    """Fold k's query photos (rows `queries`) against its gallery (every photo of the other folds)."""
+    n_individuals = len(individuals)
     gallery = LocalGallery(_subset(features, others), codes[others], n_individuals)
     cosine = per_individual(combined[queries] @ combined[others].T, codes[others], n_individuals, "max")
     scored = np.tile(np.bincount(codes[others], minlength=n_individuals) > 0, (len(queries), 1))

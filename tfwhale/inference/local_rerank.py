@@ -19,7 +19,7 @@ from tfwhale.contracts.local_features import (
 from tfwhale.contracts.records import Manifest, ManifestError
 from tfwhale.core import files
 from tfwhale.inference.gallery import PredictEmbeddings, RecordsIndex
-from tfwhale.inference.local_oof import Variant, calibrate_and_tune, oof_evidence
+from tfwhale.inference.local_oof import OOFSample, Variant, calibrate_and_tune, oof_evidence, sample_queries
 from tfwhale.inference.submission import PredictError
 from tfwhale.matching.features import SiftSettings
 from tfwhale.matching.rerank import Evidence
@@ -99,12 +99,15 @@ class LocalOutcome:
     evidence: tuple[Evidence, ...] = ()
 
 
-def report_section(local: LocalRerank, variants: dict[str, dict], features: RecordFeatures) -> dict:
+def report_section(
+    local: LocalRerank, variants: dict[str, dict], features: RecordFeatures, sample: OOFSample
+) -> dict:
     n = len(features.train) + len(features.test)
     keypoints = len(features.train.descriptors) + sum(len(f) for f in features.test)
     return {
         "mode": "local",
         "oof": variants,
+        "oof_queries": sample.section(),  # how many OOF queries were re-ranked, of how many
         "calibration": "isotonic P(same individual) of the cosine, the inliers and the LNBNN votes, "
         "cross-fitted over the validation folds; local = mean of P(inliers) and P(votes); fused = mean "
         "of all three, which ranks and which the threshold is on",
@@ -123,10 +126,11 @@ def rerank_local(
     progress: bool = True,
 ) -> LocalOutcome:
     """The whole --rerank local pass. test_ranked: the embedding's ranking of every individual per test
-    query. settings: predict's Settings (new_share, seed, per_species)."""
+    query. settings: predict's Settings (new_share, seed, per_species, rerank_oof_queries)."""
     features = load_record_features(manifest, emb.index)
     match = replace(MatchSettings(), sift=features.sift)
-    evidence = oof_evidence(emb, features.train, match, progress)
+    sample = sample_queries(emb, settings.rerank_oof_queries, settings.seed)
+    evidence = oof_evidence(emb, features.train, match, progress, sample)
     if evidence is None:
         raise PredictError("--rerank local calibrates on out-of-fold pairs: the runs need fold{k} models")
     variants, fused, calibrations = calibrate_and_tune(evidence, settings.new_share, settings.seed,
@@ -142,7 +146,7 @@ def rerank_local(
     path = LocalRerankPath(out_dir, _answering(manifest, local), emb.index.train_names, emb.index.train_ids)
     logger.info("re-ranking %d test queries by local features", len(features.test))
     reranked = path.rerank(test_ranked, features.test)
-    section = report_section(local, variants, features)
+    section = report_section(local, variants, features, sample)
     return LocalOutcome(local, fused, variants, reranked.ranked, section, path, tuple(features.test),
                         tuple(reranked.evidence))  # fmt: skip
 

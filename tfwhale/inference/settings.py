@@ -41,7 +41,7 @@ def resolve_settings(args: argparse.Namespace, runs: Sequence[Run], manifest: Ma
     return Settings(
         flip, batch, threshold, options, new_share, args.per_species,
         calibrate=_calibrate(cfg.calibrate_threshold, args), seed=cfg.new_share_seed,
-        rerank=_rerank(cfg.rerank, args, manifest),
+        rerank=_rerank(cfg.rerank, args, manifest), rerank_oof_queries=_oof_cap(cfg, args),
     )  # fmt: skip
 
 
@@ -55,6 +55,22 @@ def _rerank(configured: str, args: argparse.Namespace, manifest: Manifest) -> st
         "them: `%s`)", manifest.root, local_rerank.add_features_command(manifest),
     )  # fmt: skip
     return "none"
+
+
+def _oof_cap(cfg: PredictConfig, args: argparse.Namespace) -> int | None:
+    """--rerank-oof-queries (a count, or all), else the run config's predict.rerank_oof_queries."""
+    text = args.rerank_oof_queries
+    if text is None:
+        return cfg.rerank_oof_queries
+    if text == "all":
+        return None
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise PredictError(f"--rerank-oof-queries must be a count >= 1 or 'all', got {text!r}")
+    return cap
 
 
 def _calibrate(configured: bool, args: argparse.Namespace) -> bool:
