@@ -4,7 +4,7 @@
     python3 predict_rerank.py --photos ../../shared/data/nyala-dev --species nyala --seeds 0,1,2
     python3 predict_rerank.py --seeds 0,1                                   # the lions
     python3 predict_rerank.py --row lite0 --epochs 4 ...                   # a short fine-tune instead
-    python3 predict_rerank.py --photos ../../shared/data/nyala-dev --species nyala --seeds 0,1,2 \
+    python3 predict_rerank.py --photos ../../shared/data/nyala-dev --species nyala --seeds 0,1,2 \\
         --oof-queries all,half                      # --rerank local calibrated on all vs half the OOF queries
 
 Per split seed (quality_real.py's split and build: one held-out query per individual with >= 3 photos,
