@@ -1,4 +1,5 @@
-"""Helper of benchmarks/quality_real.py: a folder of ID/photo images -> a seeded identification task.
+"""Helper of the real-photo benchmarks (quality_real.py and those built on it): a folder of ID/photo
+images -> a seeded identification task, and the command-line arguments that name it.
 
 Known individuals (at least `min_photos` photos) give one held-out query photo each; about `new_share`
 of the queries show individuals left out of training altogether (their truth is new_individual). The
@@ -8,14 +9,35 @@ plus test_solution.csv (image, individual_id) for predict --solution. Images are
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+SHARED_DATA = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+)
 NEW_INDIVIDUAL = "new_individual"  # the answer for a photo of an individual absent from training
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def add_task_arguments(
+    parser: argparse.ArgumentParser,
+    data: str,
+    work: str,
+    species: str | None = None,
+    work_help: str = "working folder, kept between runs",
+) -> None:
+    """--photos (default: the shared photo set `data`, e.g. 'lion'), --species (for a script that writes
+    a task: the species its train.csv names; default `species`) and --work (default `work`)."""
+    add = parser.add_argument
+    photos = os.path.join(SHARED_DATA, data)
+    add("--photos", default=photos, help=f"folder of ID/photo images (../shared/data/{data})")
+    if species is not None:
+        add("--species", default=species, help=f"species name written into train.csv ({species})")
+    add("--work", default=work, help=f"{work_help} ({work})")
 
 
 @dataclass(frozen=True)

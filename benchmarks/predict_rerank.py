@@ -4,6 +4,8 @@
     python3 predict_rerank.py --photos ../../shared/data/nyala-dev --species nyala --seeds 0,1,2
     python3 predict_rerank.py --seeds 0,1                                   # the lions
     python3 predict_rerank.py --row lite0 --epochs 4 ...                   # a short fine-tune instead
+    python3 predict_rerank.py --photos ../../shared/data/nyala-dev --species nyala --seeds 0,1,2 \\
+        --oof-queries all,half                      # --rerank local calibrated on all vs half the OOF queries
 
 Per split seed (quality_real.py's split and build: one held-out query per individual with >= 3 photos,
 20% new individuals; the build takes local features, its default): one run is trained (fold 0; default
@@ -11,7 +13,9 @@ the "imagenet" row: ImageNet Lite0 with no learning, as quality_real.py's), then
 runs twice into fresh folders, --rerank none then --rerank local, each timed whole (embedding included).
 Printed per seed and as means: test MAP@5, known MAP@5, known top-1 (first answer), new_individual
 recall, predict's wall time and the ratio local / none, and report.json's OOF MAP@5 of global, local and
-fused. Rows are cached under --work like quality_real.py's.
+fused. --oof-queries runs --rerank local once per cap on the OOF queries it calibrates on
+(--rerank-oof-queries: all, a count, or half of the first run's); rows "local N/M": N of M re-ranked.
+Rows are cached under --work like quality_real.py's.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import time
 
 import numpy as np
 import pandas as pd
-from quality_real import DEFAULT_CONFIG, DEFAULT_PHOTOS, make_task, rows, run, scores
+from _real_split import add_task_arguments
+from quality_real import DEFAULT_CONFIG, make_task, rows, run, scores
 
 from tfwhale.core.config import load_config
 
@@ -35,9 +40,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--photos", default=DEFAULT_PHOTOS, help="folder of ID/photo images (../shared/data/lion)")
-    add("--species", default="lion", help="species name written into train.csv (lion)")
-    add("--work", default=os.path.join("/tmp", "tfwhale-predict-rerank"), help="working folder (kept)")
+    add_task_arguments(parser, "lion", os.path.join("/tmp", "tfwhale-predict-rerank"), species="lion")
     add("--row", default="imagenet", help="quality_real.py's row that trains the model (imagenet)")
     add("--config", default=DEFAULT_CONFIG, help=f"the recipe the Lite0 rows start from ({DEFAULT_CONFIG})")
     add("--size", type=int, default=224, help="records' image size (224)")
@@ -46,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     add("--set", action="append", default=[], metavar="K=V", help="override for training")
     add("--new-share", type=float, default=0.2, help="share of queries of new individuals (0.2)")
     add("--seeds", default="0", help="comma list of split seeds (0)")
+    add("--oof-queries", default="all", help="comma list of --rerank-oof-queries for the local runs: all, "
+        "a count, or half (of the OOF queries) (all)")  # fmt: skip
     return parser.parse_args()
 
 
@@ -67,12 +72,14 @@ def train(args: argparse.Namespace, records: str) -> str:
     return runs
 
 
-def predict(args, runs: str, records: str, solution: str, rerank: str) -> tuple[str, float]:
-    out = os.path.join(args.work, "predict", f"{args.row}-seed{args.seed}-{rerank}")
+def predict(args, runs: str, records: str, solution: str, rerank: str, cap: str = "all") -> tuple[str, float]:
+    out = os.path.join(args.work, "predict", f"{args.row}-seed{args.seed}-{rerank}-{cap}")
     shutil.rmtree(out, ignore_errors=True)  # fresh: the embedding pass is part of the time
-    print(f"[{time.strftime('%H:%M:%S')}] seed {args.seed}: predict --rerank {rerank}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] seed {args.seed}: predict --rerank {rerank} ({cap})", flush=True)
     command = [sys.executable, "-m", "tfwhale.predict", "--runs", runs, "--records", records, "--out", out,
                "--solution", solution, "--examples", "0", "--rerank", rerank]  # fmt: skip
+    if rerank == "local":
+        command += ["--rerank-oof-queries", cap]
     wall, _ = run(command, os.path.join(args.work, f"predict-seed{args.seed}.log"))
     return out, wall
 
@@ -84,16 +91,22 @@ def score(out: str, solution: pd.DataFrame) -> dict:
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     found["oof"] = {k: v["map5"] for k, v in report.get("rerank", {}).get("oof", {}).items()}
+    found["oof_queries"] = report.get("rerank", {}).get("oof_queries")
     return found
 
 
 def one_seed(args: argparse.Namespace) -> dict:
     records, solution_path, _, solution = make_task(args)
     runs = train(args, records)
-    result = {}
-    for rerank in ("none", "local"):
-        out, wall = predict(args, runs, records, solution_path, rerank)
-        result[rerank] = {**score(out, solution), "wall": wall}
+    out, wall = predict(args, runs, records, solution_path, "none")
+    result = {"none": {**score(out, solution), "wall": wall}}
+    queries = None
+    for spec in args.oof_queries.split(","):
+        cap = str(max(1, queries // 2)) if spec == "half" and queries else spec  # of the first local run's
+        out, wall = predict(args, runs, records, solution_path, "local", cap)
+        found = {**score(out, solution), "wall": wall}
+        queries = queries or (found["oof_queries"] or {}).get("of")
+        result["local" if spec == "all" else f"local {spec}"] = found
     return result
 
 
@@ -120,11 +133,13 @@ def print_table(args: argparse.Namespace, results: dict) -> None:
         base = result["none"]["wall"]
         for rerank, r in result.items():
             oof = " / ".join(f"{r['oof'][k]:.3f}" for k in ("global", "local", "fused")) if r["oof"] else "-"
+            sample = r.get("oof_queries")
+            shown = f"{rerank} ({sample['reranked']}/{sample['of']} OOF)" if sample else rerank
             print(
-                f"| {seed} | {rerank} | {r['map5']:.3f} | {r['known']:.3f} | {r['top1']:.3f} | "
+                f"| {seed} | {shown} | {r['map5']:.3f} | {r['known']:.3f} | {r['top1']:.3f} | "
                 f"{r['new_recall']:.2f} | {r['wall']:.0f} | {r['wall'] / base:.2f} | {oof} |"
             )
-    for rerank in ("none", "local"):
+    for rerank in next(iter(results.values())):
         values = {k: [res[rerank][k] for res in results.values()] for k in ("map5", "known", "top1", "wall")}
         mean = {k: (np.mean(v), np.std(v)) for k, v in values.items()}
         print(

@@ -30,9 +30,9 @@ from concurrent.futures import ProcessPoolExecutor
 import cv2
 import numpy as np
 import pandas as pd
-from _real_split import NEW_INDIVIDUAL, _linked_name, make_split, read_photo_folder
+from _real_split import NEW_INDIVIDUAL, _linked_name, add_task_arguments, make_split, read_photo_folder
 from PIL import Image
-from quality_real import DEFAULT_PHOTOS, model_row, scores
+from quality_real import model_row, scores
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -64,11 +64,12 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--photos", default=DEFAULT_PHOTOS, help="folder of ID/photo images (../shared/data/lion)")
+    add_task_arguments(
+        parser, "lion", "/tmp/tfwhale-quality-local", work_help="cache of features and pair inliers"
+    )
     add("--seeds", default="0", help="comma list of split seeds (0)")
     add("--new-share", type=float, default=0.2, help="share of queries of new individuals (0.2)")
     add("--global-work", default="", help="quality_real.py --work of each seed, {seed} filled in")
-    add("--work", default="/tmp/tfwhale-quality-local", help="cache of features and pair inliers")
     add("--match-size", type=int, default=SiftSettings.match_size)
     add("--keypoints", type=int, default=SiftSettings.max_keypoints)
     add("--ratio", type=float, default=PairSettings.ratio)

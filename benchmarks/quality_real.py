@@ -37,14 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import yaml
-from _real_split import NEW_INDIVIDUAL, make_split, read_photo_folder, write_task
+from _real_split import NEW_INDIVIDUAL, add_task_arguments, make_split, read_photo_folder, write_task
 
 from tfwhale.core.config import Config, config_to_dict, load_config
 from tfwhale.core.metrics import map_at_k
 from tfwhale.retrieval.threshold import insert_new_individual
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_PHOTOS = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "lion"))
 DEFAULT_CONFIG = "lite0_224"
 # the config refuses a zero peak learning rate (a typo guard); 1e-12 leaves ImageNet's weights as they are
 LR_ZERO = ["train.lr_start=0", "train.lr_max_per_sample=1e-12", "train.lr_min=0"]
@@ -95,9 +93,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--photos", default=DEFAULT_PHOTOS, help="folder of ID/photo images (../shared/data/lion)")
-    add("--species", default="lion", help="species name written into train.csv (lion)")
-    add("--work", default=os.path.join("/tmp", "tfwhale-quality-real"), help="working folder (kept)")
+    add_task_arguments(parser, "lion", os.path.join("/tmp", "tfwhale-quality-real"), species="lion")
     add("--rows", default="all", help="comma list of rows (all): " + ",".join(rows(DEFAULT_CONFIG)))
     add(
         "--config",

@@ -29,12 +29,10 @@ import sys
 import time
 from dataclasses import replace
 
-from _real_split import make_split, read_photo_folder, write_task
+from _real_split import add_task_arguments, make_split, read_photo_folder, write_task
 
 from tfwhale.serve.engine import Engine
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_PHOTOS = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "nyala-dev"))
 STEPS = (("decode", "decode/crop"), ("local_features", "query SIFT"), ("embed", "embed"),
          ("search", "search + re-rank"))  # fmt: skip
 
@@ -44,14 +42,13 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--photos", default=DEFAULT_PHOTOS, help="ID/photo folders of real photos (nyala-dev)")
-    add("--species", default="nyala", help="species written into the task (nyala)")
+    add_task_arguments(parser, "nyala-dev", "/tmp/tfwhale-rerank-bench", species="nyala",
+                       work_help="working folder, split and gallery kept")  # fmt: skip
     add("--seed", type=int, default=0, help="split seed (0)")
     add("--size", type=int, default=224, help="the gallery's crop size (224)")
     add("--k", default="10,20", help="shortlist_k values to time, comma-separated (10,20)")
     add("--repeats", type=int, default=1, help="passes over the queries (1)")
     add("--threads", type=int, help="pin BLAS and OpenCV to this many threads (default: theirs)")
-    add("--work", default="/tmp/tfwhale-rerank-bench", help="working folder (split and gallery kept)")
     return parser.parse_args()
 
 

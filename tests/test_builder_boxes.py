@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tfrecords_builder.boxes import choose_box
 from tfrecords_builder.errors import BuildInputError
 from tfrecords_builder.tables import read_boxes_csv
+from tfwhale.contracts.build_sources import BuildSources
+from tfwhale.contracts.records import ManifestError
+from tfwhale.core import files
+from tfwhale.imaging.box_choice import choose_box
+from tfwhale.imaging.box_table import TableError
 from tfwhale.imaging.crop_box import (
     crop_region,
     format_box,
@@ -17,6 +21,7 @@ from tfwhale.imaging.crop_box import (
     parse_box_text,
     parse_conf_list,
 )
+from tfwhale.query.records_photos import RecordsPhotos
 
 # Heads of /work/shared/data/happywhale/test2.csv and fullbody/backfin_test_charm.csv.
 DETIC_CSV = """image,predictions,box
@@ -164,6 +169,36 @@ def test_boxes_csv_without_image_column_is_fatal(tmp_path):
 def test_bad_box_cell_names_file_row_field(tmp_path, text, field):
     with pytest.raises(BuildInputError, match=rf"bad\.csv: row 3, field '{field}'"):
         read_boxes_csv(write(tmp_path / "bad.csv", text))
+
+
+def test_one_reader_strict_for_the_build_lenient_for_display(tmp_path, caplog):
+    """The builder's and the catalogue's boxes come from one reader: the same choice where the table is
+    good; where it is not, the build stops naming file/row/field and the display just has no boxes."""
+    good = write(
+        tmp_path / "boxes.csv", "image,bbox,conf\na.jpg,[[0 0 100 100]],[0.3]\na.jpg,[[5 5 9 9]],[0.7]\n"
+    )
+    sources = {"boxes": {"path": good}, "train_csv": {"path": write(tmp_path / "t.csv", "image\na.jpg\n")}}
+    for strict in (True, False):
+        assert BuildSources(sources, 0.5, strict=strict).boxes() == {"a.jpg": (5, 5, 9, 9)}
+    assert RecordsPhotos(BuildSources(sources, 0.8, strict=False)).boxes == {}  # none reaches 0.8
+    bad = write(tmp_path / "bad.csv", "image,box\na.jpg,1 2 3 4\nb.jpg,1 2 3\n")
+    with pytest.raises(TableError, match=r"bad\.csv: row 3, field 'box'"):
+        BuildSources({"boxes": {"path": bad}}, strict=True).box_table()
+    assert RecordsPhotos(BuildSources({"boxes": {"path": bad}}, strict=False)).boxes == {}
+    assert "bad.csv: row 3, field 'box'" in caplog.text  # the display says why it has no boxes
+    # Without --boxes: the train CSV's own box columns (none here: no boxes, and nothing to warn about).
+    caplog.clear()
+    assert BuildSources({"train_csv": sources["train_csv"]}, strict=False).boxes() == {}
+    assert "not readable" not in caplog.text
+
+
+def test_strict_sources_refuse_a_table_changed_since_the_build(tmp_path):
+    csv = write(tmp_path / "train.csv", "image,box\na.jpg,1 2 3 4\n")
+    sources = BuildSources({"train_csv": {"path": csv, "sha256": files.sha256(csv)}}, strict=True)
+    sources.check_unchanged()  # as built: nothing to say
+    write(tmp_path / "train.csv", "image,box\na.jpg,1 2 3 5\n")
+    with pytest.raises(ManifestError, match=r"train\.csv: changed since the build \(sha256 differs"):
+        sources.check_unchanged()
 
 
 def test_crop_grows_box_about_its_centre():

@@ -10,19 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.test_builder_build import build, make_kaggle, read_test_names, read_train
-from tfrecords_builder import cli, local_features
+from tfrecords_builder import cli, local_features, manifest
 from tfwhale.contracts import records
 from tfwhale.contracts.local_features import load_feature_set
 from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.matching.features import SiftSettings
 from tfwhale.matching.photo import photo_features
 
+BLANK = "tr004.jpg"  # made one flat grey: SIFT finds no keypoint in it
+
 
 @pytest.fixture(scope="module")
 def kaggle(tmp_path_factory) -> Path:
-    return make_kaggle(tmp_path_factory.mktemp("kaggle"))
+    root = make_kaggle(tmp_path_factory.mktemp("kaggle"))
+    Image.new("RGB", (120, 80), (128, 128, 128)).save(root / "train_images" / BLANK, quality=90)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +146,41 @@ def test_add_local_features_resumes_after_an_interruption(
     assert cli.main(["verify", str(out)]) == cli.EXIT_OK
     assert cli.main(["add-local-features", "--out", str(out), "-q"]) == cli.EXIT_OK  # nothing left to do
     assert "already has its local features" in capsys.readouterr().out
+
+
+def _empty_rows(out: Path, entry: dict) -> list[str]:
+    features = load_feature_set(str(out / entry["name"]))
+    return [name for i, name in enumerate(features.names) if len(features[i]) == 0]
+
+
+def test_photos_without_keypoints_are_counted_per_shard_and_reported(with_features, tmp_path, capsys):
+    data = _manifest(with_features)
+    empty = {shard["name"]: _empty_rows(with_features, shard["features"]) for shard in data["shards"]}
+    assert any(BLANK in names for names in empty.values())
+    for shard in data["shards"]:
+        assert shard["features"]["no_keypoints"] == len(empty[shard["name"]])
+    total = sum(len(names) for names in empty.values())
+    assert data["local_features"]["no_keypoints"] == total >= 1
+    assert records.load_manifest(str(with_features)).local_features.no_keypoints == total
+    note = (f"{total} photos gave no keypoints: they are matched by the embedding alone" if total > 1
+            else "1 photo gave no keypoints: it is matched by the embedding alone")  # fmt: skip
+    assert note in manifest.summary(data, 0, str(with_features / records.MANIFEST_NAME))
+    capsys.readouterr()
+    assert cli.main(["verify", str(with_features)]) == cli.EXIT_OK
+    assert note in capsys.readouterr().out
+    # A manifest from before the count reads as "unknown"; verify counts from the files all the same.
+    old = tmp_path / "old"
+    shutil.copytree(with_features, old)
+    for shard in data["shards"]:
+        del shard["features"]["no_keypoints"]
+    del data["local_features"]["no_keypoints"]
+    (old / records.MANIFEST_NAME).write_text(json.dumps(data))
+    assert records.load_manifest(str(old)).local_features.no_keypoints is None
+    assert "not counted" in manifest.summary(data, 0, str(old / records.MANIFEST_NAME))
+    assert cli.main(["verify", str(old)]) == cli.EXIT_OK
+    assert note in capsys.readouterr().out
+    # A count that is not the file's is a problem verify names.
+    data["shards"][0]["features"]["no_keypoints"] = len(empty[data["shards"][0]["name"]]) + 1
+    (old / records.MANIFEST_NAME).write_text(json.dumps(data))
+    assert cli.main(["verify", str(old)]) == cli.EXIT_FATAL
+    assert "photos without keypoints, manifest says" in capsys.readouterr().out

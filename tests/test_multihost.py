@@ -221,20 +221,29 @@ def _predict_loads(rec: str, run: str, tmp) -> None:
     assert os.path.exists(tmp / "predict" / "submission.csv")
 
 
+# 40 steps of a model that does not move (the config refuses a zero peak rate; 1e-12 leaves the weights as
+# they are): both runs average the same seeded model's loss over batches of the same photos
+SAME_RUN_STEPS = ["--set", "train.steps_per_epoch=20", "--set", "train.lr_start=0", "--set", "train.lr_min=0"]
+SAME_RUN_STEPS += ["--set", "train.lr_max_per_sample=1e-12"]
+
+
 def _compare(single: dict, multi: dict) -> None:
     assert multi["global_batch"] == single["global_batch"] == 8
     assert multi["steps_per_epoch"] == single["steps_per_epoch"]
     assert multi["replicas"] == single["replicas"] == 2
-    # one optimizer step per epoch on this tiny set: losses are noisy, so the check is the mean over the
-    # epochs within a factor 1.6 (a loss summed instead of averaged over the processes is off by 2)
+    # the processes' batches differ from the one process's, and a training model's batch losses differ by
+    # up to 1.6x on this tiny set (2 steps a run failed CI so): the check is the mean loss of one unmoving
+    # model over SAME_RUN_STEPS within a factor 1.5 (seen: up to 1.3); a loss summed over the processes
+    # is off by 2
     means = [np.mean(_losses(info)) for info in (single, multi)]
-    assert np.isfinite(means).all() and max(means) / min(means) < 1.6, means
+    print("mean losses, one process and two:", means)
+    assert np.isfinite(means).all() and max(means) / min(means) < 1.5, means
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * WAIT)
 def test_jax_two_processes_train_like_one(rec, tmp_path):
-    common = [*TINY, "--records", rec, "--fold", "0", "--set", "train.epochs=2"]
+    common = [*TINY, "--records", rec, "--fold", "0", "--set", "train.epochs=2", *SAME_RUN_STEPS]
     single_out, multi_out = str(tmp_path / "single"), str(tmp_path / "multi")
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     one = _start([*common, "--out", single_out], env, str(tmp_path / "single.log"))
@@ -281,7 +290,7 @@ def test_jax_lost_process_stops_the_other_and_the_same_commands_resume(rec, tmp_
 @pytest.mark.slow
 @pytest.mark.timeout(2 * WAIT)
 def test_tf_two_workers_train_like_one(rec, tmp_path):
-    common = [*TINY, "--records", rec, "--fold", "0", "--set", "train.epochs=2"]
+    common = [*TINY, "--records", rec, "--fold", "0", "--set", "train.epochs=2", *SAME_RUN_STEPS]
     single_out, multi_out = str(tmp_path / "single"), str(tmp_path / "multi")
     one = _start([*common, "--out", single_out, "--cpu-devices", "2"], {}, str(tmp_path / "single.log"))
     assert _finish([one]) == [0], _read(tmp_path / "single.log")[-3000:]

@@ -17,7 +17,8 @@ from tfwhale import identify, predict
 from tfwhale.contracts.gallery_manifest import load_gallery_manifest
 from tfwhale.contracts.local_features import load_feature_set
 from tfwhale.contracts.records import load_manifest
-from tfwhale.inference.local_rerank import OOFEvidence, cross_fitted
+from tfwhale.core.config import ConfigError, load_config
+from tfwhale.inference.local_oof import OOFEvidence, cross_fitted, sample_rows
 from tfwhale.matching.rerank import LeaveOneOut
 from tfwhale.query.path import QueryPath
 
@@ -122,3 +123,46 @@ def test_oof_rows_are_scored_by_calibrations_fitted_on_the_other_folds():
     for probability in cross_fitted(evidence):
         np.testing.assert_allclose(probability[:2], [[0.0, 1.0], [1.0, 0.0]])
         np.testing.assert_allclose(probability[2:], 0.5)
+
+
+def test_the_oof_sample_is_capped_seeded_and_gives_each_fold_its_share():
+    folds = np.array([-1] * 5 + [0] * 10 + [1] * 30)  # -1: no OOF query (e.g. a fold without a gallery)
+    keep = sample_rows(folds, 8, seed=3)
+    assert keep.sum() == 8 and not keep[:5].any()
+    assert keep[5:15].sum() == 2 and keep[15:].sum() == 6  # 8 x 10/40 and 8 x 30/40
+    np.testing.assert_array_equal(sample_rows(folds, 8, seed=3), keep)  # same seed, same sample
+    assert not np.array_equal(sample_rows(folds, 8, seed=4), keep)
+    np.testing.assert_array_equal(sample_rows(folds, 7, seed=3).sum(), 7)  # 1.75 + 5.25: remainders
+    for cap in (None, 40, 1000):  # no cap, or one that covers them: every query
+        np.testing.assert_array_equal(sample_rows(folds, cap, seed=3), folds >= 0)
+
+
+def test_the_oof_cap_is_a_count_or_null():
+    assert load_config().predict.rerank_oof_queries == 2000
+    assert load_config(overrides=["predict.rerank_oof_queries=null"]).predict.rerank_oof_queries is None
+    with pytest.raises(ConfigError, match=r"predict\.rerank_oof_queries=0 must be at least 1"):
+        load_config(overrides=["predict.rerank_oof_queries=0"])
+
+
+def test_a_cap_below_the_oof_queries_still_writes_a_whole_submission_and_report(fused, tmp_path):
+    _, records, run_dir, full = fused
+    out = str(tmp_path / "capped")
+    argv = ["--runs", run_dir, "--records", records, "--out", out, "--examples", "0", "--rerank", "local"]
+    assert predict.main([*argv, "--rerank-oof-queries", "3"]) == 0
+    with open(f"{out}/report.json") as f:
+        report = json.load(f)
+    with open(f"{full}/report.json") as f:
+        every = json.load(f)["rerank"]["oof_queries"]
+    assert every["reranked"] == every["of"] > 3  # the default cap (2000) covers the fixture's queries
+    assert report["rerank"]["oof_queries"] == {"reranked": 3, "of": every["of"], "cap": 3, "seed": 0}
+    assert every["cap"] == 2000
+    assert report["oof"]["queries"] == 3
+    assert all(row["queries"] == 3 for row in report["rerank"]["oof"].values())
+    submission = _rows(f"{out}/submission.csv")  # the test queries are all re-ranked and answered
+    assert sorted(r["image"] for r in submission) == sorted(
+        r["image"] for r in _rows(f"{full}/submission.csv")
+    )
+    assert all(len(r["predictions"].split(" ")) == 5 for r in submission)
+    manifest = load_gallery_manifest(out)
+    assert manifest.rerank == "local" and manifest.threshold.source.endswith("fused P(same individual)")
+    assert predict.main([*argv, "--rerank-oof-queries", "0"]) == 1  # a count >= 1, or all

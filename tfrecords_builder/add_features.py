@@ -15,8 +15,9 @@ from tqdm import tqdm
 from tfrecords_builder import imaging, local_features, manifest, writer
 from tfrecords_builder.errors import BuildInputError
 from tfrecords_builder.resume import parts_path
-from tfrecords_builder.tables import load_test_table, load_train_table, read_boxes_csv
+from tfrecords_builder.tables import load_test_table, load_train_table, tables_are_fatal
 from tfwhale.contracts import records
+from tfwhale.contracts.build_sources import BuildSources
 from tfwhale.contracts.local_features import NO_FEATURES
 from tfwhale.core import files
 from tfwhale.imaging.crop_box import Box, parse_box_text
@@ -67,7 +68,8 @@ def add_local_features(args: argparse.Namespace) -> str:
     manifest.write_manifest(args.out, data)  # atomic: readers see the old manifest or the whole new one
     section = data["local_features"]
     return (f"{args.out}: local features of {section['photos']} photos in {len(entries)} file(s) "
-            f"({done} written now, {len(entries) - done} kept), {section['bytes'] / 1e6:.1f} MB")  # fmt: skip
+            f"({done} written now, {len(entries) - done} kept), {section['bytes'] / 1e6:.1f} MB; "
+            f"{local_features.no_keypoints_note(section.get('no_keypoints'))}")  # fmt: skip
 
 
 def _all_whole(out: str, shards: Sequence[dict[str, Any]]) -> bool:
@@ -105,21 +107,14 @@ def _finished(out: str, shard_name: str) -> dict[str, Any] | None:
 def photo_sources(built: records.Manifest, images: str | None, test_images: str | None) -> dict:
     """image name -> (path, box) of every photo the build read, from the tables it recorded (their
     sha256 must still match: the boxes crop the photos) and the photo folders (given, or the build's)."""
-    sources, settings = built.data["sources"], built.data["build"]["settings"]
-    for key in ("train_csv", "test_csv", "boxes"):
-        if key in sources and files.sha256(sources[key]["path"]) != sources[key]["sha256"]:
-            raise BuildInputError(
-                f"{sources[key]['path']}: changed since the build (sha256 differs from manifest.json); "
-                "the crops would differ from the records: rebuild instead"
-            )
-    train, _ = load_train_table(sources["train_csv"]["path"], images or sources["train_images"]["path"])
+    sources = BuildSources.of_manifest(built, strict=True)
+    sources.check_unchanged()
+    train, _ = load_train_table(sources.path("train_csv"), images or sources.folder("train"))
     tables = [train]
-    if "test_images" in sources:
-        test_csv = sources.get("test_csv", {}).get("path")
-        tables.append(load_test_table(test_images or sources["test_images"]["path"], test_csv)[0])
-    boxes = None
-    if "boxes" in sources:
-        boxes = read_boxes_csv(sources["boxes"]["path"], settings.get("min_conf") or 0.0)
+    if sources.folder("test") is not None:
+        tables.append(load_test_table(test_images or sources.folder("test"), sources.path("test_csv"))[0])
+    with tables_are_fatal():
+        boxes = sources.box_table()
     found: dict[str, tuple[str, Box | None]] = {}
     for table in tables:
         for row in table.itertuples(index=False):

@@ -260,10 +260,12 @@ def _setup_logging(quiet: bool) -> None:
 def verify_main(argv: list[str]) -> int:
     args = verify_parser().parse_args(argv)
     _setup_logging(args.quiet)
+    from tfrecords_builder import local_features
     from tfrecords_builder.verify import verify_build
     from tfwhale.contracts import records
 
-    problems = verify_build(args.out)
+    no_keypoints: list[int] = []
+    problems = verify_build(args.out, no_keypoints)
     if problems:
         print(f"{args.out}: {len(problems)} problem(s)")
         for problem in problems:
@@ -274,6 +276,8 @@ def verify_main(argv: list[str]) -> int:
         f"{args.out}: OK, {len(manifest.data['shards'])} shard(s), {manifest.count('train')} train and "
         f"{manifest.count('test')} test images checked"
     )
+    if manifest.data.get("local_features"):
+        print(f"  local features: {local_features.no_keypoints_note(sum(no_keypoints))}")
     return EXIT_OK
 
 

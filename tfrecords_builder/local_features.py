@@ -35,7 +35,7 @@ def write_features(out: str, shard_name: str, names: Sequence[str], found: Seque
     sha256 = save_feature_set(path, FeatureSet.from_photos(list(names), list(found)))
     keypoints = sum(len(f) for f in found)
     return {"name": name, "sha256": sha256, "bytes": files.size(path), "photos": len(names),
-            "keypoints": keypoints}  # fmt: skip
+            "keypoints": keypoints, "no_keypoints": sum(len(f) == 0 for f in found)}  # fmt: skip
 
 
 def intact(out: str, entry: Mapping[str, Any]) -> bool:
@@ -52,11 +52,26 @@ def manifest_section(entries: Sequence[Mapping[str, Any]], sift: Mapping[str, An
     """The manifest's "local_features": settings and totals (each shard entry lists its own file)."""
     photos = sum(int(e["photos"]) for e in entries)
     n_bytes = sum(int(e["bytes"]) for e in entries)
+    # A shard kept from a run before photos without keypoints were counted leaves the total unknown.
+    counted = all("no_keypoints" in e for e in entries)
     return {
         "sift": dict(sift),
         "photos": photos,
         "keypoints": sum(int(e["keypoints"]) for e in entries),
+        **({"no_keypoints": sum(int(e["no_keypoints"]) for e in entries)} if counted else {}),
         "bytes": n_bytes,
         "bytes_per_photo": round(n_bytes / photos) if photos else 0,
         "files": len(entries),
     }
+
+
+def no_keypoints_note(count: int | None) -> str:
+    """What a person reads about the photos that gave no keypoints (count None: not recorded)."""
+    if count is None:
+        return "photos without keypoints: not counted (a build from before they were)"
+    if count == 0:
+        return "every photo gave keypoints"
+    photos = "1 photo" if count == 1 else f"{count} photos"
+    return (
+        f"{photos} gave no keypoints: {'it is' if count == 1 else 'they are'} matched by the embedding alone"
+    )

@@ -138,6 +138,7 @@ def summary(data: Mapping[str, Any], n_reused: int, manifest_path: str) -> str:
     if features := data.get("local_features"):
         lines.append(f"  local features: {features['keypoints']} keypoints of {features['photos']} photos, "
                      f"{features['bytes'] / 1e6:.1f} MB in {features['files']} file(s)")  # fmt: skip
+        lines.append(f"    {local_features.no_keypoints_note(features.get('no_keypoints'))}")
     else:
         lines.append("  local features: none (build-tfrecords add-local-features adds them)")
     if n_reused:

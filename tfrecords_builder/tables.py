@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import difflib
-import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pandas as pd
 
-from tfrecords_builder.boxes import (
-    ACCEPTED_FORMATS,
-    Candidate,
-    box_column_text,
-    box_format,
-    choose_box,
-    table_candidates,
-)
 from tfrecords_builder.errors import BuildInputError, Reject
 from tfwhale.contracts.individual_id import control_problem, id_problem
 from tfwhale.core import files
+from tfwhale.imaging import box_table
 from tfwhale.imaging.crop_box import Box
 
 logger = logging.getLogger(__name__)
@@ -34,7 +26,6 @@ TRAIN_REQUIRED = ("image", "species", "individual_id")
 TRAIN_COLUMNS = ("image", "path", "species", "individual_id", "row", "box_text")
 TEST_COLUMNS = ("image", "path", "row", "box_text")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-FIRST_DATA_LINE = 2  # line 1 is the header
 
 # Names that would read outside the images folder: absolute, '..' parts, Windows separators or drives, URLs.
 _ESCAPES = {
@@ -46,58 +37,26 @@ _ESCAPES = {
 }
 
 
+@contextmanager
+def tables_are_fatal() -> Iterator[None]:
+    """A table the shared reader (imaging.box_table) refuses stops the build, with the reader's message."""
+    try:
+        yield
+    except box_table.TableError as err:
+        raise BuildInputError(str(err)) from None
+
+
 def read_csv_table(csv_path: str, required: Sequence[str]) -> pd.DataFrame:
-    """All cells as stripped strings ("" when empty) plus a `row` column: the 1-based CSV line of each row.
-
-    Fatal BuildInputError when the file is missing, has no data rows, or lacks a required column.
-    Row numbers assume one line per record (no quoted line breaks).
-    """
-    if not files.exists(csv_path):
-        raise BuildInputError(f"{csv_path}: file not found")
-    text = _decode_utf8(csv_path, files.read_bytes(csv_path))
-    try:
-        # Blank lines are read (as all-empty rows, dropped below) so that row numbers stay line numbers.
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except pd.errors.EmptyDataError:
-        raise BuildInputError(f"{csv_path}: file is empty (expected columns {list(required)})") from None
-    except pd.errors.ParserError as err:
-        raise BuildInputError(f"{csv_path}: not a readable CSV: {err}") from None
-    table.columns = [str(name).strip().lstrip("\ufeff") for name in table.columns]
-    _check_columns(csv_path, list(table.columns), required)
-    table = table.apply(lambda column: column.str.strip())
-    table["row"] = range(FIRST_DATA_LINE, FIRST_DATA_LINE + len(table))
-    table = table[table.drop(columns="row").ne("").any(axis=1)]
-    if table.empty:
-        raise BuildInputError(f"{csv_path}: no data rows (only a header)")
-    return table.reset_index(drop=True)
+    """box_table.read_csv_table (cells as stripped strings plus each row's CSV line); BuildInputError when
+    the file is missing, has no data rows, or lacks a required column."""
+    with tables_are_fatal():
+        return box_table.read_csv_table(csv_path, required)
 
 
-def _decode_utf8(csv_path: str, data: bytes) -> str:
-    """The CSV as text; a non-UTF-8 file is refused naming the line and the bytes (not only an offset)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        bad = data[err.start : err.start + 4]
-        raise BuildInputError(
-            f"{csv_path}: line {line}: not UTF-8 (bytes {bad!r} at byte {err.start}); save the file as "
-            "UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
-        ) from None
-
-
-def _check_columns(csv_path: str, found: list[str], required: Sequence[str]) -> None:
-    missing = [name for name in required if name not in found]
-    if not missing:
-        return
-    hints = []
-    for name in missing:
-        close = difflib.get_close_matches(name, found, n=1, cutoff=0.6)
-        if close:
-            hints.append(f"column '{close[0]}' looks like a misspelling of '{name}'")
-    hint = f" ({'; '.join(hints)})" if hints else ""
-    raise BuildInputError(
-        f"{csv_path}: missing column(s) {missing}{hint}; expected columns {list(required)}, found {found}"
-    )
+def box_column_text(table: pd.DataFrame, source: str) -> pd.Series:
+    """Each row's chosen box as text from the table's own box columns (--min-conf is for --boxes only)."""
+    with tables_are_fatal():
+        return box_table.box_column_text(table, source)
 
 
 def load_train_table(
@@ -265,18 +224,6 @@ def photo_counts(train: pd.DataFrame) -> dict[str, int]:
 
 
 def read_boxes_csv(csv_path: str, min_conf: float = 0.0) -> dict[str, Box | None]:
-    """image -> box from a detector CSV in any accepted format; rows of the same image pool their boxes."""
-    table = read_csv_table(csv_path, ("image",))
-    if box_format(list(table.columns)) is None:
-        formats = "; ".join(ACCEPTED_FORMATS)
-        found = [name for name in table.columns if name != "row"]
-        raise BuildInputError(f"{csv_path}: no box columns; found {found}. Accepted formats: {formats}")
-    candidates = table_candidates(table, csv_path, min_conf)
-    pooled: dict[str, list[Candidate]] = {}
-    for image, cands in zip(table["image"].tolist(), candidates, strict=True):
-        if image:
-            pooled.setdefault(image, []).extend(cands)
-    boxes = {image: choose_box(cands, min_conf) for image, cands in pooled.items()}
-    with_box = sum(box is not None for box in boxes.values())
-    logger.info("%s: boxes for %d of %d images (min_conf=%g)", csv_path, with_box, len(boxes), min_conf)
-    return boxes
+    """image -> box from a detector CSV in any accepted format (box_table.read_box_table, strict)."""
+    with tables_are_fatal():
+        return box_table.read_box_table(csv_path, min_conf, strict=True)

@@ -91,9 +91,9 @@ def _check_listing(out: str, manifest: records.Manifest) -> list[str]:
     return problems
 
 
-def _check_features(out: str, shard: dict[str, Any], order: list[str]) -> list[str]:
+def _check_features(out: str, shard: dict[str, Any], order: list[str], no_keypoints: list[int]) -> list[str]:
     """A shard's local-feature file: present, its bytes and sha256 as listed, readable, and one row per
-    record of the shard in the same order."""
+    record of the shard in the same order; its photos without keypoints are added to `no_keypoints`."""
     entry = shard["features"]
     path = files.join(out, entry["name"])
     if not files.exists(path):
@@ -110,6 +110,10 @@ def _check_features(out: str, shard: dict[str, Any], order: list[str]) -> list[s
                 f"{shard['name']} in order"]  # fmt: skip
     if len(features.descriptors) != int(entry["keypoints"]):
         return [f"{entry['name']}: {len(features.descriptors)} keypoints, manifest says {entry['keypoints']}"]
+    no_keypoints.append(features.photos_without_keypoints)
+    listed = entry.get("no_keypoints")  # absent in builds from before they were counted
+    if listed is not None and int(listed) != no_keypoints[-1]:
+        return [f"{entry['name']}: {no_keypoints[-1]} photos without keypoints, manifest says {listed}"]
     return []
 
 
@@ -122,10 +126,12 @@ def _check_totals(manifest: records.Manifest) -> list[str]:
     return problems
 
 
-def verify_build(out: str) -> list[str]:
+def verify_build(out: str, no_keypoints: list[int] | None = None) -> list[str]:
     """Every problem found in the build at `out` (empty list = good): missing, unlisted or changed shards
     and local-feature files, wrong counts, unreadable records, images that are not size x size x 3,
-    labels that do not match, feature rows that are not the shard's records."""
+    labels that do not match, feature rows that are not the shard's records. no_keypoints: gets each
+    checked feature file's count of photos that gave no keypoints (counted, not read from the manifest)."""
+    no_keypoints = [] if no_keypoints is None else no_keypoints
     try:
         manifest = records.load_manifest(out)
     except records.ManifestError as error:
@@ -141,5 +147,5 @@ def verify_build(out: str) -> list[str]:
         order: list[str] = []
         problems += _check_records(path, entry, manifest, names, order)
         if entry.get("features"):
-            problems += _check_features(out, entry, order)
+            problems += _check_features(out, entry, order, no_keypoints)
     return problems

@@ -6,7 +6,6 @@ python -m tfwhale.predict --runs runs/b6 [runs/b7 ...] --records records/ --out 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,46 +17,28 @@ except ModuleNotFoundError as _missing:
 
     exit_for_missing(_missing, "python -m tfwhale.predict")
 
-from tfwhale.contracts.gallery_arrays import EMBEDDINGS_NAME, write_gallery_arrays
-from tfwhale.contracts.gallery_manifest import (
-    GalleryManifest,
-    GalleryRun,
-    remove_gallery_manifest,
-    write_gallery_manifest,
-)
-from tfwhale.contracts.records import Manifest, ManifestError, load_manifest, records_error_message
-from tfwhale.contracts.run_folder import Run, RunError, load_run
+from tfwhale.contracts.records import ManifestError, load_manifest, records_error_message
+from tfwhale.contracts.run_folder import RunError
 from tfwhale.core import files
-from tfwhale.core.config import RERANK_MODES, ConfigError, PredictConfig, flip_tta_refusal
-from tfwhale.core.labels import check_new_share
-from tfwhale.core.metrics import map_at_k
-from tfwhale.inference import examples, local_rerank, oof, report
+from tfwhale.core.config import RERANK_MODES, ConfigError
+from tfwhale.inference import local_rerank, report
 from tfwhale.inference.gallery import check_oof_files, embed_runs
+from tfwhale.inference.outputs import remove_old_outputs, write_outputs
 from tfwhale.inference.prediction import (
     Prediction,
-    Settings,
     fixed_policy,
     fused_outcome,
     out_of_fold,
     rank_test,
     species_by_individual,
 )
-from tfwhale.inference.submission import (
-    SUBMISSION_NAME,
-    PredictError,
-    gallery_arrays,
-    read_solution,
-    submission_order,
-    write_submission,
-)
-from tfwhale.inference.threshold_plot import plot_threshold_curve
+from tfwhale.inference.settings import check_flip_tta, check_records, load_runs, resolve_settings
+from tfwhale.inference.submission import PredictError, read_solution, submission_order
 from tfwhale.query.answers import answer_labels
-from tfwhale.retrieval.ranking import RankOptions
+
+__all__ = ["check_flip_tta", "main", "parse_args", "run"]  # check_flip_tta: tests/test_gallery.py
 
 logger = logging.getLogger("tfwhale.predict")
-
-CURVE_NAME = "threshold_curve.png"
-EXAMPLES_NAME = "examples.png"
 
 EXAMPLES = """examples:
   python -m tfwhale.predict --runs runs/tiny --records out/records --out out/predict
@@ -126,6 +107,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "stops naming `build-tfrecords add-local-features`; the default then ranks by the embedding "
         "alone, with a warning",
     )
+    add(
+        "--rerank-oof-queries",
+        metavar="N",
+        help="--rerank local: how many out-of-fold queries are re-ranked to fit the calibrations and tune "
+        "the threshold, a seeded sample with each validation fold's share (~1 s a query); 'all': every "
+        "one. Test queries are always all re-ranked. Default: the run config's predict.rerank_oof_queries, "
+        "2000",
+    )
     add("--per-species", action="store_true", help="also tune one threshold per species")
     add("--blend", type=float, default=0.0, metavar="W", help="weight of ArcFace cosines (0.5: 1st place)")
     add("--dba", type=int, default=0, metavar="K", help="database-side augmentation over K neighbours")
@@ -145,92 +134,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add("--recompute", action="store_true", help="ignore cached embeddings")
     return parser.parse_args(argv)
-
-
-def resolve_settings(args: argparse.Namespace, runs: Sequence[Run], manifest: Manifest) -> Settings:
-    cfg = _fold_predict_config(runs[0])
-    threshold = cfg.new_individual_threshold if args.threshold is None else _threshold(args.threshold)
-    k = cfg.knn_k if args.k is None else args.k
-    batch = cfg.batch_size if args.batch_size is None else args.batch_size
-    if k < 1 or batch < 1 or args.dba < 0 or args.qe < 0 or not 0 <= args.blend <= 1:
-        raise PredictError("--k and --batch-size must be >= 1, --dba/--qe >= 0, --blend in [0, 1]")
-    new_share = cfg.new_share if args.new_share is None else args.new_share
-    try:
-        check_new_share(new_share, "--new-share")
-    except ValueError as err:
-        raise PredictError(str(err)) from None
-    if args.per_species and threshold is not None:
-        raise PredictError("--per-species tunes thresholds on OOF: it needs --threshold auto")
-    options = RankOptions(
-        k=k, backend=args.knn, dba=args.dba, qe=args.qe, whiten=args.whiten, blend=args.blend
-    )
-    flip = cfg.tta_flip if args.tta is None else args.tta == "flip"
-    if flip:
-        check_flip_tta(runs)
-    return Settings(
-        flip, batch, threshold, options, new_share, args.per_species,
-        calibrate=_calibrate(cfg.calibrate_threshold, args), seed=cfg.new_share_seed,
-        rerank=_rerank(cfg.rerank, args, manifest),
-    )  # fmt: skip
-
-
-def _rerank(configured: str, args: argparse.Namespace, manifest: Manifest) -> str:
-    """--rerank, else the run config's predict.rerank; asked for by the flag on records without local
-    features it stops (inference.local_rerank names the command), by the config it falls back to none."""
-    if args.rerank is not None or configured != "local" or local_rerank.has_features(manifest):
-        return configured if args.rerank is None else args.rerank
-    logger.warning(
-        "%s: built without local features: ranking by the embedding alone (predict.rerank local needs "
-        "them: `%s`)", manifest.root, local_rerank.add_features_command(manifest),
-    )  # fmt: skip
-    return "none"
-
-
-def _calibrate(configured: bool, args: argparse.Namespace) -> bool:
-    if configured and not (args.calibrate or args.no_calibrate):
-        # runs trained before calibration became opt-in carry predict.calibrate_threshold: true
-        logger.info("calibrating the threshold: the run's config.yaml sets predict.calibrate_threshold "
-                    "(--no-calibrate turns it off)")  # fmt: skip
-    return (configured or args.calibrate) and not args.no_calibrate
-
-
-def check_flip_tta(runs: Sequence[Run]) -> None:
-    """Flip TTA only for folds trained with mirrored photos as the same individual (augment.flip=true); each
-    fold's own config decides, since folds may come from separate train calls."""
-    for run in runs:
-        for fold in run.folds:
-            flip = True if fold.config is None else fold.config.augment.flip
-            if flip is not True:
-                raise PredictError(f"{fold.path}: {flip_tta_refusal(flip)}")
-
-
-def _threshold(text: str) -> float | None:
-    if text == "auto":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise PredictError(f"--threshold must be 'auto' or a number, got {text!r}") from None
-
-
-def _fold_predict_config(run: Run) -> PredictConfig:
-    """The predict section the run's folds were trained with (the first fold with a config.yaml)."""
-    configs = [fold.config for fold in run.folds if fold.config is not None]
-    return configs[0].predict if configs else PredictConfig()
-
-
-def load_runs(args: argparse.Namespace, manifest: Manifest) -> list[Run]:
-    weights = args.weights or [1.0] * len(args.runs)
-    if len(weights) != len(args.runs):
-        raise PredictError(f"--weights has {len(weights)} values for {len(args.runs)} runs")
-    if len(set(args.runs)) != len(args.runs):
-        raise PredictError("--runs names a run folder twice")
-    return [load_run(run_dir, manifest, weight) for run_dir, weight in zip(args.runs, weights, strict=True)]
-
-
-def check_records(manifest: Manifest) -> None:
-    if not manifest.shards("test"):
-        raise ManifestError(f"{manifest.root}: no test records (built with --no-test?); predict needs them")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -263,104 +166,6 @@ def run(args: argparse.Namespace) -> dict:
         emb, settings, outcome, policy, gallery, ranked, answers, order, solution, local, embedding_policy
     )
     return write_outputs(args, manifest, prediction)
-
-
-def _verified_photos(p: Prediction, count: int, seed: int) -> dict | None:
-    """examples.png's answers' verified photos and matches, when the test queries were re-ranked by local
-    features (only for the queries it shows)."""
-    if p.local is None or p.local.path is None:
-        return None
-    shown = set(examples.pick_queries(p.order, count, seed))
-    rows = [i for i, name in enumerate(p.emb.index.test_names) if name in shown]
-    return examples.verified_photos(
-        p.local.path,
-        [p.emb.index.test_names[i] for i in rows],
-        [p.local.test_features[i] for i in rows],
-        [p.local.evidence[i] for i in rows],
-        p.answers,
-    )
-
-
-def remove_old_outputs(out_dir: str) -> None:
-    """A rerun first removes the previous outputs, so that an interrupted rerun never leaves a mix of old
-    and new files that looks current. gallery.json goes first: identify and serve read only folders that
-    have it. The embedding cache stays (its entries are keyed by model and checked on reuse)."""
-    remove_gallery_manifest(out_dir)
-    for name in (report.REPORT_NAME, SUBMISSION_NAME, EMBEDDINGS_NAME, CURVE_NAME, EXAMPLES_NAME,
-                 local_rerank.FEATURES_NAME):  # fmt: skip
-        files.remove(files.join(out_dir, name))
-
-
-def write_outputs(args: argparse.Namespace, manifest: Manifest, p: Prediction) -> dict:
-    """Every output, each written atomically; report.json last."""
-    write_submission(files.join(args.out, SUBMISSION_NAME), p.order, p.answers)
-    write_gallery_arrays(args.out, gallery_arrays(p.emb, p.gallery, manifest.individuals))
-    if p.outcome is not None:
-        plot_threshold_curve(p.outcome.tuned, files.join(args.out, CURVE_NAME), p.policy.value)
-    seed = examples.new_seed() if args.examples_seed is None else args.examples_seed
-    verified = _verified_photos(p, args.examples, seed)
-    rows = examples.example_rows(p, manifest, args.examples, seed, verified)
-    if rows:
-        examples.plot_examples(files.join(args.out, EXAMPLES_NAME), rows)
-    outputs = {
-        "submission": SUBMISSION_NAME,
-        "embeddings": EMBEDDINGS_NAME,
-        "threshold_curve": CURVE_NAME if p.outcome else None,
-        "examples": EXAMPLES_NAME if rows else None,
-    }
-    body = report.build_report(args.out, args.solution, manifest, p, measure_variants(p, manifest), outputs)
-    missed = [r.name for r in rows if r.missed]
-    body["examples"] = {"seed": seed, "queries": [r.name for r in rows], "missed": missed,
-                        "verified_answers": sum(v is not None for r in rows for v in r.verified)}  # fmt: skip
-    body["rerank"] = p.local.report if p.local is not None else {"mode": "none"}
-    report.write_report(args.out, body)
-    write_gallery_manifest(args.out, gallery_manifest(args.out, manifest, p))
-    return body
-
-
-def gallery_manifest(out_dir: str, manifest: Manifest, p: Prediction) -> GalleryManifest:
-    """What identify and the catalogue app need to answer new photos as predict answered the test set."""
-    runs = tuple(
-        GalleryRun(
-            r.run.run_dir, r.run.weight, r.dim, {f.model.name: f.model.run_json_sha256 for f in r.folds}
-        )
-        for r in p.emb.runs
-    )
-    local = {} if p.local is None else {
-        "rerank": "local", "local": p.local.local, "embedding_threshold": p.embedding_policy,
-    }  # fmt: skip
-    return GalleryManifest(
-        **local,
-        runs=runs,
-        flip_tta=p.settings.flip,
-        options=dataclasses.asdict(p.settings.options),
-        threshold=p.policy,
-        image=manifest.image_settings,
-        records_root=manifest.root,
-        records_manifest_sha256=manifest.sha256,
-        embeddings_file=EMBEDDINGS_NAME,
-        embeddings_sha256=files.sha256(files.join(out_dir, EMBEDDINGS_NAME)),
-    )
-
-
-def measure_variants(p: Prediction, manifest: Manifest) -> list[dict]:
-    """OOF MAP@5 of plain kNN and of each requested option alone, next to the options used, each at the
-    threshold it would be used with (its own tuned one, or the fixed --threshold)."""
-    if p.outcome is None:
-        return []
-    s = p.settings
-    measured = [
-        oof.measure(p.emb, variant, manifest.individuals, s.new_share, s.seed, s.threshold)
-        for variant in oof.variants_to_measure(s.options)
-    ]
-    predictions, answers = p.outcome.predictions, p.outcome.answers
-    on_oof = p.outcome.tuned.threshold if s.threshold is None else s.threshold
-    chosen = oof.variant_summary(
-        s.options, on_oof, map_at_k(predictions.truths, answers), report.new_rate(answers)
-    )
-    if p.local is not None:  # the answers above are the fused ones: say so beside the embedding variants
-        chosen["name"] += " + local re-rank (fused P)"
-    return [m for m in measured if m] + [{**chosen, "chosen": True}]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -86,6 +86,11 @@ class FeatureSet:
         return LocalFeatures(self.keypoints[start:stop], self.descriptors[start:stop], (width, height))
 
     @property
+    def photos_without_keypoints(self) -> int:
+        """How many photos gave no keypoints (SIFT found none in a blank or tiny crop)."""
+        return int(np.count_nonzero(np.diff(self.offsets) == 0))
+
+    @property
     def photo_of_row(self) -> np.ndarray:
         """The photo index of every descriptor row, int32 (total,)."""
         return np.repeat(np.arange(len(self.names), dtype=np.int32), np.diff(self.offsets))

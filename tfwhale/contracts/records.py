@@ -154,6 +154,7 @@ class FeatureFile:
     bytes: int
     photos: int
     keypoints: int
+    no_keypoints: int | None = None  # photos that gave none (None: a build from before they were counted)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,13 @@ class RecordFeatures:
 
     sift: dict[str, Any]
     files: tuple[FeatureFile, ...]
+
+    @property
+    def no_keypoints(self) -> int | None:
+        """Photos that gave no keypoints (the re-rank matches them by the embedding alone); None: unknown."""
+        if any(file.no_keypoints is None for file in self.files):
+            return None
+        return sum(file.no_keypoints or 0 for file in self.files)
 
 
 @dataclass(frozen=True)
@@ -239,8 +247,10 @@ class Manifest:
             if not entry:
                 raise ManifestError(f"{self.root}: shard {shard['name']} has no local-feature file listed; "
                                     f"run build-tfrecords add-local-features --out {self.root}")  # fmt: skip
+            no_keypoints = entry.get("no_keypoints")
             found.append(FeatureFile(shard["name"], entry["name"], entry["sha256"], int(entry["bytes"]),
-                                     int(entry["photos"]), int(entry["keypoints"])))  # fmt: skip
+                                     int(entry["photos"]), int(entry["keypoints"]),
+                                     None if no_keypoints is None else int(no_keypoints)))  # fmt: skip
         return RecordFeatures(dict(section["sift"]), tuple(found))
 
 

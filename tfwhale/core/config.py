@@ -151,6 +151,10 @@ class PredictConfig:
     # on nyala-dev the fused ranking scored MAP@5 0.641 against 0.566 for the embedding alone, and on the
     # lions it did not lose (BENCHMARKS.md "Local-feature matching"). "none": the embedding alone.
     rerank: str = "local"
+    # --rerank local re-ranks at most this many OOF queries (a seeded sample, each validation fold its
+    # share; new_share_seed picks it) to fit its calibrations and tune the threshold: ~1 s a query, so all
+    # of Kaggle's 51k took hours; null: every one. Test queries are always all re-ranked.
+    rerank_oof_queries: int | None = 2000
 
 
 @dataclass(frozen=True)
@@ -296,6 +300,8 @@ def validate(cfg: Config) -> None:
             f"data.batch_size={d.batch_size} must equal data.ids_per_batch x data.photos_per_id "
             f"({d.ids_per_batch} x {d.photos_per_id}) with the PK sampler"
         )
+    if p.rerank_oof_queries is not None and p.rerank_oof_queries < 1:
+        problems.append(f"predict.rerank_oof_queries={p.rerank_oof_queries} must be at least 1 (null: all)")
     if cfg.predict.rerank not in RERANK_MODES:
         problems.append(f"predict.rerank={cfg.predict.rerank!r} must be one of {RERANK_MODES}")
     if cfg.predict.tta_flip and a.flip is not True:

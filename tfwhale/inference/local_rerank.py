@@ -1,22 +1,12 @@
-"""Stage 3 (predict), --rerank local: the records' local features, P(same individual) of the cosine, the
-inliers and the LNBNN votes by isotonic calibrations fitted on out-of-fold pairs, the new_individual
-threshold on their mean (the fused P), and the test queries re-ranked by the query path's own
+"""Stage 3 (predict), --rerank local: the records' local features, their out-of-fold calibrations and
+tuned threshold (inference.local_oof), and the test queries re-ranked by the query path's own
 LocalRerankPath, which identify and serve answer with from gallery.json.
-
-Out of fold, exactly as the threshold is tuned today: fold k's photos are queries against the other
-folds' photos, their cosines from fold k's models (never a model that saw them), their features matched
-against the other folds' features only. The calibrations that score the OOF queries (for the threshold
-and report.json) are cross-fitted: fold k's rows are scored by a fit on the other folds' rows, so no
-pair is scored by a fit that saw it. gallery.json gets the fit on every OOF pair.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-
-import numpy as np
-from tqdm import tqdm
 
 from tfwhale.contracts.gallery_manifest import GalleryManifest, LocalRerank, ThresholdPolicy
 from tfwhale.contracts.local_features import (
@@ -27,34 +17,18 @@ from tfwhale.contracts.local_features import (
     save_feature_set,
 )
 from tfwhale.contracts.records import Manifest, ManifestError
-from tfwhale.contracts.run_folder import fold_dir_name
 from tfwhale.core import files
-from tfwhale.core.labels import NEW_INDIVIDUAL
-from tfwhale.inference import oof
 from tfwhale.inference.gallery import PredictEmbeddings, RecordsIndex
+from tfwhale.inference.local_oof import OOFSample, Variant, calibrate_and_tune, oof_evidence, sample_queries
 from tfwhale.inference.submission import PredictError
-from tfwhale.matching.aggregate import per_individual
 from tfwhale.matching.features import SiftSettings
-from tfwhale.matching.fusion import fuse
-from tfwhale.matching.rerank import (
-    Calibrations,
-    Evidence,
-    LeaveOneOut,
-    LocalGallery,
-    fit_calibrations,
-    query_evidence,
-)
-from tfwhale.query.combine import concat_runs
-from tfwhale.query.fused import ranking_of
+from tfwhale.matching.rerank import Evidence
 from tfwhale.query.local import LocalRerankPath, MatchSettings
 from tfwhale.retrieval.ranking import Ranked
-from tfwhale.retrieval.scoring import simulate_new
-from tfwhale.retrieval.threshold import ThresholdResult
 
 logger = logging.getLogger("tfwhale.predict")
 
 FEATURES_NAME = "local_features.npz"  # in predict's output folder: the gallery's features, in its order
-VARIANTS = ("global", "local", "fused")
 
 
 def add_features_command(manifest: Manifest) -> str:
@@ -109,130 +83,6 @@ def load_record_features(manifest: Manifest, index: RecordsIndex) -> RecordFeatu
 
 
 @dataclass(frozen=True)
-class OOFEvidence:
-    """Every OOF query's raw evidence (LeaveOneOut rows: own = its individual's code, scored = the
-    individual has photos in its fold's gallery) and where it came from."""
-
-    loo: LeaveOneOut
-    individuals: np.ndarray  # sorted individual ids: the evidence columns
-    names: list[str]
-    species: list[str]
-    val_folds: np.ndarray
-
-
-def _subset(features: FeatureSet, rows: np.ndarray) -> FeatureSet:
-    return FeatureSet.from_photos([features.names[i] for i in rows], [features[int(i)] for i in rows])
-
-
-def oof_evidence(
-    emb: PredictEmbeddings, features: FeatureSet, settings: MatchSettings, progress: bool = True
-):
-    """Fold k's photos against the other folds' photos, for every validation fold k (OOFEvidence; None
-    when there is no OOF fold)."""
-    index = emb.index
-    individuals = np.asarray(sorted(set(index.train_ids)))
-    codes = np.searchsorted(individuals, np.asarray(index.train_ids))
-    parts: list[tuple] = []
-    n_queries = sum(int(np.sum(index.train_folds == k)) for k in oof.oof_folds(emb))
-    with tqdm(total=n_queries, desc="local features, out of fold", unit="photo", disable=not progress) as bar:
-        for k in oof.oof_folds(emb):
-            is_query = index.train_folds == k
-            if is_query.all() or not is_query.any():
-                continue
-            combined = concat_runs([r.fold(fold_dir_name(k)).train for r in emb.runs], emb.weights)
-            parts.append(_fold_evidence(combined, is_query, codes, len(individuals), features, settings, bar))
-    if not parts:
-        return None
-    query_rows = np.concatenate([p[0] for p in parts])
-    stacked = [np.concatenate([p[i] for p in parts]) for i in range(1, 5)]
-    loo = LeaveOneOut(*stacked[:3], codes[query_rows], stacked[3])
-    return OOFEvidence(
-        loo, individuals, [index.train_names[i] for i in query_rows],
-        [index.train_species[i] for i in query_rows], index.train_folds[query_rows],
-    )  # fmt: skip
-
-
-def _fold_evidence(combined, is_query, codes, n_individuals, features, settings: MatchSettings, bar):
-    queries, others = np.flatnonzero(is_query), np.flatnonzero(~is_query)
-    gallery = LocalGallery(_subset(features, others), codes[others], n_individuals)
-    cosine = per_individual(combined[queries] @ combined[others].T, codes[others], n_individuals, "max")
-    scored = np.tile(np.bincount(codes[others], minlength=n_individuals) > 0, (len(queries), 1))
-    cosine[~scored] = -1.0  # no photo in this fold's gallery: the lowest cosine (per_individual wrote 0)
-    inliers, votes = np.zeros_like(cosine), np.zeros_like(cosine)
-    for row, photo in enumerate(queries):
-        found = query_evidence(features[int(photo)], cosine[row], gallery, settings.rerank, settings.pairs)
-        inliers[row], votes[row] = found.inliers, found.votes
-        bar.update(1)
-    return queries, cosine, inliers, votes, scored
-
-
-def _rows(loo: LeaveOneOut, keep: np.ndarray) -> LeaveOneOut:
-    return LeaveOneOut(loo.cosine[keep], loo.inliers[keep], loo.votes[keep], loo.own[keep], loo.scored[keep])
-
-
-def cross_fitted(evidence: OOFEvidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """P(same) of the cosine, inliers and votes of every OOF row, each fold's rows by a fit on the other
-    folds' rows. With one validation fold (runs of fold 0 only) the rows are split in two by individual
-    instead, so that still no row is scored by a fit that saw it. A part whose others give no pair of
-    both kinds is scored by the fit on all rows."""
-    loo = evidence.loo
-    groups = evidence.val_folds if len(np.unique(evidence.val_folds)) > 1 else loo.own % 2
-    every = fit_calibrations(loo)
-    probabilities = [np.zeros_like(loo.cosine) for _ in range(3)]
-    for group in np.unique(groups):
-        mine = groups == group
-        try:
-            fitted = fit_calibrations(_rows(loo, ~mine)) if (~mine).any() else every
-        except ValueError:
-            fitted = every
-        for out, calibration, raw in zip(probabilities, _parts(fitted), (loo.cosine, loo.inliers, loo.votes),
-                                         strict=True):  # fmt: skip
-            out[mine] = calibration(raw[mine])
-    return probabilities[0], probabilities[1], probabilities[2]
-
-
-def _parts(calibrations: Calibrations):
-    return calibrations.cosine, calibrations.inliers, calibrations.votes
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One ranking of the OOF queries with new individuals simulated, and its tuned threshold."""
-
-    predictions: oof.OOFPredictions
-    tuned: ThresholdResult
-
-    def summary(self) -> dict:
-        truths, labels = self.predictions.truths, self.predictions.ranked.labels
-        known = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
-        top1 = (
-            float(np.mean([bool(labels[i]) and labels[i][0] == truths[i] for i in known])) if known else None
-        )
-        auc = self.tuned.separation_auc
-        return {
-            "map5": round(float(self.tuned.best_map), 6),
-            "threshold": round(float(self.tuned.threshold), 6),
-            "known_top1": None if top1 is None else round(top1, 6),
-            "known_new_auc": None if auc is None else round(float(auc), 6),
-            "queries": len(truths),
-        }
-
-
-def tune_variant(evidence: OOFEvidence, score: np.ndarray, new_share: float, seed: int, per_species: bool):
-    """Rank the OOF queries by `score`, make new_share of them new, tune the threshold (oof.tune)."""
-    loo = evidence.loo
-    ranked = ranking_of(score, loo.cosine, loo.scored, evidence.individuals)
-    own = evidence.individuals[loo.own]
-    truths = [i if loo.scored[r, loo.own[r]] else NEW_INDIVIDUAL for r, i in enumerate(own.tolist())]
-    simulated = simulate_new(ranked, truths, new_share, seed)
-    predictions = oof.OOFPredictions(
-        simulated.ranked, simulated.truths, evidence.species, evidence.names,
-        evidence.val_folds.tolist(), simulated.simulated,
-    )  # fmt: skip
-    return Variant(predictions, oof.tune(predictions, per_species))
-
-
-@dataclass(frozen=True)
 class LocalOutcome:
     """What --rerank local adds: the gallery.json section, the fused OOF ranking and its tuned threshold,
     the three variants' OOF scores (report.json), and the test queries ranked by fused P."""
@@ -249,12 +99,15 @@ class LocalOutcome:
     evidence: tuple[Evidence, ...] = ()
 
 
-def report_section(local: LocalRerank, variants: dict[str, dict], features: RecordFeatures) -> dict:
+def report_section(
+    local: LocalRerank, variants: dict[str, dict], features: RecordFeatures, sample: OOFSample
+) -> dict:
     n = len(features.train) + len(features.test)
     keypoints = len(features.train.descriptors) + sum(len(f) for f in features.test)
     return {
         "mode": "local",
         "oof": variants,
+        "oof_queries": sample.section(),  # how many OOF queries were re-ranked, of how many
         "calibration": "isotonic P(same individual) of the cosine, the inliers and the LNBNN votes, "
         "cross-fitted over the validation folds; local = mean of P(inliers) and P(votes); fused = mean "
         "of all three, which ranks and which the threshold is on",
@@ -262,22 +115,6 @@ def report_section(local: LocalRerank, variants: dict[str, dict], features: Reco
         "keypoints_per_photo": round(keypoints / n, 1) if n else 0.0,
         "features_file": local.features_file,
     }
-
-
-def calibrate_and_tune(evidence: OOFEvidence, new_share: float, seed: int, per_species: bool):
-    """(every variant's OOF summary, the fused Variant, the calibrations for gallery.json)."""
-    p_cosine, p_inliers, p_votes = cross_fitted(evidence)
-    scores = {
-        "global": evidence.loo.cosine,
-        "local": fuse(p_inliers, p_votes),
-        "fused": fuse(p_cosine, p_inliers, p_votes),
-    }
-    variants = {name: tune_variant(evidence, scores[name], new_share, seed, per_species) for name in VARIANTS}
-    for name, variant in variants.items():
-        logger.info("OOF %s: MAP@5 %.4f, known/new AUC %s", name, variant.tuned.best_map,
-                    variant.tuned.separation_auc)  # fmt: skip
-    summaries = {name: variant.summary() for name, variant in variants.items()}
-    return summaries, variants["fused"], fit_calibrations(evidence.loo)
 
 
 def rerank_local(
@@ -289,10 +126,11 @@ def rerank_local(
     progress: bool = True,
 ) -> LocalOutcome:
     """The whole --rerank local pass. test_ranked: the embedding's ranking of every individual per test
-    query. settings: predict's Settings (new_share, seed, per_species)."""
+    query. settings: predict's Settings (new_share, seed, per_species, rerank_oof_queries)."""
     features = load_record_features(manifest, emb.index)
     match = replace(MatchSettings(), sift=features.sift)
-    evidence = oof_evidence(emb, features.train, match, progress)
+    sample = sample_queries(emb, settings.rerank_oof_queries, settings.seed)
+    evidence = oof_evidence(emb, features.train, match, progress, sample)
     if evidence is None:
         raise PredictError("--rerank local calibrates on out-of-fold pairs: the runs need fold{k} models")
     variants, fused, calibrations = calibrate_and_tune(evidence, settings.new_share, settings.seed,
@@ -308,7 +146,7 @@ def rerank_local(
     path = LocalRerankPath(out_dir, _answering(manifest, local), emb.index.train_names, emb.index.train_ids)
     logger.info("re-ranking %d test queries by local features", len(features.test))
     reranked = path.rerank(test_ranked, features.test)
-    section = report_section(local, variants, features)
+    section = report_section(local, variants, features, sample)
     return LocalOutcome(local, fused, variants, reranked.ranked, section, path, tuple(features.test),
                         tuple(reranked.evidence))  # fmt: skip
 

@@ -34,6 +34,7 @@ class Settings:
     calibrate: bool = False  # carry the OOF-tuned threshold onto the fold-averaged test scale
     seed: int = 0  # which individuals the simulation leaves out
     rerank: str = "none"  # "local": fused with the records' local features (inference.local_rerank)
+    rerank_oof_queries: int | None = None  # --rerank local: OOF queries sampled for calibration (None: all)
 
 
 @dataclass(frozen=True)

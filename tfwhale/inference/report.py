@@ -226,6 +226,9 @@ def format_table(report: dict) -> str:
     for variant in report.get("oof_variants", []):
         mark = " <- used" if variant.get("chosen") else ""
         lines.append(f"    variant {variant['name']:<30} MAP@5 {variant['map5']:.4f}{mark}")
+    sample = report.get("rerank", {}).get("oof_queries")
+    if sample:
+        lines.append(f"    rerank calibrated on {sample['reranked']} of {sample['of']} OOF queries")
     for name, row in report.get("rerank", {}).get("oof", {}).items():  # --rerank local: the three rankings
         top1, auc = ("-" if row[k] is None else f"{row[k]:.3f}" for k in ("known_top1", "known_new_auc"))
         lines.append(f"    rerank {name:<7} OOF MAP@5 {row['map5']:.4f}, top-1 {top1}, known/new AUC {auc}")

@@ -21,7 +21,7 @@ class RecordsOriginals(RecordsPhotos):
 
     def metadata(self) -> dict[str, PhotoMeta]:
         """Image name -> the metadata columns of the build's train.csv (an export's), where it has any."""
-        path = self._path("train_csv")
+        path = self.build.path("train_csv")
         if path is None:
             return {}
         try:
