@@ -8,19 +8,20 @@ search + re-rank, answer). Each query is answered once per mode, the modes inter
 machine's load falls on all of them alike:
   none          the global-only path: the same engine with its local re-rank switched off (the baseline)
   local K=k     the fused re-rank verifying the embedding's top-k individuals (3 best-voted photos each)
-                and LNBNN's top-30 photos (the gallery's other settings as made)
+                and LNBNN's top-30 photos (the gallery's other settings as made); with --per-individual,
+                its n best-voted photos each instead of 3
 Printed: median milliseconds per step, the total (wall) and the process's CPU time (every thread: on a
 shared machine the steadier measure of the work; with --threads 1 it does not count BLAS threads that
 spin), each with its ratio to the baseline's.
 
     python3 dev.py bench rerank_latency                      # K=10 (the default) and K=20, ~3 min first
     python3 dev.py bench rerank_latency --k 20 --threads 1   # one BLAS/OpenCV thread
+    python3 dev.py bench rerank_latency --k 20 --per-individual 3,2   # fewer photos of each verified
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import statistics
@@ -49,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     add("--k", default="10,20", help="shortlist_k values to time, comma-separated (10,20)")
     add("--repeats", type=int, default=1, help="passes over the queries (1)")
     add("--threads", type=int, help="pin BLAS and OpenCV to this many threads (default: theirs)")
+    add("--per-individual", help="photos verified of each top-K individual, comma-separated values to time "
+        "(default: the gallery's)")  # fmt: skip
     return parser.parse_args()
 
 
@@ -66,9 +69,13 @@ def make_gallery(args: argparse.Namespace) -> tuple[str, list[str]]:
     return gallery, [photo for photo, _ in split.queries]
 
 
-def time_query(engine: Engine, local, data: bytes) -> dict[str, float]:
-    """Seconds per step of one upload -> candidates; local: the re-rank to use (None: global only)."""
-    engine.path.local = local
+def time_query(engine: Engine, local, settings, data: bytes) -> dict[str, float]:
+    """Seconds per step of one upload -> candidates; settings: the re-rank's (None: global only). The
+    engine re-ranks with its own reference to `local` (the loaded path), so its settings change in place:
+    a copy given to engine.path only would leave every mode at the gallery's K."""
+    engine.path.local = None if settings is None else local
+    if settings is not None:
+        local.settings = settings
     start, cpu = time.perf_counter(), time.process_time()
     _, result = engine.identify_bytes(data, None, "query.jpg")
     timings = {key: result.timings.get(key, 0.0) for key, _ in STEPS}
@@ -92,21 +99,23 @@ def main() -> None:
         raise SystemExit(f"{gallery}: made without local features")
     modes = {"none (global only)": None}
     for k in (int(v) for v in args.k.split(",")):
-        rerank = replace(local.settings.rerank, shortlist_k=k)
-        tuned = copy.copy(local)  # the same loaded gallery and index, another shortlist
-        tuned.settings = replace(local.settings, rerank=rerank)
-        modes[f"local K={k}"] = tuned
+        for each in args.per_individual.split(",") if args.per_individual else [None]:
+            rerank = replace(local.settings.rerank, shortlist_k=k)
+            if each is not None:
+                rerank = replace(rerank, photos_per_individual=int(each))
+            name = f"local K={k}" + (f", {each} photos each" if each is not None else "")
+            modes[name] = replace(local.settings, rerank=rerank)
     photos = []
     for path in queries:
         with open(path, "rb") as f:
             photos.append(f.read())
     for mode in modes.values():  # warm up: the first call builds the model's predict step
-        time_query(engine, mode, photos[0])
+        time_query(engine, local, mode, photos[0])
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
     for _ in range(args.repeats):
         for data in photos:
             for name, mode in modes.items():
-                runs[name].append(time_query(engine, mode, data))
+                runs[name].append(time_query(engine, local, mode, data))
     print_table(args, gallery, engine, len(photos), runs)
 
 
