@@ -411,6 +411,17 @@ def test_the_catalogue_tells_the_rerank_which_photos_show_another_side(sift_gall
     assert other[0] and not other[1:].any()  # only the photo known to show the right side
     assert not engine._other_side(engine._snapshot(), "right").any()
     assert engine._other_side(engine._snapshot(), "unknown") is None
+    # the per-row side array kept with the rows answers as the per-query loop over photos did, after
+    # an addition (its side known before it came), a side forgotten and one changed
+    engine.set_sides({"grown-photo": "left", right: "unknown", engine.base_photos[2]: "front"})
+    engine.add("grown-photo", "ind-2", engine._matrix[0].copy())
+    engine.set_sides({engine.base_photos[3]: "right"})
+    snap = engine._snapshot()
+    assert len(snap.photos) == len(snap.matrix) == len(engine.base_photos) + 1
+    for side in ("left", "right", "front", "back"):
+        expected = [engine._sides.get(photo, side) != side for photo in snap.photos]
+        assert engine._other_side(snap, side).tolist() == expected
+    assert engine._other_side(snap, "back").sum() == 3  # no photo shows the back: every known side is another
     with open(second, "rb") as f:  # and an upload with a side goes through it
         _, result = engine.identify_bytes(f.read(), None, "second.jpg", "left")
     assert result.candidates[0].label == "ind-2"

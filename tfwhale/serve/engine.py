@@ -43,6 +43,7 @@ class Engine:
         self.base_ids = list(arrays.train_ids)  # the records' ids of those rows
         self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
         self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
+        self._side_codes: dict[str, int] = {}  # side -> its code in the per-row side array (0: unknown)
         # the fused re-rank (relabel() gives it the catalogue's current ids of predict's rows, add() grows it)
         self._grown = GrownLocal.of(path.local) if path.local is not None else None
         self._install(self._base, list(self.base_ids), list(self.base_photos), {})
@@ -67,6 +68,19 @@ class Engine:
             self._row_of, self._merges = row_of, dict(merges)
             self._matrix, self._size, self._ids, self._photos = matrix, len(ids), ids, photos
             self._names, self._code_of, self._codes, self._rows = names, code_of, codes, rows
+            self._row_sides = np.zeros(len(codes), np.int16)
+            self._set_row_sides(self._sides)
+
+    def _set_row_sides(self, sides: dict[str, str]) -> None:
+        """Each row's side code in the per-row side array (for these photos; under the lock), derived
+        once here so that a query's side order costs one comparison of arrays, not a loop over rows."""
+        for photo, side in sides.items():
+            if side and side != "unknown":
+                code = self._side_codes.setdefault(side, len(self._side_codes) + 1)
+            else:
+                code = 0
+            for row in self._row_of.get(photo, ()):
+                self._row_sides[row] = code
 
     @classmethod
     def load(cls, gallery_dir: str, run_dirs: list[str] | None = None, batch: int = 16) -> Engine:
@@ -85,6 +99,8 @@ class Engine:
                 self.base_photos[row] = self._photos[row] = sha_of_name.get(name)
                 if self._photos[row] is not None:
                     self._row_of.setdefault(self._photos[row], []).append(row)
+            self._row_sides = self._row_sides.copy()  # searches under way keep theirs
+            self._set_row_sides(self._sides)
 
     def relabel(
         self, base_labels: list[str], grown: tuple[list[str], list[str], np.ndarray | None],
@@ -117,6 +133,8 @@ class Engine:
                     self._sides[photo] = side
                 else:
                     self._sides.pop(photo, None)
+            self._row_sides = self._row_sides.copy()  # searches under way keep theirs
+            self._set_row_sides(sides)
 
     def add(
         self, photo: str, individual: str, embedding: np.ndarray, species: str = "",
@@ -138,6 +156,7 @@ class Engine:
                 self._matrix = bigger
             if self._size == len(self._codes):
                 self._codes = np.concatenate([self._codes, np.empty(len(self._codes), np.int64)])
+                self._row_sides = np.concatenate([self._row_sides, np.zeros(len(self._row_sides), np.int16)])
             if individual not in self._code_of:
                 self._code_of[individual] = len(self._names)
                 self._names.append(individual)
@@ -146,6 +165,9 @@ class Engine:
             self._ids.append(individual)
             self._photos.append(photo)
             self._row_of.setdefault(photo, []).append(self._size)
+            self._row_sides[self._size] = 0
+            if photo in self._sides:
+                self._set_row_sides({photo: self._sides[photo]})
             self._rows.setdefault(individual, []).append(self._size)
             self.species_of.setdefault(individual, species)
             self._size += 1
@@ -164,7 +186,7 @@ class Engine:
             size = self._size
             local = self._grown.path if self._grown is not None else None
             snap = Snapshot(self._matrix[:size], self._codes[:size], list(self._names), self._rows,
-                            self._photos, self._merges, local)  # fmt: skip
+                            self._photos, self._merges, local, sides=self._row_sides[:size])  # fmt: skip
             rows = [row for photo in exclude for row in self._row_of.get(photo, ()) if row < size]
         if rows:  # the photo itself and its twins: a photo is never its own candidate
             snap.kept = np.ones(size, bool)
@@ -224,9 +246,11 @@ class Engine:
     def _other_side(self, snap: Snapshot, side: str) -> np.ndarray | None:
         """bool per searched row: its photo is known to show another side than `side` (None: the query's
         side is unknown, or no photo's is)."""
-        if side in ("", "unknown") or not self._sides or len(snap.local.gallery) != len(snap.matrix):
+        if side in ("", "unknown") or not snap.sides.any() or len(snap.local.gallery) != len(snap.matrix):
             return None  # the re-rank's rows are the searched rows, or no side order is given
-        return np.array([self._sides.get(photo, side) != side for photo in snap.photos[: len(snap.matrix)]])
+        known = snap.sides != 0
+        code = self._side_codes.get(side)  # None: no photo shows this side, so every known one is another
+        return known if code is None else known & (snap.sides != code)
 
     def search_stored(
         self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset(),

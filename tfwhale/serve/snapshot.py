@@ -22,6 +22,7 @@ class Snapshot:
     merges: dict[str, str]
     local: LocalRerankPath | None = None  # the re-rank with predict's rows under their current ids
     kept: np.ndarray | None = None  # rows searched, when some are left out
+    sides: np.ndarray | None = None  # int16 per row: its photo's side code (engine's side codes; 0: unknown)
 
 
 def merged(ranked: ranking.Ranked, merges: dict[str, str], n: int) -> ranking.Ranked:
