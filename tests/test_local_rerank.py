@@ -373,6 +373,29 @@ def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_
         assert (found.photo[:, 0] == row).mean() > 0.9  # its own descriptors are the nearest
 
 
+def test_a_relabelled_path_with_grown_photos_owns_every_row_once(sift_gallery):
+    from tfwhale.contracts.local_features import load_feature_set
+    from tfwhale.query.local import LocalRerankPath, Owners
+
+    out = sift_gallery[0]
+    manifest = load_gallery_manifest(out)
+    names = load_feature_set(f"{out}/{manifest.local.features_file}").names
+    ids = [f"ind-{row % 2}" for row in range(len(names))]
+    loaded = LocalRerankPath(out, manifest, names, ids)
+    owners = Owners.of(["b", "a", "b", "c"])
+    assert owners.individuals.tolist() == ["a", "b", "c"] and owners.codes.tolist() == [1, 0, 1, 2]
+    relabelled = ["ind-7", *ids[1:]]  # the first photo reassigned; one grown photo of a new individual
+    path = loaded.relabelled(relabelled, ["grown-1"], [loaded.gallery.photo(0)], ["ind-9"])
+    assert path.individuals.tolist() == ["ind-0", "ind-1", "ind-7", "ind-9"]
+    every = [*relabelled, "ind-9"]
+    assert path.gallery.photo_individual.tolist() == [path.individuals.tolist().index(i) for i in every]
+    assert len(path.gallery) == len(names) + 1 and path.gallery.name(len(names)) == "grown-1"
+    assert path.gallery.index is loaded.gallery.index  # the gallery's index shared, not built again
+    assert loaded.individuals.tolist() == ["ind-0", "ind-1"] and loaded.gallery.grown is None  # untouched
+    again = path.with_grown([], [], [], path)  # grown photos replaced: the relabelled ones kept
+    assert again.individuals.tolist() == ["ind-0", "ind-1", "ind-7"] and len(again.gallery) == len(names)
+
+
 def test_photos_of_the_querys_side_are_verified_first():
     from tfwhale.matching.rerank import query_evidence
 
