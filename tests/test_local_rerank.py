@@ -361,6 +361,7 @@ def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_
     for n in range(1, 6):  # grown photos 3..7 added one at a time
         before = gallery
         gallery = base.with_grown(grown_module.photo_range(every, 3, 3 + n), np.arange(3 + n), 8, gallery)
+        gallery.grown.settle()  # the seal asked for at n = 4 runs in the background: swapped in here
         parts = gallery.grown.parts
         if n in (2, 3, 5):  # after a seal (at n = 1 and n = 4, the recent photos reached 3): sealed kept
             assert parts[0] is before.grown.parts[0] and [p[0] for p in parts] == [0, parts[0][2]]
@@ -371,6 +372,48 @@ def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_
         votes = lnbnn_votes(found, len(gallery), 1)
         assert int(np.argmax(votes)) == row
         assert (found.photo[:, 0] == row).mean() > 0.9  # its own descriptors are the nearest
+
+
+def test_a_seal_runs_beside_the_searches_and_no_grown_photo_is_missed_meanwhile(monkeypatch):
+    import threading
+
+    from tfwhale.matching import grown as grown_module
+    from tfwhale.matching.lnbnn import lnbnn_votes
+
+    monkeypatch.setattr(grown_module, "RECENT_PHOTOS", 3)
+    every = _features([shot(texture(200 + i), *SHOTS[0]) for i in range(8)])
+    base = LocalGallery(grown_module.photo_range(every, 0, 3), np.arange(3), 8)
+
+    def grown(n, gallery):  # the gallery with its first n grown photos (rows 3.., each its own owner)
+        return base.with_grown(grown_module.photo_range(every, 3, 3 + n), np.arange(3 + n), 8, gallery)
+
+    def answers(gallery):  # each photo's best-voted row
+        votes = [
+            lnbnn_votes(gallery.neighbours(every[row], 12), len(gallery), 1) for row in range(len(gallery))
+        ]
+        return [int(np.argmax(v)) for v in votes]
+
+    gallery = grown(1, None)  # the first index is sealed at once
+    asked, release, seal = threading.Event(), threading.Event(), grown_module._sealed
+
+    def held_seal(features):  # the background seal waits until the searches below are done
+        asked.set()
+        assert release.wait(60)
+        return seal(features)
+
+    monkeypatch.setattr(grown_module, "_sealed", held_seal)
+    for n in (2, 3, 4):  # at 4, the recent photos (1..4) reach 3: a seal is asked for, not waited for
+        gallery = grown(n, gallery)
+    assert asked.wait(60) and [part[0] for part in gallery.grown.parts] == [0, 1]
+    during = answers(gallery)
+    assert during == list(range(7))  # the old sealed index + a recent one over the rest: every photo
+    gallery = grown(5, gallery)  # an addition while the seal runs: it covers every photo too
+    assert [part[0] for part in gallery.grown.parts] == [0, 1] and answers(gallery) == list(range(8))
+    release.set()
+    gallery.grown.settle()  # swapped into the newest index: sealed over 4 grown photos, recent the 5th
+    assert [part[:1] + part[2:] for part in gallery.grown.parts] == [(0, 4), (4, 5)]
+    assert answers(gallery) == list(range(8))
+    assert answers(grown(4, gallery))[:7] == during  # the answers after the seal are those before
 
 
 def test_a_relabelled_path_with_grown_photos_owns_every_row_once(sift_gallery):
