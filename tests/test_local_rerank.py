@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 
 import cv2
 import numpy as np
@@ -223,12 +224,22 @@ def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_local_f
     out, second, stranger, _ = sift_gallery
     catalogue = Catalogue(out, str(tmp_path / "catalogue"))
     policy = load_gallery_manifest(out).threshold
+    path, sift_threads = catalogue.engine.path, []
+    made = path.local_features
+
+    def recorded(*args):  # which thread makes the query's SIFT
+        sift_threads.append(threading.current_thread())
+        return made(*args)
+
+    path.local_features = recorded
     with open(second, "rb") as f:
         _, result = catalogue.upload(f.read(), "second.jpg", None, "tester")
+    del path.local_features
     first = result.candidates[0]
     assert first.label == "ind-2" and first.similarity > 0.8
     assert result.threshold == pytest.approx(policy.value)  # held to the fused policy
-    assert "local_features" in result.timings
+    assert {"decode", "embed", "local_features", "local_features_wait", "search"} == set(result.timings)
+    assert len(sift_threads) == 1 and sift_threads[0] is not threading.current_thread()  # beside the embed
     with open(stranger, "rb") as f:
         sha, _ = catalogue.upload(f.read(), "stranger.jpg", None, "tester")
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
@@ -375,8 +386,6 @@ def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_
 
 
 def test_a_seal_runs_beside_the_searches_and_no_grown_photo_is_missed_meanwhile(monkeypatch):
-    import threading
-
     from tfwhale.matching import grown as grown_module
     from tfwhale.matching.lnbnn import lnbnn_votes
 

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import numpy as np
@@ -39,6 +40,7 @@ class Engine:
         self.species_of = dict(self.gallery.species_of)  # grows with the catalogue; the gallery's stays
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
+        self._sift_threads = ThreadPoolExecutor(2, thread_name_prefix="query-sift")  # identify_bytes
         self._base = np.ascontiguousarray(arrays.gallery.astype(np.float32))  # predict's rows, never moved
         self.base_ids = list(arrays.train_ids)  # the records' ids of those rows
         self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
@@ -266,26 +268,39 @@ class Engine:
         exclude_of: Callable[[bytes], set] | None = None,
     ) -> tuple[bytes, Result]:  # fmt: skip
         """One photo's crop and its candidates, with the time each step took (side: as in search);
-        `exclude_of(crop JPEG)` names the catalogue's photos that are this one (left out of its search)."""
+        `exclude_of(crop JPEG)` names the catalogue's photos that are this one (left out of its search).
+
+        Result.timings, seconds: decode (crop for the model, and exclude_of), embed, local_features (the
+        query's SIFT, in its own thread beside exclude_of and embed), local_features_wait (what the answer
+        still waited for it after the embedding) and search (search, fused re-rank, candidates' photos).
+        The answer's wall time is decode + embed + local_features_wait + search."""
         start = time.perf_counter()
         jpeg, image = self.prepare(data, box, name)
+        # the query's SIFT (from the original: its own decode and crop) runs beside the embedding, once
+        # the photo proved usable: OpenCV and TensorFlow release the GIL, so the two overlap on two cores
+        sift = self._sift_threads.submit(self._timed_local_features, data, box, name)
         exclude = exclude_of(jpeg) if exclude_of is not None else set()
         decoded = time.perf_counter()
-        features = self.path.local_features(data, box, name)  # None: the gallery does not re-rank
-        featured = time.perf_counter()
         embedded = self.embed(image[None], [name])
         embedded_at = time.perf_counter()
+        features, sift_seconds = sift.result()  # None: the gallery does not re-rank
+        featured = time.perf_counter()
         (result,) = self.search(embedded, None if features is None else [features], side, exclude=exclude)
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,
-            "embed": embedded_at - featured,
-            "search": searched - embedded_at,
+            "embed": embedded_at - decoded,
+            "search": searched - featured,
         }
         if features is not None:
-            result.timings["local_features"] = featured - decoded
+            result.timings["local_features"] = sift_seconds
+            result.timings["local_features_wait"] = featured - embedded_at
         result.features = features
         return jpeg, result
+
+    def _timed_local_features(self, data: bytes, box: tuple | None, name: str) -> tuple:
+        start = time.perf_counter()
+        return self.path.local_features(data, box, name), time.perf_counter() - start
 
     @cached_property
     def _row_of_name(self) -> dict[str, int]:
