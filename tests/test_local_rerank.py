@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 
 import cv2
 import numpy as np
@@ -223,12 +224,22 @@ def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_local_f
     out, second, stranger, _ = sift_gallery
     catalogue = Catalogue(out, str(tmp_path / "catalogue"))
     policy = load_gallery_manifest(out).threshold
+    path, sift_threads = catalogue.engine.path, []
+    made = path.local_features
+
+    def recorded(*args):  # which thread makes the query's SIFT
+        sift_threads.append(threading.current_thread())
+        return made(*args)
+
+    path.local_features = recorded
     with open(second, "rb") as f:
         _, result = catalogue.upload(f.read(), "second.jpg", None, "tester")
+    del path.local_features
     first = result.candidates[0]
     assert first.label == "ind-2" and first.similarity > 0.8
     assert result.threshold == pytest.approx(policy.value)  # held to the fused policy
-    assert "local_features" in result.timings
+    assert {"decode", "embed", "local_features", "local_features_wait", "search"} == set(result.timings)
+    assert len(sift_threads) == 1 and sift_threads[0] is not threading.current_thread()  # beside the embed
     with open(stranger, "rb") as f:
         sha, _ = catalogue.upload(f.read(), "stranger.jpg", None, "tester")
     catalogue.decide(sha, "register", "Newcomer-1", "", "tester", [])
@@ -361,6 +372,7 @@ def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_
     for n in range(1, 6):  # grown photos 3..7 added one at a time
         before = gallery
         gallery = base.with_grown(grown_module.photo_range(every, 3, 3 + n), np.arange(3 + n), 8, gallery)
+        gallery.grown.settle()  # the seal asked for at n = 4 runs in the background: swapped in here
         parts = gallery.grown.parts
         if n in (2, 3, 5):  # after a seal (at n = 1 and n = 4, the recent photos reached 3): sealed kept
             assert parts[0] is before.grown.parts[0] and [p[0] for p in parts] == [0, parts[0][2]]
@@ -371,6 +383,69 @@ def test_grown_photos_are_searched_as_if_one_index_and_adding_one_rebuilds_only_
         votes = lnbnn_votes(found, len(gallery), 1)
         assert int(np.argmax(votes)) == row
         assert (found.photo[:, 0] == row).mean() > 0.9  # its own descriptors are the nearest
+
+
+def test_a_seal_runs_beside_the_searches_and_no_grown_photo_is_missed_meanwhile(monkeypatch):
+    from tfwhale.matching import grown as grown_module
+    from tfwhale.matching.lnbnn import lnbnn_votes
+
+    monkeypatch.setattr(grown_module, "RECENT_PHOTOS", 3)
+    every = _features([shot(texture(200 + i), *SHOTS[0]) for i in range(8)])
+    base = LocalGallery(grown_module.photo_range(every, 0, 3), np.arange(3), 8)
+
+    def grown(n, gallery):  # the gallery with its first n grown photos (rows 3.., each its own owner)
+        return base.with_grown(grown_module.photo_range(every, 3, 3 + n), np.arange(3 + n), 8, gallery)
+
+    def answers(gallery):  # each photo's best-voted row
+        votes = [
+            lnbnn_votes(gallery.neighbours(every[row], 12), len(gallery), 1) for row in range(len(gallery))
+        ]
+        return [int(np.argmax(v)) for v in votes]
+
+    gallery = grown(1, None)  # the first index is sealed at once
+    asked, release, seal = threading.Event(), threading.Event(), grown_module._sealed
+
+    def held_seal(features):  # the background seal waits until the searches below are done
+        asked.set()
+        assert release.wait(60)
+        return seal(features)
+
+    monkeypatch.setattr(grown_module, "_sealed", held_seal)
+    for n in (2, 3, 4):  # at 4, the recent photos (1..4) reach 3: a seal is asked for, not waited for
+        gallery = grown(n, gallery)
+    assert asked.wait(60) and [part[0] for part in gallery.grown.parts] == [0, 1]
+    during = answers(gallery)
+    assert during == list(range(7))  # the old sealed index + a recent one over the rest: every photo
+    gallery = grown(5, gallery)  # an addition while the seal runs: it covers every photo too
+    assert [part[0] for part in gallery.grown.parts] == [0, 1] and answers(gallery) == list(range(8))
+    release.set()
+    gallery.grown.settle()  # swapped into the newest index: sealed over 4 grown photos, recent the 5th
+    assert [part[:1] + part[2:] for part in gallery.grown.parts] == [(0, 4), (4, 5)]
+    assert answers(gallery) == list(range(8))
+    assert answers(grown(4, gallery))[:7] == during  # the answers after the seal are those before
+
+
+def test_a_relabelled_path_with_grown_photos_owns_every_row_once(sift_gallery):
+    from tfwhale.contracts.local_features import load_feature_set
+    from tfwhale.query.local import LocalRerankPath, Owners
+
+    out = sift_gallery[0]
+    manifest = load_gallery_manifest(out)
+    names = load_feature_set(f"{out}/{manifest.local.features_file}").names
+    ids = [f"ind-{row % 2}" for row in range(len(names))]
+    loaded = LocalRerankPath(out, manifest, names, ids)
+    owners = Owners.of(["b", "a", "b", "c"])
+    assert owners.individuals.tolist() == ["a", "b", "c"] and owners.codes.tolist() == [1, 0, 1, 2]
+    relabelled = ["ind-7", *ids[1:]]  # the first photo reassigned; one grown photo of a new individual
+    path = loaded.relabelled(relabelled, ["grown-1"], [loaded.gallery.photo(0)], ["ind-9"])
+    assert path.individuals.tolist() == ["ind-0", "ind-1", "ind-7", "ind-9"]
+    every = [*relabelled, "ind-9"]
+    assert path.gallery.photo_individual.tolist() == [path.individuals.tolist().index(i) for i in every]
+    assert len(path.gallery) == len(names) + 1 and path.gallery.name(len(names)) == "grown-1"
+    assert path.gallery.index is loaded.gallery.index  # the gallery's index shared, not built again
+    assert loaded.individuals.tolist() == ["ind-0", "ind-1"] and loaded.gallery.grown is None  # untouched
+    again = path.with_grown([], [], [], path)  # grown photos replaced: the relabelled ones kept
+    assert again.individuals.tolist() == ["ind-0", "ind-1", "ind-7"] and len(again.gallery) == len(names)
 
 
 def test_photos_of_the_querys_side_are_verified_first():
@@ -411,6 +486,17 @@ def test_the_catalogue_tells_the_rerank_which_photos_show_another_side(sift_gall
     assert other[0] and not other[1:].any()  # only the photo known to show the right side
     assert not engine._other_side(engine._snapshot(), "right").any()
     assert engine._other_side(engine._snapshot(), "unknown") is None
+    # the per-row side array kept with the rows answers as the per-query loop over photos did, after
+    # an addition (its side known before it came), a side forgotten and one changed
+    engine.set_sides({"grown-photo": "left", right: "unknown", engine.base_photos[2]: "front"})
+    engine.add("grown-photo", "ind-2", engine._matrix[0].copy())
+    engine.set_sides({engine.base_photos[3]: "right"})
+    snap = engine._snapshot()
+    assert len(snap.photos) == len(snap.matrix) == len(engine.base_photos) + 1
+    for side in ("left", "right", "front", "back"):
+        expected = [engine._sides.get(photo, side) != side for photo in snap.photos]
+        assert engine._other_side(snap, side).tolist() == expected
+    assert engine._other_side(snap, "back").sum() == 3  # no photo shows the back: every known side is another
     with open(second, "rb") as f:  # and an upload with a side goes through it
         _, result = engine.identify_bytes(f.read(), None, "second.jpg", "left")
     assert result.candidates[0].label == "ind-2"

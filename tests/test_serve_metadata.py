@@ -18,6 +18,7 @@ from PIL.TiffImagePlugin import IFDRational
 from tests.serve_fixture import photo_bytes, second_photo
 from tfwhale.serve import bulk_import, export, metadata_store
 from tfwhale.serve.app import create_app
+from tfwhale.serve.candidates import best_photos
 from tfwhale.serve.catalogue import Catalogue
 from tfwhale.serve.metadata import MetaError, PhotoMeta, check_meta, read_exif
 from tfwhale.serve.security import CSRF_COOKIE, allowed_host_names
@@ -138,12 +139,16 @@ def test_same_side_photos_are_shown_first(catalogue):
     sims = np.linspace(0.9, 0.1, len(members)).astype(np.float32)  # the first photo scores best
     photos = [engine._photos[row] for row in members]
     assert len(members) >= 2 and all(photos)
+
+    def best(side):
+        return best_photos(members, sims, side, engine._photos, engine._sides)[0][0]
+
     engine.set_sides({photos[-1]: "left"})
-    assert engine._best_photos(members, sims, "")[0][0] == photos[0]  # side unknown: by similarity
-    assert engine._best_photos(members, sims, "left")[0][0] == photos[-1]  # same side first
-    assert engine._best_photos(members, sims, "right")[0][0] == photos[0]
+    assert best("") == photos[0]  # side unknown: by similarity
+    assert best("left") == photos[-1]  # same side first
+    assert best("right") == photos[0]
     engine.set_sides({photos[-1]: "unknown"})
-    assert engine._best_photos(members, sims, "left")[0][0] == photos[0]
+    assert best("left") == photos[0]
 
 
 def test_folder_import_reports_each_photo_and_one_broken_photo_sinks_nothing(catalogue, tmp_path):

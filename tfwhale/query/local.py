@@ -48,6 +48,20 @@ class MatchSettings:
 
 
 @dataclass(frozen=True)
+class Owners:
+    """Each searched photo's individual as the re-rank counts them: the individuals (sorted) and each
+    photo's code among them, row for row (the gallery's own photos, then any grown ones)."""
+
+    individuals: np.ndarray
+    codes: np.ndarray
+
+    @classmethod
+    def of(cls, ids: Sequence[str]) -> Owners:
+        individuals = np.asarray(sorted(set(ids)))
+        return cls(individuals, np.searchsorted(individuals, np.asarray(ids)))
+
+
+@dataclass(frozen=True)
 class Reranked:
     """Queries' individuals ranked by fused P (the Ranked answer_rows takes) and each query's evidence
     (its raw scores and the best verified photo of each individual, for --explain)."""
@@ -74,18 +88,21 @@ class LocalRerankPath:
         self.image = manifest.image
         self.photos_root = local.photos_root
         self.base_ids = list(train_ids)  # the gallery's own photos' individuals (relabelled: the catalogue's)
-        self.individuals = np.asarray(sorted(set(train_ids)))
-        codes = np.searchsorted(self.individuals, np.asarray(train_ids))
-        self.gallery = LocalGallery(features, codes, len(self.individuals))
+        owners = Owners.of(train_ids)
+        self.individuals = owners.individuals
+        self.gallery = LocalGallery(features, owners.codes, len(owners.individuals))
         self.calibrations = Calibrations.from_dict(local.calibrations)
 
-    def relabelled(self, train_ids: Sequence[str]) -> LocalRerankPath:
+    def relabelled(
+        self, train_ids: Sequence[str], names: Sequence[str] = (), features: Sequence[LocalFeatures] = (),
+        ids: Sequence[str] = (), previous: LocalRerankPath | None = None,
+    ) -> LocalRerankPath:  # fmt: skip
         """This path with the gallery's photos under other individuals (the catalogue's merges, splits
-        and reassignments), row for row, and no grown photos; the features and their index are shared,
-        not copied."""
+        and reassignments), row for row, then the grown photos given (as with_grown); the features and
+        their index are shared, not copied."""
         other = copy.copy(self)
         other.base_ids = list(train_ids)
-        return other.with_grown([], [], [])
+        return other.with_grown(names, features, ids, previous)
 
     def with_grown(self, names: Sequence[str], features: Sequence[LocalFeatures], ids: Sequence[str],
                    previous: LocalRerankPath | None = None) -> LocalRerankPath:  # fmt: skip
@@ -95,12 +112,11 @@ class LocalRerankPath:
         indexes (the gallery's is shared): `previous` (the path searched so far) lends those it can, so
         that adding one photo rebuilds only the index of the recent ones (matching.grown)."""
         other = copy.copy(self)
-        every = self.base_ids + list(ids)
-        other.individuals = np.asarray(sorted(set(every)))
-        codes = np.searchsorted(other.individuals, np.asarray(every))
+        owners = Owners.of(self.base_ids + list(ids))
+        other.individuals = owners.individuals
         grown = FeatureSet.from_photos(list(names), list(features))
         before = previous.gallery if previous is not None else None
-        other.gallery = self.gallery.with_grown(grown, codes, len(other.individuals), before)
+        other.gallery = self.gallery.with_grown(grown, owners.codes, len(owners.individuals), before)
         return other
 
     @property

@@ -27,11 +27,11 @@ from pydantic import ValidationError
 from tfwhale.imaging.crop_box import parse_box_text
 from tfwhale.serve import export, history, meta_routes, metadata_store
 from tfwhale.serve.bodies import DecideBody, first_error, single_line
+from tfwhale.serve.candidates import Result
 from tfwhale.serve.captions import caption_of
 from tfwhale.serve.catalogue import Catalogue, UploadError
 from tfwhale.serve.compare_routes import add_compare_routes
 from tfwhale.serve.correct_routes import add_routes
-from tfwhale.serve.engine import Result
 from tfwhale.serve.inbox import inbox
 from tfwhale.serve.metadata import SIDES, MetaError, check_meta
 from tfwhale.serve.security import (

@@ -19,7 +19,8 @@ from tfwhale.imaging.crop_box import format_box, parse_box_text
 from tfwhale.query.gallery import QueryError
 from tfwhale.serve import corrections, feature_store, history, metadata_store
 from tfwhale.serve.blobs import BlobStore, sha256_hex
-from tfwhale.serve.engine import Engine, Result
+from tfwhale.serve.candidates import Result
+from tfwhale.serve.engine import Engine
 from tfwhale.serve.inbox import save_answer, stored_answer
 from tfwhale.serve.metadata import PhotoMeta, read_exif
 from tfwhale.serve.originals import RecordsOriginals

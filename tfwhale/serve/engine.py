@@ -2,7 +2,8 @@
 
 Every answer goes through the query path (tfwhale.query.path: crop, embed, rank, threshold policy), as
 identify's and predict's do; the engine only keeps the catalogue's assigned photos in the searched matrix
-so that the next query finds them, and finds each candidate's best-matching photos.
+so that the next query finds them. Candidates' photos to show: serve.candidates; the fused re-rank over
+the catalogue's grown photos: serve.grown_local.
 """
 
 from __future__ import annotations
@@ -11,84 +12,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import numpy as np
 
-from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.contracts.local_features import NO_FEATURES, LocalFeatures
 from tfwhale.core.labels import NEW_INDIVIDUAL
-from tfwhale.query.answers import QueryAnswer
-from tfwhale.query.local import LocalRerankPath
 from tfwhale.query.path import Embedded, QueryPath
 from tfwhale.retrieval import ranking
+from tfwhale.serve.candidates import Result, result_of, verified_photos
+from tfwhale.serve.grown_local import GrownLocal
+from tfwhale.serve.snapshot import Snapshot, merged
 
 logger = logging.getLogger(__name__)
-
-PHOTOS_PER_CANDIDATE = 3
-
-
-@dataclass
-class _Snapshot:
-    """One search's view of the gallery: rows appended or relabelled meanwhile are not in it."""
-
-    matrix: np.ndarray
-    codes: np.ndarray
-    names: list[str]
-    rows: dict[str, list[int]]
-    photos: list[str | None]
-    merges: dict[str, str]
-    local: LocalRerankPath | None = None  # the re-rank with predict's rows under their current ids
-    kept: np.ndarray | None = None  # rows searched, when some are left out
-
-
-def _merged(ranked: ranking.Ranked, merges: dict[str, str], n: int) -> ranking.Ranked:
-    """A ranking with merged-away ids answered by the id they were merged into, each id once (its best),
-    n at most."""
-    if not merges:
-        return ranked
-    labels, scores = [], []
-    for row_labels, row_scores in zip(ranked.labels, ranked.scores, strict=True):
-        seen, kept_labels, kept_scores = set(), [], []
-        for label, score in zip(row_labels, row_scores, strict=True):
-            label = merges.get(label, label)
-            if label not in seen:
-                seen.add(label)
-                kept_labels.append(label)
-                kept_scores.append(score)
-        labels.append(kept_labels[:n])
-        scores.append(kept_scores[:n])
-    return ranking.Ranked(labels, scores)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    label: str  # an individual id, or new_individual
-    similarity: float | None
-    species: str | None
-    photos: list[tuple[str | None, float]]  # (photo hash, similarity) of its best-matching photos
-
-
-@dataclass
-class Result:
-    candidates: list[Candidate]
-    threshold: float
-    embedding: np.ndarray  # the query in the gallery's space, before whitening (what is stored)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
-    policy: ThresholdPolicy | None = None  # the policy the threshold came from (its source, AUC, warnings)
-    fused: bool = False  # scores are the local re-rank's calibrated P(same individual), not similarities
-    verified: dict[str, str] = field(default_factory=dict)  # label -> photo hash of its best verified photo
-    answered_at: str = ""  # set when this is an answer stored at upload time, not a search just made
-    features: LocalFeatures | None = None  # the photo's own local features (kept with an upload)
-
-    @property
-    def is_new(self) -> bool:
-        return bool(self.candidates) and self.candidates[0].label == NEW_INDIVIDUAL
-
-    def scores(self) -> list[dict]:
-        """What a reviewer was shown, recorded with the decision."""
-        return [{"label": c.label, "similarity": c.similarity} for c in self.candidates]
 
 
 class Engine:
@@ -103,13 +40,14 @@ class Engine:
         self.species_of = dict(self.gallery.species_of)  # grows with the catalogue; the gallery's stays
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
+        self._sift_threads = ThreadPoolExecutor(2, thread_name_prefix="query-sift")  # identify_bytes
         self._base = np.ascontiguousarray(arrays.gallery.astype(np.float32))  # predict's rows, never moved
         self.base_ids = list(arrays.train_ids)  # the records' ids of those rows
         self.base_photos: list[str | None] = [None] * len(self._base)  # row -> photo hash, when known
         self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
-        self._local = path.local  # relabel() gives it the catalogue's current ids of predict's rows
-        self._local_base = path.local  # the same without grown photos: add() grows it anew
-        self._grown_local: tuple[list[str], list[LocalFeatures], list[str]] = ([], [], [])
+        self._side_codes: dict[str, int] = {}  # side -> its code in the per-row side array (0: unknown)
+        # the fused re-rank (relabel() gives it the catalogue's current ids of predict's rows, add() grows it)
+        self._grown = GrownLocal.of(path.local) if path.local is not None else None
         self._install(self._base, list(self.base_ids), list(self.base_photos), {})
 
     def _install(
@@ -132,6 +70,19 @@ class Engine:
             self._row_of, self._merges = row_of, dict(merges)
             self._matrix, self._size, self._ids, self._photos = matrix, len(ids), ids, photos
             self._names, self._code_of, self._codes, self._rows = names, code_of, codes, rows
+            self._row_sides = np.zeros(len(codes), np.int16)
+            self._set_row_sides(self._sides)
+
+    def _set_row_sides(self, sides: dict[str, str]) -> None:
+        """Each row's side code in the per-row side array (for these photos; under the lock), derived
+        once here so that a query's side order costs one comparison of arrays, not a loop over rows."""
+        for photo, side in sides.items():
+            if side and side != "unknown":
+                code = self._side_codes.setdefault(side, len(self._side_codes) + 1)
+            else:
+                code = 0
+            for row in self._row_of.get(photo, ()):
+                self._row_sides[row] = code
 
     @classmethod
     def load(cls, gallery_dir: str, run_dirs: list[str] | None = None, batch: int = 16) -> Engine:
@@ -150,6 +101,8 @@ class Engine:
                 self.base_photos[row] = self._photos[row] = sha_of_name.get(name)
                 if self._photos[row] is not None:
                     self._row_of.setdefault(self._photos[row], []).append(row)
+            self._row_sides = self._row_sides.copy()  # searches under way keep theirs
+            self._set_row_sides(self._sides)
 
     def relabel(
         self, base_labels: list[str], grown: tuple[list[str], list[str], np.ndarray | None],
@@ -160,14 +113,12 @@ class Engine:
         the fused re-rank too with their `grown_features` (row for row; None: none known, no votes).
         `merges` (merged-away id -> kept id) also renames what the class heads and re-rank answer."""
         hashes, ids, embeddings = grown
-        if self.path.local is not None:  # merged, split and reassigned gallery photos vote for their new id
+        if self._grown is not None:  # merged, split and reassigned gallery photos vote for their new id
             if grown_features is None:
                 grown_features = [NO_FEATURES] * len(hashes)
-            base = self.path.local.relabelled(base_labels)
-            local = base.with_grown(hashes, grown_features, ids, self._local)  # rows as the matrix's
+            local = self._grown.relabelled(self.path.local, base_labels, hashes, grown_features, ids)
             with self._lock:
-                self._local, self._local_base = local, base
-                self._grown_local = (list(hashes), list(grown_features), list(ids))
+                self._grown = local  # rows as the matrix's
         matrix = self._base  # add() grows a full matrix into a new one: predict's rows are never written
         if embeddings is not None and len(hashes):
             vectors = np.asarray(embeddings, np.float32)
@@ -184,6 +135,8 @@ class Engine:
                     self._sides[photo] = side
                 else:
                     self._sides.pop(photo, None)
+            self._row_sides = self._row_sides.copy()  # searches under way keep theirs
+            self._set_row_sides(sides)
 
     def add(
         self, photo: str, individual: str, embedding: np.ndarray, species: str = "",
@@ -195,22 +148,17 @@ class Engine:
         vector = np.asarray(embedding, np.float32)[None]
         if self.gallery.whitening is not None:
             vector = self.gallery.whitening.apply(vector)
-        local = None
-        if self._local_base is not None:
-            hashes, found, ids = (list(part) for part in self._grown_local)
-            hashes.append(photo)
-            found.append(NO_FEATURES if features is None else features)
-            ids.append(individual)
-            local = self._local_base.with_grown(hashes, found, ids, self._local)
+        local = self._grown.added(photo, features, individual) if self._grown is not None else None
         with self._lock:
             if local is not None:
-                self._local, self._grown_local = local, (hashes, found, ids)
+                self._grown = local
             if self._size == len(self._matrix):  # grow by doubling: adding stays O(1) amortised
                 bigger = np.empty((max(2 * len(self._matrix), 16), self._matrix.shape[1]), np.float32)
                 bigger[: self._size] = self._matrix[: self._size]
                 self._matrix = bigger
             if self._size == len(self._codes):
                 self._codes = np.concatenate([self._codes, np.empty(len(self._codes), np.int64)])
+                self._row_sides = np.concatenate([self._row_sides, np.zeros(len(self._row_sides), np.int16)])
             if individual not in self._code_of:
                 self._code_of[individual] = len(self._names)
                 self._names.append(individual)
@@ -219,6 +167,9 @@ class Engine:
             self._ids.append(individual)
             self._photos.append(photo)
             self._row_of.setdefault(photo, []).append(self._size)
+            self._row_sides[self._size] = 0
+            if photo in self._sides:
+                self._set_row_sides({photo: self._sides[photo]})
             self._rows.setdefault(individual, []).append(self._size)
             self.species_of.setdefault(individual, species)
             self._size += 1
@@ -232,18 +183,19 @@ class Engine:
         with self._embed_lock:  # one photo at a time: the models' first call builds their predict step
             return self.path.embed(images, names)
 
-    def _snapshot(self, exclude: set[str] = frozenset()) -> _Snapshot:
+    def _snapshot(self, exclude: set[str] = frozenset()) -> Snapshot:
         with self._lock:  # rows appended later are not in this search
             size = self._size
-            snap = _Snapshot(self._matrix[:size], self._codes[:size], list(self._names), self._rows,
-                             self._photos, self._merges, self._local)  # fmt: skip
+            local = self._grown.path if self._grown is not None else None
+            snap = Snapshot(self._matrix[:size], self._codes[:size], list(self._names), self._rows,
+                            self._photos, self._merges, local, sides=self._row_sides[:size])  # fmt: skip
             rows = [row for photo in exclude for row in self._row_of.get(photo, ()) if row < size]
         if rows:  # the photo itself and its twins: a photo is never its own candidate
             snap.kept = np.ones(size, bool)
             snap.kept[rows] = False
         return snap
 
-    def _rank(self, embedded: Embedded, snap: _Snapshot, n: int = 5) -> ranking.Ranked:
+    def _rank(self, embedded: Embedded, snap: Snapshot, n: int = 5) -> ranking.Ranked:
         """The query path's ranking against the grown gallery, with label strings."""
         matrix, codes = snap.matrix, snap.codes
         if snap.kept is not None:
@@ -255,7 +207,7 @@ class Engine:
         else:
             ranked = self.path.rank(embedded, searched, codes, wanted)
             ranked = ranking.Ranked([[snap.names[c] for c in row] for row in ranked.labels], ranked.scores)
-        return _merged(ranked, snap.merges, n)
+        return merged(ranked, snap.merges, n)
 
     def search(
         self, embedded: Embedded, features: list | None = None, side: str = "", *,
@@ -274,13 +226,13 @@ class Engine:
             left_out = None if snap.kept is None else np.flatnonzero(~snap.kept)
             reranked = snap.local.rerank(ranked, features, left_out, self._other_side(snap, side))
             answers = self.path.answer(
-                _merged(reranked.ranked, snap.merges, len(snap.names)), self.species_of, fused=True
+                merged(reranked.ranked, snap.merges, len(snap.names)), self.species_of, fused=True
             )
         searched = ranking.prepare_queries(
             embedded.combined, ranking.PreparedGallery(snap.matrix, self.gallery.whitening), self.path.options
         )
         results = [
-            self._result(answer, searched[i], snap, embedded.combined[i], side)
+            result_of(answer, searched[i], snap, embedded.combined[i], side, self._sides)
             for i, answer in enumerate(answers)
         ]
         for result in results:
@@ -288,15 +240,19 @@ class Engine:
             result.policy = self.path.policy if result.fused else self.path.embedding_policy
         if features is not None:
             for result, evidence in zip(results, reranked.evidence, strict=True):
-                result.verified = self._verified_photos(result, evidence, snap.local)
+                result.verified = verified_photos(
+                    result, evidence, snap.local, self._row_of_name, self._photos, self._row_of
+                )
         return results
 
-    def _other_side(self, snap: _Snapshot, side: str) -> np.ndarray | None:
+    def _other_side(self, snap: Snapshot, side: str) -> np.ndarray | None:
         """bool per searched row: its photo is known to show another side than `side` (None: the query's
         side is unknown, or no photo's is)."""
-        if side in ("", "unknown") or not self._sides or len(snap.local.gallery) != len(snap.matrix):
+        if side in ("", "unknown") or not snap.sides.any() or len(snap.local.gallery) != len(snap.matrix):
             return None  # the re-rank's rows are the searched rows, or no side order is given
-        return np.array([self._sides.get(photo, side) != side for photo in snap.photos[: len(snap.matrix)]])
+        known = snap.sides != 0
+        code = self._side_codes.get(side)  # None: no photo shows this side, so every known one is another
+        return known if code is None else known & (snap.sides != code)
 
     def search_stored(
         self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset(),
@@ -307,80 +263,49 @@ class Engine:
         embedded = Embedded(np.asarray(embeddings, np.float32), None)
         return self.search(embedded, features, side=side, exclude=exclude)
 
-    def _result(self, answer: QueryAnswer, searched, snap: _Snapshot, query, side: str = "") -> Result:
-        candidates = []
-        for label, similarity, species in zip(
-            answer.labels, answer.similarities, answer.species, strict=True
-        ):
-            best = []
-            if label in snap.rows:  # row lists and photo hashes only grow: no copy needed
-                members = np.asarray(snap.rows[label])
-                members = members[members < len(snap.matrix)]
-                if snap.kept is not None:
-                    members = members[snap.kept[members]]
-                sims = snap.matrix[members] @ searched  # only the candidate's photos, not the whole gallery
-                best = self._best_photos(members, sims, side, snap.photos)
-            candidates.append(Candidate(label, similarity, species or None, best))
-        return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
-
-    def _best_photos(self, members: np.ndarray, sims: np.ndarray, side: str, rows_photos=None) -> list:
-        """A candidate's photos to show, best first: where the query's side is known, the photos of that
-        side come first (a left flank is compared with left flanks), then the rest by similarity.
-        `rows_photos`: the searched snapshot's row -> photo list (default: the gallery's now)."""
-        rows_photos = self._photos if rows_photos is None else rows_photos
-        photos = [rows_photos[row] for row in members]
-        known = side if side != "unknown" else ""
-        other_side = [0 if known and self._sides.get(photo) == known else 1 for photo in photos]
-        order = np.lexsort((-sims, np.asarray(other_side)))[:PHOTOS_PER_CANDIDATE]
-        return [(photos[j], float(sims[j])) for j in order]
-
     def identify_bytes(
         self, data: bytes, box: tuple | None, name: str, side: str = "", *,
         exclude_of: Callable[[bytes], set] | None = None,
     ) -> tuple[bytes, Result]:  # fmt: skip
         """One photo's crop and its candidates, with the time each step took (side: as in search);
-        `exclude_of(crop JPEG)` names the catalogue's photos that are this one (left out of its search)."""
+        `exclude_of(crop JPEG)` names the catalogue's photos that are this one (left out of its search).
+
+        Result.timings, seconds: decode (crop for the model, and exclude_of), embed, local_features (the
+        query's SIFT, in its own thread beside exclude_of and embed), local_features_wait (what the answer
+        still waited for it after the embedding) and search (search, fused re-rank, candidates' photos).
+        The answer's wall time is decode + embed + local_features_wait + search."""
         start = time.perf_counter()
         jpeg, image = self.prepare(data, box, name)
+        # the query's SIFT (from the original: its own decode and crop) runs beside the embedding, once
+        # the photo proved usable: OpenCV and TensorFlow release the GIL, so the two overlap on two cores
+        sift = self._sift_threads.submit(self._timed_local_features, data, box, name)
         exclude = exclude_of(jpeg) if exclude_of is not None else set()
         decoded = time.perf_counter()
-        features = self.path.local_features(data, box, name)  # None: the gallery does not re-rank
-        featured = time.perf_counter()
         embedded = self.embed(image[None], [name])
         embedded_at = time.perf_counter()
+        features, sift_seconds = sift.result()  # None: the gallery does not re-rank
+        featured = time.perf_counter()
         (result,) = self.search(embedded, None if features is None else [features], side, exclude=exclude)
         searched = time.perf_counter()
         result.timings = {
             "decode": decoded - start,
-            "embed": embedded_at - featured,
-            "search": searched - embedded_at,
+            "embed": embedded_at - decoded,
+            "search": searched - featured,
         }
         if features is not None:
-            result.timings["local_features"] = featured - decoded
+            result.timings["local_features"] = sift_seconds
+            result.timings["local_features_wait"] = featured - embedded_at
         result.features = features
         return jpeg, result
+
+    def _timed_local_features(self, data: bytes, box: tuple | None, name: str) -> tuple:
+        start = time.perf_counter()
+        return self.path.local_features(data, box, name), time.perf_counter() - start
 
     @cached_property
     def _row_of_name(self) -> dict[str, int]:
         """Gallery row of each records image name (the rows the local features were made for)."""
         return {name: row for row, name in enumerate(self.gallery.arrays.train_names)}
-
-    def _verified_photos(self, result: Result, evidence, local: LocalRerankPath) -> dict[str, str]:
-        """Each candidate's photo with the most verified matches in the re-rank (what identify --explain
-        draws), by its catalogue hash; candidates with no verified pair or no known photo are left out.
-        A gallery photo is named by its records image name, a grown one by its hash."""
-        row_of = self._row_of_name
-        found = {}
-        for candidate in result.candidates:
-            best = local.best_photo(evidence, candidate.label)
-            if best is None:
-                continue
-            row = row_of.get(best[0])
-            if row is not None and row < len(self._photos) and self._photos[row] is not None:
-                found[candidate.label] = self._photos[row]
-            elif row is None and best[0] in self._row_of:  # a grown photo: its hash
-                found[candidate.label] = best[0]
-        return found
 
     def free_id(self, taken: set[str], prefix: str = "ind-") -> str:
         """The first id prefixNNNNN that neither the gallery nor the catalogue uses."""

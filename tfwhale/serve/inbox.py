@@ -15,7 +15,7 @@ import numpy as np
 
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.serve import history
-from tfwhale.serve.engine import Candidate, Result
+from tfwhale.serve.candidates import Candidate, Result
 from tfwhale.serve.metadata_store import MetaFilter, matching_photos
 from tfwhale.serve.store import Store, now
 

@@ -11,7 +11,7 @@ from tfwhale.contracts.gallery_manifest import ThresholdPolicy
 from tfwhale.core.labels import NEW_INDIVIDUAL
 
 if TYPE_CHECKING:
-    from tfwhale.serve.engine import Result
+    from tfwhale.serve.candidates import Result
 
 # Known/new ROC AUC of the threshold's tuning -> how well the threshold can split them (upper bounds).
 SEPARATION = (
