@@ -219,6 +219,21 @@ def test_in_parts_keeps_the_order_of_its_items():
     assert in_parts(double, [], 2) == []
 
 
+def test_overlapping_queries_give_blas_back_its_threads_whichever_ends_first():
+    from tfwhale.matching import threads
+
+    with threads._blas().limit(limits=2, user_api="blas"):
+        if threads.blas_threads() != 2:
+            pytest.skip("no BLAS threadpoolctl can set here")
+        first, second = threads.one_blas_thread_each(2), threads.one_blas_thread_each(2)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first query ends while the second still multiplies
+        assert threads.blas_threads() == 1
+        second.__exit__(None, None, None)
+        assert threads.blas_threads() == 2
+
+
 def test_sift_matcher_is_a_matcher(three):
     matcher: Matcher = SiftMatcher(SETTINGS)
     assert isinstance(matcher, SiftMatcher) and matcher.name == "sift"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -18,6 +19,12 @@ import numpy as np
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 _controller = None  # threadpoolctl's view of the loaded BLAS, made once (its scan costs ~0.4 ms)
+# BLAS's thread count is one per process: the catalogue matches concurrent queries, so the limit is held
+# while any query needs it and lifted by the last (a limit each would restore out of order and leave
+# BLAS at one thread for good)
+_limit_lock = threading.Lock()
+_limit_holders = 0
+_limiter = None
 
 
 def in_parts(
@@ -50,8 +57,19 @@ def one_blas_thread_each(parts: int) -> Iterator[None]:
     if parts <= 1:
         yield
         return
-    with _blas().limit(limits=1, user_api="blas"):
+    global _limit_holders, _limiter
+    with _limit_lock:
+        if _limit_holders == 0:
+            _limiter = _blas().limit(limits=1, user_api="blas")
+        _limit_holders += 1
+    try:
         yield
+    finally:
+        with _limit_lock:
+            _limit_holders -= 1
+            if _limit_holders == 0:
+                _limiter.restore_original_limits()
+                _limiter = None
 
 
 def _blas():
