@@ -18,7 +18,8 @@ from tfwhale.contracts.gallery_manifest import load_gallery_manifest
 from tfwhale.contracts.local_features import load_feature_set
 from tfwhale.contracts.records import load_manifest
 from tfwhale.core.config import ConfigError, load_config
-from tfwhale.inference.local_oof import OOFEvidence, cross_fitted, sample_rows
+from tfwhale.inference.local_oof import OOFEvidence, calibrate_and_tune, cross_fitted, sample_rows
+from tfwhale.inference.submission import PredictError
 from tfwhale.matching.rerank import LeaveOneOut
 from tfwhale.query.path import QueryPath
 
@@ -135,6 +136,22 @@ def test_the_oof_sample_is_capped_seeded_and_gives_each_fold_its_share():
     np.testing.assert_array_equal(sample_rows(folds, 7, seed=3).sum(), 7)  # 1.75 + 5.25: remainders
     for cap in (None, 40, 1000):  # no cap, or one that covers them: every query
         np.testing.assert_array_equal(sample_rows(folds, cap, seed=3), folds >= 0)
+
+
+def test_a_sample_of_only_new_individuals_photos_stops_with_a_message_not_a_traceback():
+    """--rerank-oof-queries 1 may draw a photo whose individual has no photo in its fold's gallery: no
+    same-individual pair to calibrate on (the old code raised sklearn's bare ValueError)."""
+    cosine = np.array([[0.9, 0.2, 0.1]])
+    scored = np.array([[False, True, True]])  # its own individual (0) is not in the gallery
+    loo = LeaveOneOut(cosine, cosine * 10, cosine * 3, np.array([0]), scored)
+    evidence = OOFEvidence(loo, np.array(["a", "b", "c"]), ["q.jpg"], ["lion"], np.array([0]))
+    message = r"the 1 OOF queries re-ranked give no same-individual pair.*--rerank-oof-queries"
+    with pytest.raises(PredictError, match=message):
+        calibrate_and_tune(evidence, 0.2, 0, False)
+    known = LeaveOneOut(cosine, cosine * 10, cosine * 3, np.array([1]), scored)  # its own (1) is: fits
+    fits = OOFEvidence(known, evidence.individuals, evidence.names, evidence.species, evidence.val_folds)
+    summaries, _, _ = calibrate_and_tune(fits, 0.2, 0, False)
+    assert summaries["fused"]["queries"] == 1
 
 
 def test_the_oof_cap_is_a_count_or_null():

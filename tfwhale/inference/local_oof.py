@@ -22,6 +22,7 @@ from tfwhale.contracts.run_folder import fold_dir_name
 from tfwhale.core.labels import NEW_INDIVIDUAL
 from tfwhale.inference import oof
 from tfwhale.inference.gallery import PredictEmbeddings
+from tfwhale.inference.submission import PredictError
 from tfwhale.matching.aggregate import per_individual
 from tfwhale.matching.fusion import fuse
 from tfwhale.matching.rerank import Calibrations, LeaveOneOut, LocalGallery, fit_calibrations, query_evidence
@@ -222,6 +223,7 @@ def tune_variant(evidence: OOFEvidence, score: np.ndarray, new_share: float, see
 
 def calibrate_and_tune(evidence: OOFEvidence, new_share: float, seed: int, per_species: bool):
     """(every variant's OOF summary, the fused Variant, the calibrations for gallery.json)."""
+    _check_both_kinds(evidence.loo)
     p_cosine, p_inliers, p_votes = cross_fitted(evidence)
     scores = {
         "global": evidence.loo.cosine,
@@ -234,3 +236,15 @@ def calibrate_and_tune(evidence: OOFEvidence, new_share: float, seed: int, per_s
                     variant.tuned.separation_auc)  # fmt: skip
     summaries = {name: variant.summary() for name, variant in variants.items()}
     return summaries, variants["fused"], fit_calibrations(evidence.loo)
+
+
+def _check_both_kinds(loo: LeaveOneOut) -> None:
+    """PredictError unless the OOF pairs hold both a same-individual and a different-individual pair: the
+    calibrations need both (a small --rerank-oof-queries sample of new individuals' photos has no same)."""
+    same = (np.arange(loo.cosine.shape[1])[None, :] == loo.own[:, None])[loo.scored]
+    if not same.any() or same.all():
+        raise PredictError(
+            f"--rerank local: the {len(loo.own)} OOF queries re-ranked give no "
+            f"{'same' if not same.any() else 'different'}-individual pair to calibrate on; re-rank more "
+            "of them (--rerank-oof-queries N, or all)"
+        )
