@@ -109,7 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add(
         "--rerank-oof-queries",
-        metavar="N",
+        metavar="N|all",
         help="--rerank local: how many out-of-fold queries are re-ranked to fit the calibrations and tune "
         "the threshold, a seeded sample with each validation fold's share (~1 s a query); 'all': every "
         "one. Test queries are always all re-ranked. Default: the run config's predict.rerank_oof_queries, "
