@@ -161,6 +161,11 @@ def test_the_oof_cap_is_a_count_or_null():
         load_config(overrides=["predict.rerank_oof_queries=0"])
 
 
+def _json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def test_a_cap_below_the_oof_queries_still_writes_a_whole_submission_and_report(fused, tmp_path):
     _, records, run_dir, full = fused
     out = str(tmp_path / "capped")
@@ -175,6 +180,10 @@ def test_a_cap_below_the_oof_queries_still_writes_a_whole_submission_and_report(
     assert every["cap"] == 2000
     assert report["oof"]["queries"] == 3
     assert all(row["queries"] == 3 for row in report["rerank"]["oof"].values())
+    (chosen,) = [row["name"] for row in report["oof_variants"] if row.get("chosen")]
+    assert chosen.endswith(f"local re-rank (fused P), on 3 of {every['of']} OOF queries"), chosen
+    (whole,) = [row["name"] for row in _json(f"{full}/report.json")["oof_variants"] if row.get("chosen")]
+    assert whole.endswith("local re-rank (fused P)"), whole  # every query: the same set as the rows above
     submission = _rows(f"{out}/submission.csv")  # the test queries are all re-ranked and answered
     assert sorted(r["image"] for r in submission) == sorted(
         r["image"] for r in _rows(f"{full}/submission.csv")

@@ -63,9 +63,13 @@ class OOFSample:
     cap: int | None  # None: every one
     seed: int
 
+    @property
+    def reranked(self) -> int:
+        return int(self.keep.sum())
+
     def section(self) -> dict:
         """report.json's rerank.oof_queries."""
-        return {"reranked": int(self.keep.sum()), "of": self.queries, "cap": self.cap, "seed": self.seed}
+        return {"reranked": self.reranked, "of": self.queries, "cap": self.cap, "seed": self.seed}
 
 
 def sample_rows(folds: np.ndarray, cap: int | None, seed: int) -> np.ndarray:

@@ -97,6 +97,7 @@ class LocalOutcome:
     path: LocalRerankPath | None = None
     test_features: tuple[LocalFeatures, ...] = ()
     evidence: tuple[Evidence, ...] = ()
+    oof_sample: OOFSample | None = None  # the OOF queries the fused scores above were measured on
 
 
 def report_section(
@@ -148,7 +149,7 @@ def rerank_local(
     reranked = path.rerank(test_ranked, features.test)
     section = report_section(local, variants, features, sample)
     return LocalOutcome(local, fused, variants, reranked.ranked, section, path, tuple(features.test),
-                        tuple(reranked.evidence))  # fmt: skip
+                        tuple(reranked.evidence), sample)  # fmt: skip
 
 
 def _answering(manifest: Manifest, local: LocalRerank) -> GalleryManifest:

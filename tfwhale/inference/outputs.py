@@ -120,4 +120,7 @@ def measure_variants(p: Prediction, manifest: Manifest) -> list[dict]:
     )
     if p.local is not None:  # the answers above are the fused ones: say so beside the embedding variants
         chosen["name"] += " + local re-rank (fused P)"
+        sample = p.local.oof_sample
+        if sample is not None and sample.reranked < sample.queries:  # the rows above used every query
+            chosen["name"] += f", on {sample.reranked} of {sample.queries} OOF queries"
     return [m for m in measured if m] + [{**chosen, "chosen": True}]
