@@ -425,6 +425,58 @@ def test_a_seal_runs_beside_the_searches_and_no_grown_photo_is_missed_meanwhile(
     assert answers(grown(4, gallery))[:7] == during  # the answers after the seal are those before
 
 
+def test_a_seal_that_ends_while_the_next_index_is_built_is_swapped_into_that_one(monkeypatch):
+    """The seal reads the chain's newest index when it ends; an index built meanwhile (it read no
+    finished seal yet, and found the seal's thread still alive) must still take it, or it searches the old
+    sealed index and an ever larger recent one until the next addition."""
+    from tfwhale.matching import grown as grown_module
+
+    monkeypatch.setattr(grown_module, "RECENT_PHOTOS", 3)
+    every = _features([shot(texture(200 + i), *SHOTS[0]) for i in range(8)])
+    base = LocalGallery(grown_module.photo_range(every, 0, 3), np.arange(3), 8)
+
+    def grown(n, gallery):
+        return base.with_grown(grown_module.photo_range(every, 3, 3 + n), np.arange(3 + n), 8, gallery)
+
+    test_thread, release, in_take, go = (
+        threading.get_ident(),
+        threading.Event(),
+        threading.Event(),
+        threading.Event(),
+    )
+    seal, take, index = grown_module._sealed, grown_module.GrownIndex.take, grown_module._index
+    armed = []
+
+    def held_seal(features):
+        assert release.wait(60)
+        return seal(features)
+
+    def held_take(self, names, sealed):  # the seal's thread hands its index to the newest it saw, slowly
+        if threading.get_ident() != test_thread:
+            in_take.set()
+            assert go.wait(60)
+        take(self, names, sealed)
+
+    def building(features):  # the next index's recent part is built while the seal ends
+        if armed and threading.get_ident() == test_thread:
+            release.set()
+            assert in_take.wait(60)
+        return index(features)
+
+    gallery = grown(1, None)  # the first index is sealed at once
+    monkeypatch.setattr(grown_module, "_sealed", held_seal)
+    monkeypatch.setattr(grown_module.GrownIndex, "take", held_take)
+    monkeypatch.setattr(grown_module, "_index", building)
+    for n in (2, 3, 4):  # at 4 a seal over the 4 grown photos is asked for (held)
+        gallery = grown(n, gallery)
+    armed.append(True)
+    gallery = grown(5, gallery)  # built while that seal ends
+    armed.clear()
+    go.set()
+    gallery.grown.settle()
+    assert [part[:1] + part[2:] for part in gallery.grown.parts] == [(0, 4), (4, 5)]
+
+
 def test_a_relabelled_path_with_grown_photos_owns_every_row_once(sift_gallery):
     from tfwhale.contracts.local_features import load_feature_set
     from tfwhale.query.local import LocalRerankPath, Owners

@@ -107,6 +107,9 @@ class GrownIndex:
             self.parts = [_sealed(features)]
         with self._sealing.lock:
             self._sealing.newest = weakref.ref(self)
+            finished = self._sealing.sealed
+        if finished is not None:  # a seal that ended while this was built handed its index to the one before
+            self.take(*finished)
 
     def __len__(self) -> int:
         return len(self.features)
