@@ -215,6 +215,21 @@ def _verified_first(result, label: str, photo: str) -> float:
     return first.similarity
 
 
+def test_a_query_whose_sift_fails_in_its_thread_is_refused_as_the_photo_it_is(sift_gallery):
+    from tfwhale.query.gallery import QueryError
+    from tfwhale.serve.engine import Engine
+
+    out, second, _, _ = sift_gallery
+    engine = Engine.load(out)
+
+    def unreadable(data, box, name):
+        raise QueryError(f"{name}: no keypoints could be read")
+
+    engine.path.local_features = unreadable
+    with open(second, "rb") as f, pytest.raises(QueryError, match=r"second\.jpg: no keypoints"):
+        engine.identify_bytes(f.read(), None, "second.jpg")
+
+
 def test_catalogue_answers_by_the_fused_p_and_grown_individuals_by_their_local_features(
     sift_gallery, tmp_path
 ):

@@ -279,9 +279,13 @@ class Engine:
         # the query's SIFT (from the original: its own decode and crop) runs beside the embedding, once
         # the photo proved usable: OpenCV and TensorFlow release the GIL, so the two overlap on two cores
         sift = self._sift_threads.submit(self._timed_local_features, data, box, name)
-        exclude = exclude_of(jpeg) if exclude_of is not None else set()
-        decoded = time.perf_counter()
-        embedded = self.embed(image[None], [name])
+        try:
+            exclude = exclude_of(jpeg) if exclude_of is not None else set()
+            decoded = time.perf_counter()
+            embedded = self.embed(image[None], [name])
+        except BaseException:
+            sift.cancel()  # a SIFT still queued would only hold a worker the next uploads wait for
+            raise
         embedded_at = time.perf_counter()
         features, sift_seconds = sift.result()  # None: the gallery does not re-rank
         featured = time.perf_counter()
