@@ -141,7 +141,7 @@ def test_same_side_photos_are_shown_first(catalogue):
     assert len(members) >= 2 and all(photos)
 
     def best(side):
-        return best_photos(members, sims, side, engine._photos, engine._sides)[0][0]
+        return best_photos(members, sims, engine._photos, engine._same_side(engine._snapshot(), side))[0][0]
 
     engine.set_sides({photos[-1]: "left"})
     assert best("") == photos[0]  # side unknown: by similarity

@@ -48,11 +48,12 @@ class Result:
 
 
 def result_of(
-    answer: QueryAnswer, searched: np.ndarray, snap: Snapshot, query: np.ndarray, side: str,
-    sides: Mapping[str, str],
+    answer: QueryAnswer, searched: np.ndarray, snap: Snapshot, query: np.ndarray,
+    same_side: np.ndarray | None,
 ) -> Result:  # fmt: skip
     """One query's answer with each candidate's best photos among the searched rows (`searched`: the
-    query prepared as the gallery's rows are; `query`: its stored embedding)."""
+    query prepared as the gallery's rows are; `query`: its stored embedding; `same_side`: bool per
+    searched row, its photo known to show the query's side, None: the query's side is unknown)."""
     candidates = []
     for label, similarity, species in zip(answer.labels, answer.similarities, answer.species, strict=True):
         best = []
@@ -62,22 +63,20 @@ def result_of(
             if snap.kept is not None:
                 members = members[snap.kept[members]]
             sims = snap.matrix[members] @ searched  # only the candidate's photos, not the whole gallery
-            best = best_photos(members, sims, side, snap.photos, sides)
+            best = best_photos(members, sims, snap.photos, same_side)
         candidates.append(Candidate(label, similarity, species or None, best))
     return Result(candidates, float(answer.threshold), np.asarray(query, np.float32))
 
 
 def best_photos(
-    members: np.ndarray, sims: np.ndarray, side: str, rows_photos: Sequence[str | None],
-    sides: Mapping[str, str],
-) -> list[tuple[str | None, float]]:  # fmt: skip
+    members: np.ndarray, sims: np.ndarray, rows_photos: Sequence[str | None], same_side: np.ndarray | None
+) -> list[tuple[str | None, float]]:
     """A candidate's photos to show, best first: where the query's side is known, the photos of that
     side come first (a left flank is compared with left flanks), then the rest by similarity.
-    `rows_photos`: the searched rows' photo hashes; `sides`: photo hash -> side, where known."""
+    `rows_photos`: the searched rows' photo hashes; `same_side`: as in result_of."""
     photos = [rows_photos[row] for row in members]
-    known = side if side != "unknown" else ""
-    other_side = [0 if known and sides.get(photo) == known else 1 for photo in photos]
-    order = np.lexsort((-sims, np.asarray(other_side)))[:PHOTOS_PER_CANDIDATE]
+    other_side = np.ones(len(members), bool) if same_side is None else ~same_side[members]
+    order = np.lexsort((-sims, other_side))[:PHOTOS_PER_CANDIDATE]
     return [(photos[j], float(sims[j])) for j in order]
 
 

@@ -47,7 +47,7 @@ class Engine:
         self._sides: dict[str, str] = {}  # photo hash -> side, where known: same-side photos are shown first
         self._side_codes: dict[str, int] = {}  # side -> its code in the per-row side array (0: unknown)
         # the fused re-rank (relabel() gives it the catalogue's current ids of predict's rows, add() grows it)
-        self._grown = GrownLocal.of(path.local) if path.local is not None else None
+        self._grown = GrownLocal(path.local) if path.local is not None else None
         self._install(self._base, list(self.base_ids), list(self.base_photos), {})
 
     def _install(
@@ -231,8 +231,9 @@ class Engine:
         searched = ranking.prepare_queries(
             embedded.combined, ranking.PreparedGallery(snap.matrix, self.gallery.whitening), self.path.options
         )
+        same_side = self._same_side(snap, side)
         results = [
-            result_of(answer, searched[i], snap, embedded.combined[i], side, self._sides)
+            result_of(answer, searched[i], snap, embedded.combined[i], same_side)
             for i, answer in enumerate(answers)
         ]
         for result in results:
@@ -245,14 +246,20 @@ class Engine:
                 )
         return results
 
+    def _same_side(self, snap: Snapshot, side: str) -> np.ndarray | None:
+        """bool per searched row: its photo is known to show `side` (None: the query's side is unknown)."""
+        if side in ("", "unknown"):
+            return None
+        code = self._side_codes.get(side)  # None: no photo shows this side
+        return np.zeros(len(snap.sides), bool) if code is None else snap.sides == code
+
     def _other_side(self, snap: Snapshot, side: str) -> np.ndarray | None:
         """bool per searched row: its photo is known to show another side than `side` (None: the query's
         side is unknown, or no photo's is)."""
-        if side in ("", "unknown") or not snap.sides.any() or len(snap.local.gallery) != len(snap.matrix):
+        same = self._same_side(snap, side)
+        if same is None or not snap.sides.any() or len(snap.local.gallery) != len(snap.matrix):
             return None  # the re-rank's rows are the searched rows, or no side order is given
-        known = snap.sides != 0
-        code = self._side_codes.get(side)  # None: no photo shows this side, so every known one is another
-        return known if code is None else known & (snap.sides != code)
+        return (snap.sides != 0) & ~same
 
     def search_stored(
         self, embeddings: np.ndarray, side: str = "", *, exclude: set[str] = frozenset(),

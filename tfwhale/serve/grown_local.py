@@ -21,10 +21,6 @@ class GrownLocal:
     features: tuple[LocalFeatures, ...] = ()
     ids: tuple[str, ...] = ()
 
-    @classmethod
-    def of(cls, local: LocalRerankPath) -> GrownLocal:
-        return cls(local)
-
     def relabelled(
         self, origin: LocalRerankPath, base_labels: Sequence[str], hashes: Sequence[str],
         features: Sequence[LocalFeatures], ids: Sequence[str],
