@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import keras
 import numpy as np
 import yaml
@@ -9,6 +11,12 @@ import yaml
 from tfwhale.contracts.records import Manifest
 from tfwhale.core import files
 from tfwhale.nets.model import build_models
+
+
+def csv_rows(path: str) -> list[dict[str, str]]:
+    """The rows of a CSV a command wrote (submission.csv, decisions, ...), as dicts by header."""
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def make_run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import csv
 import io
 import os
 import pickle
@@ -15,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.run_fixture import build_synthetic_records, make_run
+from tests.run_fixture import build_synthetic_records, csv_rows, make_run
 from tfwhale import identify, predict, train
 from tfwhale.contracts.records import load_manifest
 from tfwhale.nets import efficientnet_lite, pretrained_lite
@@ -259,16 +258,11 @@ def test_converted_lite0_labels_real_lion_photos_as_lions():
 # ---- predict and identify with a Lite backbone (saved, loaded, photos cropped and embedded)
 
 
-def _rows(path: str) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def _identify_a_gallery_photo(data: str, records: str, run_dir: str, out: str) -> None:
     """predict over the records, then identify a training photo: it must find itself first at similarity 1."""
     assert predict.main(["--runs", run_dir, "--records", records, "--out", out, "--examples", "0"]) == 0
-    row = _rows(f"{data}/train.csv")[0]
-    box = next(r["box"] for r in _rows(f"{data}/boxes.csv") if r["image"] == row["image"])
+    row = csv_rows(f"{data}/train.csv")[0]
+    box = next(r["box"] for r in csv_rows(f"{data}/boxes.csv") if r["image"] == row["image"])
     photo = f"{data}/train_images/{row['image']}"
     (answer,) = identify.identify(
         identify.parse_args([photo, "--runs", run_dir, "--gallery", out, "--box", box])

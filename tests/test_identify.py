@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from tests.run_fixture import build_synthetic_records, make_run
+from tests.run_fixture import build_synthetic_records, csv_rows, make_run
 from tfwhale import identify, predict
 from tfwhale.contracts.records import load_manifest
 from tfwhale.core import files
 from tfwhale.core.labels import NEW_INDIVIDUAL as NEW
 from tfwhale.query.path import QueryPath
-
-
-def _rows(path: str) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def gallery(tmp_path_factory):
 
 
 def _box(data: str, image: str) -> str:
-    return next(row["box"] for row in _rows(f"{data}/boxes.csv") if row["image"] == image)
+    return next(row["box"] for row in csv_rows(f"{data}/boxes.csv") if row["image"] == image)
 
 
 def _args(photos, run_dir, out, boxes=None, extra=()):
@@ -51,10 +45,10 @@ def _args(photos, run_dir, out, boxes=None, extra=()):
 
 def test_a_test_photo_gets_the_submission_answer_and_the_records_embedding(gallery):
     data, run_dir, out = gallery
-    image = next(row["image"] for row in _rows(f"{data}/test_solution.csv") if _box(data, row["image"]))
+    image = next(row["image"] for row in csv_rows(f"{data}/test_solution.csv") if _box(data, row["image"]))
     args = _args([f"{data}/test_images/{image}"], run_dir, out, boxes=[_box(data, image)])
     (answer,) = identify.identify(args)
-    submission = {row["image"]: row["predictions"].split(" ") for row in _rows(f"{out}/submission.csv")}
+    submission = {row["image"]: row["predictions"].split(" ") for row in csv_rows(f"{out}/submission.csv")}
     assert answer.labels == submission[image]
     assert len(answer.labels) == 5 and len(set(answer.labels)) == 5
     assert [s is None for s in answer.similarities] == [label == NEW for label in answer.labels]
@@ -70,7 +64,7 @@ def test_a_test_photo_gets_the_submission_answer_and_the_records_embedding(galle
 
 def test_a_gallery_photo_finds_itself_first(gallery):
     data, run_dir, out = gallery
-    row = _rows(f"{data}/train.csv")[0]
+    row = csv_rows(f"{data}/train.csv")[0]
     args = _args([f"{data}/train_images/{row['image']}"], run_dir, out, boxes=[_box(data, row["image"])])
     (answer,) = identify.identify(args)
     real = [(label, s) for label, s in zip(answer.labels, answer.similarities, strict=True) if label != NEW]
@@ -88,16 +82,17 @@ def test_blend_and_post_processing_carry_over_from_predict(gallery, tmp_path):
     assert predict.main([*argv, "--blend", "0.5", "--whiten", "--dba", "2", "--qe", "2"]) == 0
     moved = str(tmp_path / "moved")
     shutil.copytree(run_dir, moved)
-    images = [row["image"] for row in _rows(f"{data}/test_solution.csv")[:3]]
+    images = [row["image"] for row in csv_rows(f"{data}/test_solution.csv")[:3]]
     photos = [f"{data}/test_images/{image}" for image in images]
     answers = identify.identify(_args(photos, moved, blended, boxes=[_box(data, i) for i in images]))
-    submission = {row["image"]: row["predictions"].split(" ") for row in _rows(f"{blended}/submission.csv")}
+    rows = csv_rows(f"{blended}/submission.csv")
+    submission = {row["image"]: row["predictions"].split(" ") for row in rows}
     assert [a.labels for a in answers] == [submission[image] for image in images]
 
 
 def test_whole_photos_without_box_and_json_output(gallery, capsys):
     data, run_dir, out = gallery
-    photos = [f"{data}/test_images/{row['image']}" for row in _rows(f"{data}/test_solution.csv")[:2]]
+    photos = [f"{data}/test_images/{row['image']}" for row in csv_rows(f"{data}/test_solution.csv")[:2]]
     assert identify.main([*photos, "--runs", run_dir, "--gallery", out, "--json"]) == 0
     answers = json.loads(capsys.readouterr().out)
     assert [a["photo"] for a in answers] == photos and all(a["box"] is None for a in answers)

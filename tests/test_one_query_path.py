@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 
+from tests.run_fixture import csv_rows
 from tfwhale import identify
 from tfwhale.core import files
 from tfwhale.imaging.crop_box import parse_box_text
-
-
-def _rows(path: str) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
 def test_photos(serve_gallery):
     """(photo path, box text) of every test photo of the gallery's records, and predict's answers."""
     data, out = serve_gallery
-    boxes = {row["image"]: row["box"] for row in _rows(f"{data}/boxes.csv")}
-    photos = [(f"{data}/test_images/{row['image']}", boxes.get(row["image"], "")) for row in _rows(
+    boxes = {row["image"]: row["box"] for row in csv_rows(f"{data}/boxes.csv")}
+    photos = [(f"{data}/test_images/{row['image']}", boxes.get(row["image"], "")) for row in csv_rows(
         f"{data}/test_solution.csv"
     )]  # fmt: skip
-    submission = {row["image"]: row["predictions"].split(" ") for row in _rows(f"{out}/submission.csv")}
+    submission = {row["image"]: row["predictions"].split(" ") for row in csv_rows(f"{out}/submission.csv")}
     return photos, submission
 
 

@@ -4,7 +4,6 @@ on records built without features."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.records_fixture import make_records
-from tests.run_fixture import build_synthetic_records, make_run
+from tests.run_fixture import build_synthetic_records, csv_rows, make_run
 from tfwhale import identify, predict
 from tfwhale.contracts.gallery_manifest import load_gallery_manifest
 from tfwhale.contracts.local_features import load_feature_set
@@ -22,11 +21,6 @@ from tfwhale.inference.local_oof import OOFEvidence, calibrate_and_tune, cross_f
 from tfwhale.inference.submission import PredictError
 from tfwhale.matching.rerank import LeaveOneOut
 from tfwhale.query.path import QueryPath
-
-
-def _rows(path: str) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +73,9 @@ def test_identify_answers_a_test_photo_fused_as_predict_did(fused):
     """identify takes the photo's features from the photo file (matching.photo), predict took them from
     the builder's feature file: the same function, so the same fused answer."""
     data, _, run_dir, out = fused
-    boxes = {row["image"]: row["box"] for row in _rows(f"{data}/boxes.csv")}
-    submission = {row["image"]: row["predictions"].split(" ") for row in _rows(f"{out}/submission.csv")}
-    images = [row["image"] for row in _rows(f"{data}/test_solution.csv") if boxes.get(row["image"])]
+    boxes = {row["image"]: row["box"] for row in csv_rows(f"{data}/boxes.csv")}
+    submission = {row["image"]: row["predictions"].split(" ") for row in csv_rows(f"{out}/submission.csv")}
+    images = [row["image"] for row in csv_rows(f"{data}/test_solution.csv") if boxes.get(row["image"])]
     argv = [f"{data}/test_images/{image}" for image in images] + ["--runs", run_dir, "--gallery", out]
     for image in images:
         argv += ["--box", boxes[image]]
@@ -184,9 +178,9 @@ def test_a_cap_below_the_oof_queries_still_writes_a_whole_submission_and_report(
     assert chosen.endswith(f"local re-rank (fused P), on 3 of {every['of']} OOF queries"), chosen
     (whole,) = [row["name"] for row in _json(f"{full}/report.json")["oof_variants"] if row.get("chosen")]
     assert whole.endswith("local re-rank (fused P)"), whole  # every query: the same set as the rows above
-    submission = _rows(f"{out}/submission.csv")  # the test queries are all re-ranked and answered
+    submission = csv_rows(f"{out}/submission.csv")  # the test queries are all re-ranked and answered
     assert sorted(r["image"] for r in submission) == sorted(
-        r["image"] for r in _rows(f"{full}/submission.csv")
+        r["image"] for r in csv_rows(f"{full}/submission.csv")
     )
     assert all(len(r["predictions"].split(" ")) == 5 for r in submission)
     manifest = load_gallery_manifest(out)
