@@ -22,7 +22,7 @@ from tfwhale.imaging.photo_crop import ImageError, ImageSettings
 from tfwhale.matching.photo import photo_features
 from tfwhale.matching.rerank import LocalGallery, fit_calibrations, leave_one_out
 from tfwhale.query.fused import fused_ranking
-from tfwhale.query.local import MatchSettings
+from tfwhale.query.local import MatchSettings, Owners
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ def make_local(
     no pair to calibrate on (the caller keeps the embedding-only gallery)."""
     settings = MatchSettings()
     features = extract_all(images_root, names, image, settings, progress)
-    individuals = np.asarray(sorted(set(ids)))
-    gallery = LocalGallery(features, np.searchsorted(individuals, np.asarray(ids)), len(individuals))
+    owners = Owners.of(ids)
+    individuals = owners.individuals
+    gallery = LocalGallery(features, owners.codes, len(individuals))
     with tqdm(total=len(names), desc="matching leave-one-out", unit="photo", disable=not progress) as bar:
         loo = leave_one_out(embeddings, gallery, settings.rerank, settings.pairs, lambda: bar.update(1))
     calibrations = fit_calibrations(loo)

@@ -28,7 +28,7 @@ from tfwhale.matching.fusion import fuse
 from tfwhale.matching.rerank import Calibrations, LeaveOneOut, LocalGallery, fit_calibrations, query_evidence
 from tfwhale.query.combine import concat_runs
 from tfwhale.query.fused import ranking_of
-from tfwhale.query.local import MatchSettings
+from tfwhale.query.local import MatchSettings, Owners
 from tfwhale.retrieval.scoring import simulate_new
 from tfwhale.retrieval.threshold import ThresholdResult
 
@@ -103,9 +103,9 @@ def sample_queries(emb: PredictEmbeddings, cap: int | None, seed: int) -> OOFSam
             folds[is_query] = k
     keep = sample_rows(folds, cap, seed)
     sample = OOFSample(keep, int(np.sum(folds >= 0)), cap, seed)
-    if sample.keep.sum() < sample.queries:
+    if sample.reranked < sample.queries:
         logger.info("--rerank local: calibrating on %d of %d OOF queries (a sample, seed %d; "
-                    "predict.rerank_oof_queries=%d)", keep.sum(), sample.queries, seed, cap)  # fmt: skip
+                    "predict.rerank_oof_queries=%d)", sample.reranked, sample.queries, seed, cap)  # fmt: skip
     return sample
 
 
@@ -120,10 +120,10 @@ def oof_evidence(
     validation fold k (OOFEvidence; None when there is no OOF query)."""
     index = emb.index
     sample = sample_queries(emb, None, 0) if sample is None else sample
-    individuals = np.asarray(sorted(set(index.train_ids)))
-    codes = np.searchsorted(individuals, np.asarray(index.train_ids))
+    owners = Owners.of(index.train_ids)
+    individuals, codes = owners.individuals, owners.codes
     parts: list[tuple] = []
-    with tqdm(total=int(sample.keep.sum()), desc="local features, out of fold", unit="photo",
+    with tqdm(total=sample.reranked, desc="local features, out of fold", unit="photo",
               disable=not progress) as bar:  # fmt: skip
         for k in oof.oof_folds(emb):
             is_fold = index.train_folds == k
